@@ -1,0 +1,1 @@
+"""Pure numerical core: functions on numpy arrays, no I/O, no plotting."""

@@ -1,0 +1,1 @@
+"""Diagnostics and review products (figures, region files, interactive mode)."""
