@@ -1,0 +1,421 @@
+"""Cosmic-ray detection on a stack of exposures: the pure core of the program.
+
+:func:`compute_crmasks` takes the exposures (electrons) and the validated
+:class:`~megara_crdetect.config.CRMaskConfig` and returns every mask, the
+flux factors, offsets, diagrams and boundaries as a :class:`CRMaskResult`; no
+file is read or written and nothing is drawn.  :func:`apply_crmasks` builds
+the repaired combinations from a result (or from masks read back from a
+``crmasks.fits``).
+
+Order of operations
+-------------------
+1. Flux factors (none, given, or estimated) and the cleanable map (regions to
+   skip, pixels to flag or ignore).
+2. Stack statistics min2d, max2d, median2d, mean2d.
+3. L.A.Cosmic on median2d, mean2d and every exposure (in parallel).  A
+   detection is *confirmed* only if the exposures disagree there: some pixel
+   of its group has ``target - min2d > la_confirm_sigma * sigma(min2d)``.
+   Hot pixels and other sharp features identical in every exposure are
+   therefore never reported (the reference flags them).
+4. MMcosmic: simulated exposures from the cleaned median (noise model, flux
+   factors, offsets), one normalised diagram and one boundary per target
+   (median, mean, each exposure), flags above the boundary.
+5. MEDIANCR = confirmed LA flags | MM flags | pixels_to_be_flagged_as_cr,
+   dilated; an optional review callback may remove cosmic-ray groups.
+6. MEANCRT = dilated detections on mean2d, always including MEDIANCR.
+7. CRMASKk = dilated detections on exposure k restricted to MEANCRT (the
+   guide's definition); MEANCR = undilated detections on the meancr
+   combination (used by meancr2).  Problematic pixels: masked in every
+   exposure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import CRMaskConfig, check_against_data
+from . import boundary as bd
+from . import mmdiagram as mm
+from .combine import combine, problematic_pixels
+from .fluxfactor import estimate_flux_factors
+from .masks import cleanable_map, dilate, keep_groups_with
+from .noise import sigma
+from .offsets import measure_offsets, shift_image
+from .stack import StackStats, stack_statistics
+
+__all__ = ["Detector", "CRMaskResult", "compute_crmasks", "apply_crmasks", "COMBINATIONS", "CODES"]
+
+_log = logging.getLogger(__name__)
+
+COMBINATIONS = ("mean", "median", "min", "mediancr", "meancrt", "meancr", "meancr2")
+#: Meaning of the values of :attr:`CRMaskResult.mediancr_codes`.
+CODES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user"}
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """Detector noise model: gain (e-/ADU), readout noise and bias (ADU)."""
+
+    gain: float = 1.0
+    rnoise: float = 3.4
+    bias: float = 0.0
+
+    @property
+    def rnoise_e(self) -> float:
+        """Readout noise in electrons."""
+        return self.rnoise * self.gain
+
+    def level_e(self, adu: float) -> float:
+        """A raw level in ADU (e.g. saturation) in bias-subtracted electrons."""
+        return (adu - self.bias) * self.gain
+
+
+@dataclass
+class CRMaskResult:
+    """Everything :func:`compute_crmasks` found.
+
+    Masks are boolean ``(ny, nx)`` arrays (``crmasks`` is ``(N, ny, nx)``).
+    ``mediancr_codes`` tells how each MEDIANCR pixel was found (see
+    :data:`CODES`).  ``boundaries`` and ``expected_false`` are keyed by
+    diagram name (``median``, ``mean``, ``exposure1``...).
+    """
+
+    stats: StackStats
+    mediancr: np.ndarray
+    mediancr_codes: np.ndarray
+    meancrt: np.ndarray
+    crmasks: np.ndarray
+    meancr: np.ndarray
+    problematic: np.ndarray
+    flux_factors: np.ndarray
+    offsets: np.ndarray
+    lamedian: np.ndarray | None = None
+    boundaries: dict = field(default_factory=dict)
+    expected_false: dict = field(default_factory=dict)
+    diagrams: mm.SimulatedDiagrams | None = None
+    flux_details: object | None = None
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def _fits_to_numpy(params: CRMaskConfig, shape: tuple[int, int]) -> np.ndarray:
+    """The cleanable map from the FITS-convention parameters."""
+    return cleanable_map(
+        shape,
+        skip_regions=[(y0 - 1, y1, x0 - 1, x1) for x0, x1, y0, y1 in params.regions_to_be_skipped],
+        flag_pixels=[(y - 1, x - 1) for x, y in params.pixels_to_be_flagged_as_cr],
+        ignore_pixels=[(y - 1, x - 1) for x, y in params.pixels_to_be_ignored_as_cr],
+        replace_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in params.pixels_to_be_replaced_by_local_median],
+    )
+
+
+def _region_mask(regions, shape: tuple[int, int]) -> np.ndarray | None:
+    if not regions:
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    for x0, x1, y0, y1 in regions:
+        mask[y0 - 1:y1, x0 - 1:x1] = True
+    return mask
+
+
+def _flux_factors(stack: np.ndarray, params: CRMaskConfig, rnoise_e: float):
+    n = stack.shape[0]
+    if params.flux_factor is None:
+        return np.ones(n), None
+    if params.flux_factor == "auto":
+        from .stack import median_of_stack
+        details = estimate_flux_factors(stack, median_of_stack(stack),
+                                        region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
+                                        rnoise_e=rnoise_e)
+        factors = np.asarray(getattr(details, "factors", details), dtype=float)
+        return factors, details
+    factors = np.asarray(params.flux_factor, dtype=float)
+    return (np.repeat(factors, n) if factors.size == 1 else factors), None
+
+
+def _targets(stats: StackStats, stack: np.ndarray) -> dict[str, np.ndarray]:
+    out = {"median": stats.median2d, "mean": stats.mean2d}
+    out.update({f"exposure{k}": stack[k - 1] for k in range(1, stack.shape[0] + 1)})
+    return out
+
+
+def _normalised(target: np.ndarray, stats: StackStats, rnoise_e: float) -> np.ndarray:
+    t = target - stats.min2d
+    t /= sigma(stats.min2d, rnoise_e)
+    return t
+
+
+# ---------------------------------------------------------------------------
+# L.A.Cosmic and MM detections
+# ---------------------------------------------------------------------------
+
+
+def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detector: Detector,
+                   workers: int | None) -> tuple[dict, np.ndarray | None]:
+    """Raw L.A.Cosmic flags of every target and the cleaned median."""
+    from .lacosmic import run_lacosmic_many
+
+    kwargs = dict(
+        rnoise_e=detector.rnoise_e, sigclip=params.la_sigclip, sigfrac=params.la_sigfrac,
+        objlim=params.la_objlim, satlevel_e=detector.level_e(params.la_satlevel), niter=params.la_niter,
+        sepmed=params.la_sepmed, cleantype=params.la_cleantype, fsmode=params.la_fsmode,
+        psfmodel=params.la_psfmodel, psffwhm_x=params.la_psffwhm_x, psffwhm_y=params.la_psffwhm_y,
+        psfsize=params.la_psfsize, psfbeta=params.la_psfbeta, padwidth=params.la_padwidth,
+        verbose=params.la_verbose)
+    names = list(targets)
+    results = run_lacosmic_many([targets[n] for n in names], workers=workers, **kwargs)
+    flags = {n: r[0] for n, r in zip(names, results)}
+    return flags, results[names.index("median")][1] if "median" in names else None
+
+
+def _confirm(flags: np.ndarray, t: np.ndarray, level: float) -> np.ndarray:
+    """Keep the groups of LA flags where the exposures disagree (t > level somewhere)."""
+    if level <= 0 or not flags.any():
+        return flags
+    return keep_groups_with(flags, flags & (t > level))
+
+
+def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, detector: Detector,
+                     la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Expected signal of each simulated exposure: cleaned median, shifted and scaled."""
+    t = _normalised(stats.median2d, stats, detector.rnoise_e)
+    suspicious = t > 6.0
+    if la_median is not None:
+        suspicious |= la_median
+    clean = np.where(suspicious, stats.min2d, stats.median2d)
+    np.maximum(clean, 0, out=clean)
+    phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
+    out = np.empty(stack.shape, dtype=np.float32)
+    for k, ((dx, dy), f) in enumerate(zip(offsets, phi)):
+        out[k] = shift_image(clean, dx, dy) if (dx or dy) else clean
+        out[k] *= np.float32(f)
+    np.maximum(out, 0, out=out)
+    return out
+
+
+def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig) -> np.ndarray:
+    n = stack.shape[0]
+    if params.mm_xy_offsets is not None:
+        return np.asarray(params.mm_xy_offsets, dtype=float)
+    if params.mm_crosscorr_region is None:
+        return np.zeros((n, 2))
+    x0, x1, y0, y1 = params.mm_crosscorr_region
+    return np.asarray(measure_offsets(stats.median2d, stack, region=(y0 - 1, y1, x0 - 1, x1)), dtype=float)
+
+
+def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: float) -> tuple[dict, dict]:
+    boundaries, expected = {}, {}
+    for name, hist in sims.hist.items():
+        if name == "median" and params.mm_boundary_fit == "piecewise":
+            b = bd.piecewise_boundary(params.mm_fixed_points_in_boundary, rnoise_e=rnoise_e)
+        else:
+            u, t = mm.boundary_points(hist, sims.grid)
+            fixed = params.mm_fixed_points_in_boundary if name == "median" else ()
+            b = bd.fit_spline_boundary(u, t, rnoise_e=rnoise_e, knots=params.mm_knots_splfit,
+                                       niter=params.mm_niter_boundary_extension,
+                                       weight=params.mm_weight_boundary_extension, fixed_points=fixed)
+        boundaries[name] = b
+        expected[name] = bd.expected_false_positives(hist, sims.grid, b, sims.nsim)
+    return boundaries, expected
+
+
+def _mm_flags(target: np.ndarray, stats: StackStats, b: bd.Boundary, *, threshold_e: float,
+              max2d_e: float) -> np.ndarray:
+    y = target - stats.min2d
+    flags = y > b(stats.min2d)
+    if threshold_e > 0:
+        flags &= y > threshold_e
+    flags &= stats.max2d > max2d_e
+    return flags
+
+
+# ---------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------
+
+
+class _Detections:
+    """Per-target detections (LA confirmed, MM) shared by the mask builders."""
+
+    def __init__(self, stack, stats, params, detector, la_flags, boundaries, cleanable):
+        self.stack, self.stats, self.params, self.detector = stack, stats, params, detector
+        self.la_flags, self.boundaries, self.cleanable = la_flags, boundaries, cleanable
+        self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
+        self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
+
+    def of(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> tuple:
+        """(LA confirmed flags or None, MM flags or None) of a target, within the cleanable map."""
+        la = mmf = None
+        if name in self.la_flags:
+            t = _normalised(target, self.stats, self.detector.rnoise_e)
+            la = _confirm(self.la_flags[name], t, self.params.la_confirm_sigma) & self.cleanable
+        b = self.boundaries.get(boundary_name or name)
+        if b is not None:
+            mmf = _mm_flags(target, self.stats, b, threshold_e=self.threshold_e,
+                            max2d_e=self.max2d_e) & self.cleanable
+        return la, mmf
+
+    def union(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> np.ndarray:
+        la, mmf = self.of(name, target, boundary_name)
+        out = np.zeros(target.shape, dtype=bool)
+        for f in (la, mmf):
+            if f is not None:
+                out |= f
+        return out
+
+
+def _mediancr(det: _Detections, params: CRMaskConfig, shape) -> tuple[np.ndarray, np.ndarray, dict]:
+    la, mmf = det.of("median", det.stats.median2d)
+    codes = np.zeros(shape, dtype=np.int8)
+    if mmf is not None:
+        codes[mmf] = 2
+    if la is not None:
+        codes[la] = np.where(codes[la] == 2, 4, 3)
+    for x, y in params.pixels_to_be_flagged_as_cr:
+        codes[y - 1, x - 1] = 5
+    flagged = codes > 0
+    mask = dilate(flagged, params.dilation) & det.cleanable | flagged
+    codes[mask & ~flagged] = 1
+    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in range(1, 6)}
+    return mask, codes, counts
+
+
+def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
+                    workers: int | None = None, progress: Progress | None = None,
+                    review: Callable[[CRMaskResult], np.ndarray] | None = None) -> CRMaskResult:
+    """Detect the cosmic rays of a stack of exposures.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, ny, nx), float32
+        Exposures in electrons (bias subtracted, times the gain).  Divided in
+        place by the flux factors when ``apply_flux_factor_to`` is
+        ``original``.
+    params : CRMaskConfig
+        Validated parameters.
+    detector : Detector
+        Gain, readout noise and bias (ADU) of the raw data.
+    workers : int, optional
+        Parallel workers for L.A.Cosmic and the simulations (default: cores).
+    progress : callable, optional
+        ``progress(step, done, total)`` for long steps.
+    review : callable, optional
+        Called with the partial result once MEDIANCR is known; returns the
+        MEDIANCR mask to keep (e.g. after the user rejected some cosmic rays).
+
+    Returns
+    -------
+    CRMaskResult
+    """
+    n, ny, nx = stack.shape
+    check_against_data(params, (ny, nx), n)
+    timings, t0 = {}, time.perf_counter()
+    rnoise_e = detector.rnoise_e
+    factors, flux_details = _flux_factors(stack, params, rnoise_e)
+    if params.apply_flux_factor_to == "original" and np.any(factors != 1):
+        stack /= factors.astype(np.float32)[:, None, None]
+    cleanable = _fits_to_numpy(params, (ny, nx))
+    stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
+    targets = _targets(stats, stack)
+    timings["statistics"] = time.perf_counter() - t0
+
+    la_flags, lamedian = {}, None
+    if params.uses_la:
+        t1 = time.perf_counter()
+        la_flags, lamedian = _la_detections(targets, params, detector, workers)
+        timings["lacosmic"] = time.perf_counter() - t1
+
+    boundaries, expected, sims = {}, {}, None
+    offsets = _offsets(stats, stack, params) if params.uses_mm else np.zeros((n, 2))
+    if params.uses_mm:
+        t1 = time.perf_counter()
+        la_med = None
+        if "median" in la_flags:
+            la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, rnoise_e),
+                              params.la_confirm_sigma)
+        expected_img = _expected_images(stats, stack, params, detector, la_med, factors, offsets)
+        grid = mm.make_grid(stats.min2d, rnoise_e)
+        report = (lambda d, t: progress("simulations", d, t)) if progress else None
+        sims = mm.simulate_diagrams(expected_img, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
+                                    nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
+                                    workers=workers, progress=report)
+        del expected_img
+        boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
+        timings["mmcosmic"] = time.perf_counter() - t1
+        _log.info("expected false MM detections from noise alone: %s",
+                  ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
+
+    det = _Detections(stack, stats, params, detector, la_flags, boundaries, cleanable)
+    mediancr, codes, counts = _mediancr(det, params, (ny, nx))
+    result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
+                          np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
+                          boundaries, expected, sims, flux_details, counts, timings)
+    if review is not None:
+        result.mediancr = review(result) & result.mediancr
+        result.mediancr_codes[~result.mediancr] = 0
+    _finish_masks(result, det, params, stack)
+    timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray) -> None:
+    """MEANCRT, CRMASKk, MEANCR and the problematic pixels (in place)."""
+    cleanable, d = det.cleanable, params.dilation
+    mean_flags = det.union("mean", result.stats.mean2d)
+    result.meancrt = dilate(mean_flags, d) & cleanable | result.mediancr
+    for k in range(stack.shape[0]):
+        name = f"exposure{k + 1}"
+        flags = det.union(name, stack[k]) & result.meancrt
+        result.crmasks[k] = dilate(flags, d) & cleanable
+    meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks).value
+    if params.uses_la:
+        la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
+        det.la_flags["meancr"] = la["meancr"]
+    result.meancr = det.union("meancr", meancr_img, boundary_name="mean")
+    result.problematic = problematic_pixels(result.crmasks)
+    result.counts.update(mediancr=int(result.mediancr.sum()), meancrt=int(result.meancrt.sum()),
+                         meancr=int(result.meancr.sum()), problematic=int(result.problematic.sum()),
+                         **{f"crmask{k + 1}": int(m.sum()) for k, m in enumerate(result.crmasks)})
+
+
+def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, rnoise_e: float,
+                  use_lamedian: bool = False, local_median=()):
+    """Build one combination from the masks (see :mod:`megara_crdetect.core.combine`).
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, ny, nx)
+        Exposures in electrons, divided by the flux factors.
+    masks : CRMaskResult
+        Masks (``mediancr``, ``meancrt``, ``crmasks``, ``meancr``) and, for
+        ``use_lamedian``, ``lamedian``.
+    combination : str
+        One of :data:`COMBINATIONS`.
+    rnoise_e : float
+        Readout noise in electrons (variance model).
+    use_lamedian : bool
+        Repair with the L.A.Cosmic-cleaned median instead of min2d.
+    local_median : sequence of (X, Y, X_width, Y_width)
+        ``pixels_to_be_replaced_by_local_median`` (FITS).
+    """
+    if combination not in COMBINATIONS:
+        raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
+    replacement = None  # the plain minimum of the (flux-normalised) stack
+    if use_lamedian:
+        if masks.lamedian is None:
+            raise ValueError("use_lamedian needs the L.A.Cosmic-cleaned median (LAMEDIAN)")
+        replacement = masks.lamedian
+    return combine(stack, combination, rnoise_e=rnoise_e, mediancr=masks.mediancr, meancrt=masks.meancrt,
+                   crmasks=masks.crmasks, meancr_mask=masks.meancr, replacement=replacement,
+                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median])

@@ -1,0 +1,182 @@
+"""Reading the input exposures and writing products atomically.
+
+Inputs are opened read-only and copied once into a float32 stack; they are
+never modified.  Outputs are first written into a hidden staging folder inside
+the output directory and moved into place only when every product of the run
+has been written (:class:`OutputStage`), so a failed or aborted run leaves no
+partial product behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputError
+
+__all__ = ["InputStack", "read_images", "to_electrons", "OutputStage"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class InputStack:
+    """Exposures read from disk.
+
+    Attributes
+    ----------
+    data : ndarray, shape (N, ny, nx), float32
+        The pixel values as stored in the files (ADU).
+    paths : list of Path
+        Resolved file names.
+    headers : list of astropy.io.fits.Header
+        Header of the HDU read from each file.
+    """
+
+    data: np.ndarray
+    paths: list[Path]
+    headers: list[fits.Header]
+
+
+def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Header]:
+    label = f"images[{index}] = '{path.name}'"
+    if not path.exists():
+        raise InputError(f"{label}: file not found ({path})")
+    try:
+        hdul = fits.open(path, mode="readonly", memmap=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{label}: cannot be read as FITS ({exc})") from None
+    with hdul:
+        if extnum >= len(hdul):
+            raise InputError(f"extnum = {extnum}: '{path.name}' has only {len(hdul)} HDU(s), "
+                             f"numbered 0..{len(hdul) - 1}")
+        hdu = hdul[extnum]
+        if hdu.data is None or not hdu.is_image:
+            raise InputError(f"extnum = {extnum}: HDU {extnum} of '{path.name}' holds no image data")
+        data = np.asarray(hdu.data)
+        if data.ndim != 2:
+            raise InputError(f"{label}: HDU {extnum} is {data.ndim}-D; a 2-D image is needed")
+        return data, hdu.header.copy()
+
+
+def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLike = ".",
+                extnum: int = 0) -> InputStack:
+    """Read N exposures into one float32 stack.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        File names; relative ones are taken relative to ``base_dir``.
+    base_dir : path-like
+        Folder of the parameter file.
+    extnum : int
+        HDU number holding the image.
+
+    Returns
+    -------
+    InputStack
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, missing HDU, non 2-D data, shapes that
+        differ, or non-finite pixels (with the file name and how many).
+    """
+    base = Path(base_dir)
+    resolved = [(base / p) if not Path(p).is_absolute() else Path(p) for p in paths]
+    stack = None
+    headers = []
+    for k, path in enumerate(resolved):
+        data, header = _open_hdu(k, path, extnum)
+        if stack is None:
+            stack = np.empty((len(resolved),) + data.shape, dtype=np.float32)
+        elif data.shape != stack.shape[1:]:
+            raise InputError(
+                f"images[{k}] = '{path.name}' is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) but "
+                f"images[0] = '{resolved[0].name}' is {stack.shape[2]} x {stack.shape[1]}; all exposures "
+                "must have the same size")
+        stack[k] = data
+        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
+        if bad:
+            raise InputError(f"images[{k}] = '{path.name}': {bad} pixel(s) are NaN or infinite; replace "
+                             "them (e.g. by the bias level) before running")
+        headers.append(header)
+        _log.debug("read %s [%d]: %s", path, extnum, data.shape)
+    return InputStack(stack, resolved, headers)
+
+
+def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
+    """Subtract the bias and apply the gain, in place: ``(data - bias) * gain``.
+
+    Parameters
+    ----------
+    data : ndarray, float32
+        Stack in ADU (modified in place and returned).
+    gain : float
+        Electrons per ADU.
+    bias : float
+        Bias level in ADU.
+    """
+    if bias:
+        data -= np.float32(bias)
+    if gain != 1.0:
+        data *= np.float32(gain)
+    return data
+
+
+class OutputStage:
+    """Write a set of products completely or not at all.
+
+    Files are written into a hidden staging folder inside ``output_dir``;
+    :meth:`commit` moves them into place (``os.replace``, atomic per file on
+    one file system).  Leaving the ``with`` block with an exception removes
+    the staging folder and everything in it.
+
+    Examples
+    --------
+    >>> with OutputStage(tmpdir) as stage:              # doctest: +SKIP
+    ...     hdul.writeto(stage.path("crmasks.fits"))
+    ...     stage.commit()
+    """
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.output_dir = Path(output_dir)
+        self._staging: Path | None = None
+        self.written: list[Path] = []
+
+    def __enter__(self) -> OutputStage:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=".megara-crdetect-", dir=self.output_dir))
+        return self
+
+    @property
+    def directory(self) -> Path:
+        """The staging folder (files written here are moved by :meth:`commit`)."""
+        if self._staging is None:
+            raise RuntimeError("OutputStage used outside its with-block")
+        return self._staging
+
+    def path(self, name: str) -> Path:
+        """Where to write the product ``name`` now (inside the staging folder)."""
+        return self.directory / name
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into the output directory."""
+        for item in sorted(self._staging.iterdir()):
+            target = self.output_dir / item.name
+            os.replace(item, target)
+            self.written.append(target)
+        return self.written
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None

@@ -1,0 +1,186 @@
+"""Output products: ``crmasks.fits``, ``combined_<name>.fits`` and the CSV tables.
+
+Functions here turn results into astropy HDULists and text; they write no
+file themselves (the shells put them through :class:`~megara_crdetect.io.OutputStage`
+or hand them to numina).  :func:`read_crmasks` reads a mask file back so that
+``--crmasks FILE`` can re-apply saved masks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import platform
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from . import __version__
+from .config import CRMaskConfig
+from .core.masks import group_pixel_table, label_groups
+from .core.pipeline import CODES, CRMaskResult, Detector
+
+__all__ = ["crmasks_hdulist", "combined_hdulist", "cr_table_csv", "problematic_csv", "read_crmasks",
+           "SavedMasks"]
+
+_EXPOSURE_TAG = {"median": "MED", "mean": "MEA"}
+
+
+def _history(header: fits.Header, lines: Sequence[str]) -> None:
+    for line in lines:
+        header.add_history(line)
+
+
+def _provenance(header: fits.Header, detector: Detector, images: Sequence[str], extnum: int) -> None:
+    header["ORIGIN"] = ("megara-crdetect", "Software that made this file")
+    header["CRDVERS"] = (__version__, "megara-crdetect version")
+    header["DATE"] = (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                      "UTC date of creation")
+    header["NIMAGES"] = (len(images), "Number of combined exposures")
+    header["GAIN"] = (detector.gain, "[e-/ADU] Gain used")
+    header["RNOISE"] = (detector.rnoise, "[ADU] Readout noise used")
+    header["BIASLEV"] = (detector.bias, "[ADU] Bias level subtracted")
+    header["BUNIT"] = ("electron", "Data are bias-subtracted electrons")
+    _history(header, [f"megara-crdetect {__version__} on {platform.node()}, Python {platform.python_version()}",
+                      f"extnum = {extnum}"] + [f"image {k} = {Path(p).name}" for k, p in enumerate(images, 1)])
+
+
+def _mask_hdu(mask: np.ndarray, name: str, comment: str) -> fits.ImageHDU:
+    hdu = fits.ImageHDU(mask.astype(np.uint8), name=name)
+    hdu.header["NPMASKED"] = (int(mask.sum()), "Number of masked pixels")
+    hdu.header["COMMENT"] = comment
+    return hdu
+
+
+def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detector, images: Sequence[str],
+                    *, extnum: int = 0) -> fits.HDUList:
+    """The mask file: primary header (keywords + HISTORY) and one extension per mask.
+
+    Extensions: MEDIANCR, MEANCRT, CRMASK1..N, MEANCR (uint8 0/1, ``NPMASKED``),
+    LAMEDIAN (float32, when L.A.Cosmic ran) and RPMEDIAN (table, when pixels
+    are to be replaced by a local median).
+    """
+    primary = fits.PrimaryHDU()
+    hdr = primary.header
+    hdr["UUID"] = (str(uuid.uuid4()), "Identifier of these masks")
+    hdr["CRMETHOD"] = (params.crmethod, "Cosmic-ray detection method")
+    _provenance(hdr, detector, images, extnum)
+    for k, f in enumerate(result.flux_factors, 1):
+        hdr[f"FLUXF{k}"] = (float(f), f"Flux factor of exposure {k}")
+    for k, (dx, dy) in enumerate(result.offsets, 1):
+        hdr[f"XOFF{k}"] = (float(dx), f"[pix] X offset of exposure {k} (content, +: to larger X)")
+        hdr[f"YOFF{k}"] = (float(dy), f"[pix] Y offset of exposure {k} (content, +: to larger Y)")
+    for name, value in result.expected_false.items():
+        tag = _EXPOSURE_TAG.get(name, "E" + name.removeprefix("exposure"))
+        hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected false MM pixels ({name}, noise only)")
+    for key, value in result.counts.items():
+        if key.startswith("mediancr_"):
+            hdr[f"NMED{key[9:12].upper()}"] = (value, f"MEDIANCR pixels found by {key[9:]}")
+    _history(hdr, ["Parameters:"] + params.history())
+    hdus = [primary, _mask_hdu(result.mediancr, "MEDIANCR", "Residual cosmic rays of the median"),
+            _mask_hdu(result.meancrt, "MEANCRT", "Cosmic rays of the mean (includes MEDIANCR)")]
+    hdus += [_mask_hdu(m, f"CRMASK{k}", f"Cosmic rays of exposure {k}") for k, m in enumerate(result.crmasks, 1)]
+    hdus.append(_mask_hdu(result.meancr, "MEANCR", "Cosmic rays left in the meancr combination"))
+    if result.lamedian is not None:
+        hdus.append(fits.ImageHDU(result.lamedian.astype(np.float32), name="LAMEDIAN"))
+    rp = params.pixels_to_be_replaced_by_local_median
+    if rp:
+        cols = [fits.Column(name=n, format="K", array=np.array([e[i] for e in rp]))
+                for i, n in enumerate(("X_pixel", "Y_pixel", "X_width", "Y_width"))]
+        hdus.append(fits.BinTableHDU.from_columns(cols, name="RPMEDIAN"))
+    return fits.HDUList(hdus)
+
+
+def combined_hdulist(name: str, combined, *, masks_uuid: str, detector: Detector, images: Sequence[str],
+                     extnum: int = 0, flux_factors: Sequence[float] = ()) -> fits.HDUList:
+    """``combined_<name>.fits``: PRIMARY (value), VARIANCE and MAP (exposures used, int16)."""
+    primary = fits.PrimaryHDU(np.asarray(combined.value, dtype=np.float32))
+    hdr = primary.header
+    hdr["COMBINED"] = (name, "Combination method")
+    hdr["MASKUUID"] = (masks_uuid, "UUID of the crmasks.fits used")
+    _provenance(hdr, detector, images, extnum)
+    for k, f in enumerate(flux_factors, 1):
+        hdr[f"FLUXF{k}"] = (float(f), f"Exposure {k} was divided by this flux factor")
+    var = fits.ImageHDU(np.asarray(combined.variance, dtype=np.float32), name="VARIANCE")
+    var.header["BUNIT"] = ("electron2", "Variance of the combined value (noise model)")
+    exp_map = fits.ImageHDU(np.asarray(combined.exposure_map, dtype=np.int16), name="MAP")
+    exp_map.header["COMMENT"] = "Number of exposures used for each pixel"
+    return fits.HDUList([primary, var, exp_map])
+
+
+def cr_table_csv(mediancr: np.ndarray, codes: np.ndarray) -> str:
+    """``mediancr_identified.csv``: one row per MEDIANCR pixel (FITS coordinates).
+
+    Columns: ``CR_number`` (8-connected group, raster order of first pixel),
+    ``X_pixel``, ``Y_pixel``, ``Mask_value`` (code) and ``Method``.
+    """
+    labels, _ = label_groups(mediancr)
+    table = group_pixel_table(labels, codes)
+    out = io.StringIO()
+    out.write("CR_number,X_pixel,Y_pixel,Mask_value,Method\n")
+    for row in table:
+        out.write(f"{row['cr_index']},{row['x']},{row['y']},{row['code']},{CODES[int(row['code'])]}\n")
+    return out.getvalue()
+
+
+def problematic_csv(problematic: np.ndarray, crmasks: np.ndarray) -> str:
+    """``problematic_pixels.csv``: pixels masked in every exposure, by group."""
+    labels, _ = label_groups(problematic)
+    table = group_pixel_table(labels, np.full(problematic.shape, crmasks.shape[0], dtype=np.int8))
+    out = io.StringIO()
+    out.write("CR_number,X_pixel,Y_pixel,Mask_value\n")
+    for row in table:
+        out.write(f"{row['cr_index']},{row['x']},{row['y']},{row['code']}\n")
+    return out.getvalue()
+
+
+@dataclass
+class SavedMasks:
+    """Masks read back from a ``crmasks.fits`` (enough for :func:`apply_crmasks`)."""
+
+    mediancr: np.ndarray
+    meancrt: np.ndarray
+    crmasks: np.ndarray
+    meancr: np.ndarray
+    flux_factors: np.ndarray
+    lamedian: np.ndarray | None = None
+    uuid: str = ""
+    local_median: list = field(default_factory=list)
+
+
+def read_crmasks(path: str | Path, n_images: int, shape: tuple[int, int]) -> SavedMasks:
+    """Read a mask file written by :func:`crmasks_hdulist` (or by numina-crmasks)."""
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--crmasks '{path}': file not found")
+    try:
+        with fits.open(path) as hdul:
+            names = [h.name for h in hdul]
+            need = ["MEDIANCR", "MEANCRT"] + [f"CRMASK{k}" for k in range(1, n_images + 1)]
+            missing = [n for n in need if n not in names]
+            if missing:
+                raise InputError(f"--crmasks '{path.name}': missing extension(s) {', '.join(missing)} "
+                                 f"for {n_images} exposures")
+            get = lambda n: np.asarray(hdul[n].data, dtype=bool)  # noqa: E731
+            if get("MEDIANCR").shape != shape:
+                raise InputError(f"--crmasks '{path.name}': masks are {get('MEDIANCR').shape[::-1]} "
+                                 f"(NAXIS1, NAXIS2) but the exposures are {shape[::-1]}")
+            hdr = hdul[0].header
+            factors = np.array([hdr.get(f"FLUXF{k}", 1.0) for k in range(1, n_images + 1)], dtype=float)
+            meancr = get("MEANCR") if "MEANCR" in names else np.zeros(shape, bool)
+            lam = np.asarray(hdul["LAMEDIAN"].data, np.float32) if "LAMEDIAN" in names else None
+            rp = []
+            if "RPMEDIAN" in names:
+                t = hdul["RPMEDIAN"].data
+                rp = [tuple(int(v) for v in r) for r in zip(t["X_pixel"], t["Y_pixel"], t["X_width"], t["Y_width"])]
+            return SavedMasks(get("MEDIANCR"), get("MEANCRT"),
+                              np.stack([get(f"CRMASK{k}") for k in range(1, n_images + 1)]), meancr, factors,
+                              lam, str(hdr.get("UUID", "")), rp)
+    except OSError as exc:
+        raise InputError(f"--crmasks '{path.name}': cannot be read as FITS ({exc})") from None

@@ -1,0 +1,137 @@
+"""One complete run: read the exposures, detect, build and write every product.
+
+Shared by the command-line shell and (for building the products) the numina
+recipe.  The detection itself happens in the pure core
+(:func:`megara_crdetect.core.pipeline.compute_crmasks`); here are only the
+translations between files and arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig, check_against_data
+from .core.pipeline import COMBINATIONS, CRMaskResult, Detector, apply_crmasks, compute_crmasks
+from .io import InputStack, OutputStage, read_images, to_electrons
+from .products import (combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
+                       read_crmasks)
+
+__all__ = ["RunOutcome", "run", "detector_of", "build_combinations"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: the result (None with ``--crmasks``) and the files written."""
+
+    result: CRMaskResult | None
+    files: list[Path]
+
+
+def detector_of(cfg: RunConfig) -> Detector:
+    """The :class:`Detector` of a run configuration."""
+    return Detector(cfg.inputs.gain, cfg.inputs.rnoise, cfg.inputs.bias)
+
+
+def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
+                       combinations=COMBINATIONS) -> dict:
+    """HDULists of every combination, from flux-normalised exposures.
+
+    The combinations are always built from the exposures divided by their flux
+    factors (whatever ``apply_flux_factor_to`` said for the detection), so
+    that all the exposures are equivalent.
+    """
+    factors = np.asarray(masks.flux_factors, dtype=np.float32)
+    if np.any(factors != 1):
+        stack_e = stack_e / factors[:, None, None]
+    det = detector_of(cfg)
+    out = {}
+    for name in combinations:
+        use_la = cfg.params.use_lamedian and name not in ("mean", "median", "min")
+        combined = apply_crmasks(stack_e, masks, name, rnoise_e=det.rnoise_e, use_lamedian=use_la,
+                                 local_median=cfg.params.pixels_to_be_replaced_by_local_median)
+        out[f"combined_{name}.fits"] = combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
+                                                        images=images, extnum=cfg.inputs.extnum,
+                                                        flux_factors=masks.flux_factors)
+    return out
+
+
+def _load(cfg: RunConfig, base_dir: Path) -> tuple[InputStack, np.ndarray]:
+    inputs = read_images(cfg.inputs.images, base_dir=base_dir, extnum=cfg.inputs.extnum)
+    check_against_data(cfg.params, inputs.data.shape[1:], inputs.data.shape[0])
+    stack = to_electrons(inputs.data, gain=cfg.inputs.gain, bias=cfg.inputs.bias)
+    return inputs, stack
+
+
+def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = ".",
+        crmasks_file: str | Path | None = None, progress=None,
+        figures: Callable[..., None] | None = None, review=None) -> RunOutcome:
+    """Run everything and write the products into ``output_dir`` (all or nothing).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Validated configuration.
+    base_dir : path-like
+        Folder of the parameter file (image paths are relative to it).
+    output_dir : path-like
+        Created if missing.
+    crmasks_file : path-like, optional
+        Re-apply the masks of this file instead of detecting them again.
+    progress : callable, optional
+        Progress reporter for long steps.
+    figures : callable, optional
+        ``figures(result, stack_e, cfg, stage)`` writes the diagnostic figures
+        into the stage (the review module); skipped when None.
+    review : callable, optional
+        Interactive review of MEDIANCR (see
+        :func:`~megara_crdetect.core.pipeline.compute_crmasks`).
+    """
+    t0 = time.perf_counter()
+    inputs, stack = _load(cfg, Path(base_dir))
+    images = [str(p) for p in inputs.paths]
+    det = detector_of(cfg)
+    with OutputStage(output_dir) as stage:
+        if crmasks_file is not None:
+            masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
+            result, masks_uuid = None, masks.uuid
+            _log.info("re-applying the masks of %s", crmasks_file)
+        else:
+            detect_stack = stack.copy() if cfg.params.apply_flux_factor_to == "original" else stack
+            result = compute_crmasks(detect_stack, cfg.params, detector=det, progress=progress, review=review)
+            del detect_stack
+            _log_summary(result)
+            hdul = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum)
+            masks_uuid = hdul[0].header["UUID"]
+            hdul.writeto(stage.path("crmasks.fits"))
+            stage.path("mediancr_identified.csv").write_text(cr_table_csv(result.mediancr, result.mediancr_codes))
+            stage.path("problematic_pixels.csv").write_text(problematic_csv(result.problematic, result.crmasks))
+            masks = result
+            if figures is not None:
+                figures(result, stack, cfg, stage)
+        for name, hdul in build_combinations(stack, masks, cfg, masks_uuid=masks_uuid, images=images).items():
+            hdul.writeto(stage.path(name))
+        files = stage.commit()
+    _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
+    return RunOutcome(result, files)
+
+
+def _log_summary(result: CRMaskResult) -> None:
+    c = result.counts
+    _log.info("MEDIANCR: %d pixels (MM only %d, LA only %d, both %d, user %d, dilation %d)",
+              c.get("mediancr", 0), c.get("mediancr_mm", 0), c.get("mediancr_la", 0), c.get("mediancr_mm_la", 0),
+              c.get("mediancr_user", 0), c.get("mediancr_dilation", 0))
+    _log.info("MEANCRT: %d pixels; CRMASK: %s; MEANCR: %d; problematic: %d", c.get("meancrt", 0),
+              ", ".join(str(c[k]) for k in sorted(c) if k.startswith("crmask")), c.get("meancr", 0),
+              c.get("problematic", 0))
+    if np.any(result.flux_factors != 1):
+        _log.info("flux factors: %s", ", ".join(f"{f:.4f}" for f in result.flux_factors))
+    if np.any(result.offsets != 0):
+        _log.info("offsets (dx, dy): %s", ", ".join(f"({dx:+.3f}, {dy:+.3f})" for dx, dy in result.offsets))
