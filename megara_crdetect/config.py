@@ -516,6 +516,9 @@ class CRMaskConfig(_Validated):
     la_confirm_sigma: float = param(
         4.0, "Keep an L.A.Cosmic detection only where target - min2d exceeds this many noise sigmas "
         "somewhere in its group (0: keep all)", "float", low=0, **_LA)
+    la_everywhere: bool = param(
+        False, "With mm_lacosmic, also run L.A.Cosmic on mean2d, every exposure and meancr (as the reference); "
+        "by default it runs on median2d only", "bool", **_LA)
     la_padwidth: int = param(10, "Mirror padding added around the image before L.A.Cosmic", "int",
                              low=0, unit="pixel", **_LA)
     # -- Median-Minimum diagram ------------------------------------------------

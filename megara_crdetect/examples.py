@@ -103,3 +103,27 @@ def write_example(number: int, directory: str | Path, *, shape=SHAPE, seed: int 
         stage.commit()
     _log.info("example %d: wrote %s", number, ", ".join(p.name for p in files))
     return Path(directory) / f"params_example{number}.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m megara_crdetect.examples DIR [N ...]``: write example data only.
+
+    Writes ``DIR/example<N>/fake_1..3.fits`` and ``params_example<N>.yaml`` for
+    every example given (default: all four); this is the data command of the
+    numina observation results in ``obsresults/``.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m megara_crdetect.examples",
+                                     description="Write the simulated data of the guide's examples.")
+    parser.add_argument("directory")
+    parser.add_argument("numbers", nargs="*", type=int, choices=sorted(EXAMPLES), default=sorted(EXAMPLES))
+    args = parser.parse_args(argv)
+    for number in args.numbers:
+        path = write_example(number, Path(args.directory) / f"example{number}")
+        print(f"wrote {path.parent}/fake_1..3.fits and {path.name}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -86,7 +86,8 @@ def _fit_once(u: np.ndarray, t: np.ndarray, w: np.ndarray, knots: np.ndarray) ->
 
 
 def fit_spline_boundary(u: np.ndarray, t: np.ndarray, *, rnoise_e: float, knots: int = 3, niter: int = 4,
-                        weight: float = 10.0, fixed_points: Sequence[Sequence[float]] = ()) -> Boundary:
+                        weight: float = 10.0, fixed_points: Sequence[Sequence[float]] = (),
+                        u_edges: np.ndarray | None = None) -> Boundary:
     """Fit the spline boundary with its iterative upward extension.
 
     Parameters
@@ -106,6 +107,11 @@ def fit_spline_boundary(u: np.ndarray, t: np.ndarray, *, rnoise_e: float, knots:
     fixed_points : sequence of (x, y, w)
         Points in the diagram (electrons) the fit must follow; their weight is
         multiplied by the largest weight of the iteration.
+    u_edges : ndarray, optional
+        Column edges of the diagram.  The spline is fitted against the column
+        rank ``v`` (``u_edges[i] -> i``), in which the equally populated
+        columns are equally spaced, so that the equally spaced knots are not
+        left without points where the columns are wide.  Default: fit in ``u``.
 
     Returns
     -------
@@ -116,26 +122,30 @@ def fit_spline_boundary(u: np.ndarray, t: np.ndarray, *, rnoise_e: float, knots:
     ft = fixed[:, 1] / fu
     u = np.asarray(u, dtype=float)
     t = np.asarray(t, dtype=float)
-    all_u = np.concatenate([u, fu])
-    if all_u.size == 0:
+    edges = np.asarray(u_edges, dtype=float) if u_edges is not None else None
+    to_v = (lambda q: np.interp(q, edges, np.arange(edges.size))) if edges is not None else (lambda q: q)
+    all_v = to_v(np.concatenate([u, fu]))
+    if all_v.size == 0:
         raise ValueError("no boundary points: the image is too small to build the MM diagram")
-    lo, hi = float(all_u.min()), float(all_u.max())
+    lo, hi = float(all_v.min()), float(all_v.max())
     if hi <= lo:
         hi = lo + 1.0
-    nk = int(min(knots, max(2, all_u.size - 2)))
+    nk = int(min(knots, max(2, all_v.size - 2)))
     kv = np.concatenate([[lo] * 3, np.linspace(lo, hi, nk), [hi] * 3])
-    table = np.linspace(lo, hi, _TABLE)
+    v_table = np.linspace(lo, hi, _TABLE)
+    u_table = np.interp(v_table, np.arange(edges.size), edges) if edges is not None else v_table
+    v = all_v[:u.size]
     w = np.ones_like(u)
     iterations = []
     previous = None
     for it in range(niter + 1):
         if previous is not None:
-            w = np.where(t > np.interp(u, table, previous), weight**it, 1.0)
+            w = np.where(t > np.interp(v, v_table, previous), weight**it, 1.0)
         wmax = w.max() if w.size else 1.0
-        coef = _fit_once(all_u, np.concatenate([t, ft]), np.concatenate([w, fixed[:, 2] * wmax]), kv)
-        previous = BSpline(kv, coef, 3)(table)
-        iterations.append((table, previous))
-    return Boundary("spline", float(rnoise_e), table, previous, fixed, (u, t), iterations)
+        coef = _fit_once(all_v, np.concatenate([t, ft]), np.concatenate([w, fixed[:, 2] * wmax]), kv)
+        previous = BSpline(kv, coef, 3)(v_table)
+        iterations.append((u_table, previous))
+    return Boundary("spline", float(rnoise_e), u_table, previous, fixed, (u, t), iterations)
 
 
 def piecewise_boundary(fixed_points: Sequence[Sequence[float]], *, rnoise_e: float) -> Boundary:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .noise import draw_exposure, sigma
+from .noise import NoiseSampler, sigma
 from .stack import low_mean, median_of_stack
 
 __all__ = ["DiagramGrid", "SimulatedDiagrams", "make_grid", "simulate_diagrams", "real_histogram",
@@ -47,12 +47,19 @@ _log = logging.getLogger(__name__)
 
 N_COLUMNS = 100
 T_STEP = 0.05
-T_MAX = 60.0
+T_MAX = 30.0
 
 
 @dataclass(frozen=True)
 class DiagramGrid:
     """Bins of the normalised diagram.
+
+    Columns are bins of ``u = sigma(min2d)`` holding (nearly) the same number of
+    real pixels each, so that the "one simulated pixel above" rule of
+    :func:`boundary_points` gives every pixel the same false-alarm probability
+    (with equal-width columns the crowded faint columns would get a much
+    stricter boundary than the sparse bright ones).  A fine uniform grid of
+    ``u`` and a lookup table map a value to its column in O(1).
 
     Attributes
     ----------
@@ -61,12 +68,17 @@ class DiagramGrid:
     u_edges : ndarray
         Column edges in ``u = sigma(min2d)`` (electrons).
     t_edges : ndarray
-        Row edges in ``t = (target - min2d) / sigma(min2d)``.
+        Row edges in ``t = (target - min2d) / sigma(min2d)`` (uniform).
+    fine_edges : ndarray
+        Uniform fine grid of ``u``; ``lut[i]`` is the column of fine bin ``i``.
+    lut : ndarray of int32
     """
 
     rnoise_e: float
     u_edges: np.ndarray
     t_edges: np.ndarray
+    fine_edges: np.ndarray
+    lut: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,34 +94,57 @@ class DiagramGrid:
         """Signal ``x`` (electrons, >= 0) whose noise is ``u``."""
         return np.maximum(np.asarray(u, dtype=float) ** 2 - self.rnoise_e**2, 0.0)
 
+    def column_index(self, u: np.ndarray) -> np.ndarray:
+        """Column (int32, clipped to the grid) of noise values ``u``."""
+        nfine = len(self.fine_edges) - 1
+        scale = np.float32(nfine / (self.fine_edges[-1] - self.fine_edges[0]))
+        f = (u - np.float32(self.fine_edges[0])) * scale
+        np.clip(f, 0, nfine - 1, out=f)
+        return self.lut[f.astype(np.int32)]
+
+    def row_index(self, t: np.ndarray) -> np.ndarray:
+        """Row (int32, clipped to the grid) of normalised values ``t``."""
+        nrow = self.shape[1]
+        r = t * np.float32(1.0 / (self.t_edges[1] - self.t_edges[0]))
+        np.clip(r, 0, nrow - 1, out=r)
+        return r.astype(np.int32)
+
     def cell_index(self, u: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Flat cell index (column-major over t) of normalised points, clipped to the grid."""
-        ncol, nrow = self.shape
-        u0, du = self.u_edges[0], self.u_edges[1] - self.u_edges[0]
-        col = ((u - np.float32(u0)) * np.float32(1.0 / du)).astype(np.int32)
-        np.clip(col, 0, ncol - 1, out=col)
-        row = (t * np.float32(1.0 / (self.t_edges[1] - self.t_edges[0]))).astype(np.int32)
-        np.clip(row, 0, nrow - 1, out=row)
-        col *= nrow
-        col += row
-        return col
+        """Flat cell index ``column * n_rows + row`` of normalised points."""
+        idx = self.column_index(u) * np.int32(self.shape[1])
+        idx += self.row_index(t)
+        return idx
 
 
-def make_grid(min2d: np.ndarray, rnoise_e: float, *, n_columns: int = N_COLUMNS) -> DiagramGrid:
-    """Grid covering the signal range of ``min2d``.
+def make_grid(min2d: np.ndarray, rnoise_e: float, *, n_columns: int = N_COLUMNS, n_fine: int = 4096,
+              max_samples: int = 2_000_000) -> DiagramGrid:
+    """Grid covering the signal range of ``min2d`` with equally populated columns.
 
     The columns span ``sigma`` from the readout noise to ``sigma`` of the
-    largest ``min2d`` value; rows span ``t`` in [0, 60] in steps of 0.05.
+    largest ``min2d`` value; their edges are quantiles of ``sigma(min2d)``
+    (on a fine uniform grid of 4096 bins; a fine bin is never split, so fewer
+    columns result when most pixels share a fine bin).  Rows span ``t`` in
+    [0, 60] in steps of 0.05.
     """
     r = float(rnoise_e)
-    top = float(np.max(min2d)) if min2d.size else 0.0
-    u_hi = float(np.sqrt(max(top, 0.0) + r * r))
-    u_lo = r if r > 0 else 0.0
+    flat = np.asarray(min2d).ravel()
+    sample = flat[:: max(1, flat.size // max_samples)]
+    u = sigma(sample, r)
+    u_lo = r if r > 0 else float(u.min(initial=0.0))
+    u_hi = float(np.sqrt(max(float(flat.max(initial=0.0)), 0.0) + r * r))
     if u_hi <= u_lo:
         u_hi = u_lo + 1.0
-    u_hi += (u_hi - u_lo) * 1e-6  # keep the maximum inside the last column
+    u_hi += (u_hi - u_lo) * 1e-6
+    fine_edges = np.linspace(u_lo, u_hi, n_fine + 1)
+    counts, _ = np.histogram(u, bins=fine_edges)
+    cum = np.cumsum(counts) / max(counts.sum(), 1)
+    lut = np.minimum((cum * n_columns - 1e-9).astype(np.int64), n_columns - 1)
+    lut = np.maximum.accumulate(np.concatenate([[0], lut[:-1]]))  # column of each fine bin (by its lower edge)
+    used, lut = np.unique(lut, return_inverse=True)
+    first = np.searchsorted(lut, np.arange(len(used)))
+    u_edges = np.concatenate([fine_edges[first], [fine_edges[-1]]])
     t_edges = np.arange(0.0, T_MAX + T_STEP / 2, T_STEP)
-    return DiagramGrid(r, np.linspace(u_lo, u_hi, n_columns + 1), t_edges)
+    return DiagramGrid(r, u_edges, t_edges, fine_edges, lut.astype(np.int32))
 
 
 def target_names(n_images: int) -> list[str]:
@@ -128,13 +163,20 @@ class SimulatedDiagrams:
         Counts over all simulations.
     nsim : int
         Number of simulated sets.
+    npix : int
+        Pixels per simulated exposure.
+    check : dict of str to ndarray
+        Counts of the ``n_check`` independent check sets.
+    n_check : int
+        Number of check sets.
     """
 
     grid: DiagramGrid
     hist: dict[str, np.ndarray]
     nsim: int
     npix: int = 0
-    extra: dict = field(default_factory=dict)
+    check: dict[str, np.ndarray] = field(default_factory=dict)
+    n_check: int = 0
 
 
 def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
@@ -145,36 +187,39 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 
 
 def _simulate_block(expected: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int, nsim: int,
-                    grid: DiagramGrid, seed: np.random.SeedSequence, exact: bool) -> np.ndarray:
-    """Histograms (n_targets, ncells) of all simulations for one block of rows."""
+                    n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence, exact: bool) -> np.ndarray:
+    """Histograms (2, n_targets * ncells) of one block of rows: fitting sets, then check sets."""
     rng = np.random.default_rng(seed)
-    lam = expected[:, rows]
-    n = lam.shape[0]
+    samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
+    n = len(samplers)
+    shape = samplers[0].lam.shape
     ncells = int(np.prod(grid.shape))
-    hist = np.zeros((n + 2) * ncells, dtype=np.int64)
-    for _ in range(nsim):
-        z = np.stack([draw_exposure(lam[k], rnoise_e, rng, exact=exact) for k in range(n)])
+    nrow = np.int32(grid.shape[1])
+    hist = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
+    z = np.empty((n,) + shape, dtype=np.float32)
+    idx = np.empty((n + 2,) + shape, dtype=np.int32)
+    for isim in range(nsim + n_check):
+        for k, sampler in enumerate(samplers):
+            sampler.draw(rng, out=z[k])
         lo = low_mean(z, n_low)
         s = sigma(lo, rnoise_e)
-        inv = np.float32(1.0) / s
-        base = grid.cell_index(s, np.zeros_like(s))
+        inv = np.divide(np.float32(1.0), s, out=s)
+        base = grid.column_index(sigma(lo, rnoise_e))
+        base *= nrow
         for j, y in enumerate(_targets_of(z, lo)):
             y *= inv
-            idx = _row_index(y, grid)
-            idx += base
-            idx += j * ncells
-            hist += np.bincount(idx.ravel(), minlength=hist.size)
+            idx[j] = grid.row_index(y)
+            idx[j] += base
+            idx[j] += np.int32(j * ncells)
+        if n_low > 1:  # min2d is a mean: a target may lie below it
+            np.maximum(idx, 0, out=idx)
+        hist[int(isim >= nsim)] += np.bincount(idx.ravel(), minlength=hist.shape[1])
     return hist
 
 
-def _row_index(t: np.ndarray, grid: DiagramGrid) -> np.ndarray:
-    nrow = grid.shape[1]
-    row = (t * np.float32(1.0 / (grid.t_edges[1] - grid.t_edges[0]))).astype(np.int32)
-    return np.clip(row, 0, nrow - 1, out=row)
-
-
 def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
-                      grid: DiagramGrid, seed: int | None, block_rows: int = 64, workers: int | None = None,
+                      grid: DiagramGrid, seed: int | None, n_check: int = 2, block_rows: int = 64,
+                      workers: int | None = None,
                       exact: bool = False, progress: Callable[[int, int], None] | None = None
                       ) -> SimulatedDiagrams:
     """Simulate ``nsim`` sets of exposures and histogram their MM diagrams.
@@ -190,6 +235,10 @@ def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: 
         ``min2d`` is the mean of the ``N - n_coincidences`` lowest values.
     nsim : int
         Number of simulated sets (``mm_nsimulations``).
+    n_check : int
+        Extra, independent simulated sets kept apart (``check`` histograms) to
+        measure the false-positive rate of the boundary out of sample: counted
+        on the sets it was fitted to, the rate would be underestimated.
     grid : DiagramGrid
         Bins (see :func:`make_grid`).
     seed : int or None
@@ -214,19 +263,21 @@ def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: 
     seeds = np.random.SeedSequence(seed).spawn(len(blocks))
     workers = workers or os.cpu_count() or 1
     ncells = int(np.prod(grid.shape))
-    total = np.zeros((n + 2) * ncells, dtype=np.int64)
+    total = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
 
     def job(i: int) -> np.ndarray:
-        return _simulate_block(expected, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, grid=grid,
-                               seed=seeds[i], exact=exact)
+        return _simulate_block(expected, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
+                               grid=grid, seed=seeds[i], exact=exact)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done, hist in enumerate(pool.map(job, range(len(blocks))), start=1):
             total += hist
             if progress is not None:
                 progress(done, len(blocks))
-    hists = total.reshape(n + 2, *grid.shape)
-    return SimulatedDiagrams(grid, dict(zip(target_names(n), hists)), nsim, npix=expected[0].size)
+    hists = total.reshape(2, n + 2, *grid.shape)
+    names = target_names(n)
+    return SimulatedDiagrams(grid, dict(zip(names, hists[0])), nsim, npix=expected[0].size,
+                             check=dict(zip(names, hists[1])), n_check=n_check)
 
 
 def real_histogram(min2d: np.ndarray, target: np.ndarray, grid: DiagramGrid) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SKEW_LIMIT", "sigma", "draw_exposure"]
+__all__ = ["SKEW_LIMIT", "sigma", "NoiseSampler", "draw_exposure"]
 
 SKEW_LIMIT = 0.15
 
@@ -29,6 +29,57 @@ def sigma(signal: np.ndarray, rnoise_e: float) -> np.ndarray:
     var = np.maximum(signal, 0, dtype=np.float32)
     var += np.float32(rnoise_e) ** 2
     return np.sqrt(var, out=var)
+
+
+class NoiseSampler:
+    """Draw noisy exposures with a fixed expectation, many times.
+
+    The per-pixel noise and skewness terms are computed once, so that each
+    draw costs one Gaussian deviate and six in-place operations per pixel.
+
+    Parameters
+    ----------
+    lam : ndarray, float32
+        Expected signal in electrons (negative values are treated as 0).
+    rnoise_e : float
+        Readout noise in electrons.
+    exact : bool
+        Draw exact Poisson + Gaussian deviates everywhere (slow; reference).
+    """
+
+    def __init__(self, lam: np.ndarray, rnoise_e: float, *, exact: bool = False):
+        self.lam = np.maximum(lam, 0, dtype=np.float32)
+        self.rnoise_e = np.float32(rnoise_e)
+        self.exact = exact
+        var = self.lam + self.rnoise_e**2
+        self.s = np.sqrt(var)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = self.lam / (var * self.s * np.float32(6))
+        self.c = np.where(var > 0, c, 0).astype(np.float32)
+        hard = self.c > SKEW_LIMIT / 6
+        self.hard = np.flatnonzero(hard) if hard.any() else None
+
+    def draw(self, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+        """One noisy exposure (float32), written into ``out`` when given."""
+        if self.exact:
+            res = rng.poisson(self.lam).astype(np.float32)
+            res += rng.standard_normal(self.lam.shape, dtype=np.float32) * self.rnoise_e
+            if out is not None:
+                out[...] = res
+                return out
+            return res
+        g = rng.standard_normal(self.lam.shape, dtype=np.float32)
+        out = np.multiply(g, g, out=out)
+        out -= 1
+        out *= self.c
+        out += g
+        out *= self.s
+        out += self.lam
+        if self.hard is not None:
+            flat = out.reshape(-1)
+            lam = self.lam.reshape(-1)[self.hard]
+            flat[self.hard] = rng.poisson(lam) + rng.standard_normal(lam.size, dtype=np.float32) * self.rnoise_e
+        return out
 
 
 def draw_exposure(lam: np.ndarray, rnoise_e: float, rng: np.random.Generator, *,
@@ -51,25 +102,4 @@ def draw_exposure(lam: np.ndarray, rnoise_e: float, rng: np.random.Generator, *,
     ndarray, float32
         Simulated exposure, same shape as ``lam``.
     """
-    lam = np.maximum(lam, 0, dtype=np.float32)
-    r2 = np.float32(rnoise_e) ** 2
-    if exact:
-        out = rng.poisson(lam).astype(np.float32)
-        out += rng.standard_normal(lam.shape, dtype=np.float32) * np.float32(rnoise_e)
-        return out
-    var = lam + r2
-    s = np.sqrt(var)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(var > 0, lam / (var * s * 6), 0).astype(np.float32)  # skewness / 6
-    g = rng.standard_normal(lam.shape, dtype=np.float32)
-    out = g * g
-    out -= 1
-    out *= c
-    out += g
-    out *= s
-    out += lam
-    hard = c > SKEW_LIMIT / 6
-    if hard.any():
-        out[hard] = rng.poisson(lam[hard]) + rng.standard_normal(int(hard.sum()), dtype=np.float32) * np.float32(
-            rnoise_e)
-    return out
+    return NoiseSampler(lam, rnoise_e, exact=exact).draw(rng)

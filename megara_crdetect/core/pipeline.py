@@ -224,9 +224,10 @@ def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: f
             fixed = params.mm_fixed_points_in_boundary if name == "median" else ()
             b = bd.fit_spline_boundary(u, t, rnoise_e=rnoise_e, knots=params.mm_knots_splfit,
                                        niter=params.mm_niter_boundary_extension,
-                                       weight=params.mm_weight_boundary_extension, fixed_points=fixed)
+                                       weight=params.mm_weight_boundary_extension, fixed_points=fixed,
+                                       u_edges=sims.grid.u_edges)
         boundaries[name] = b
-        expected[name] = bd.expected_false_positives(hist, sims.grid, b, sims.nsim)
+        expected[name] = bd.expected_false_positives(sims.check[name], sims.grid, b, sims.n_check)
     return boundaries, expected
 
 
@@ -333,7 +334,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     la_flags, lamedian = {}, None
     if params.uses_la:
         t1 = time.perf_counter()
-        la_flags, lamedian = _la_detections(targets, params, detector, workers)
+        la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
+        la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
         timings["lacosmic"] = time.perf_counter() - t1
 
     boundaries, expected, sims = {}, {}, None
@@ -369,17 +371,30 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     return result
 
 
+def _la_everywhere(params: CRMaskConfig) -> bool:
+    """L.A.Cosmic on every target (always for lacosmic alone, on request for mm_lacosmic)."""
+    return params.crmethod == "lacosmic" or params.la_everywhere
+
+
 def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray) -> None:
-    """MEANCRT, CRMASKk, MEANCR and the problematic pixels (in place)."""
+    """MEANCRT, CRMASKk, MEANCR and the problematic pixels (in place).
+
+    CRMASKk are the dilated detections on exposure k.  The guide restricts
+    them to MEANCRT; here MEANCRT instead contains every per-exposure detection
+    (a cosmic ray of one exposure is one of the mean), so CRMASKk is still a
+    subset of MEANCRT without losing the faint single hits that the mean
+    dilutes N times.
+    """
     cleanable, d = det.cleanable, params.dilation
-    mean_flags = det.union("mean", result.stats.mean2d)
-    result.meancrt = dilate(mean_flags, d) & cleanable | result.mediancr
+    any_exposure = np.zeros(stack.shape[1:], dtype=bool)
     for k in range(stack.shape[0]):
-        name = f"exposure{k + 1}"
-        flags = det.union(name, stack[k]) & result.meancrt
+        flags = det.union(f"exposure{k + 1}", stack[k])
+        any_exposure |= flags
         result.crmasks[k] = dilate(flags, d) & cleanable
+    mean_flags = det.union("mean", result.stats.mean2d) | any_exposure
+    result.meancrt = dilate(mean_flags, d) & cleanable | result.mediancr
     meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks).value
-    if params.uses_la:
+    if params.uses_la and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
         det.la_flags["meancr"] = la["meancr"]
     result.meancr = det.union("meancr", meancr_img, boundary_name="mean")

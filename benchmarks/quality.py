@@ -1,0 +1,235 @@
+"""Cleaning quality of megara-crdetect against the reference, same data, same run.
+
+Simulates a MEGARA-like set with known cosmic rays (``megara_crdetect.simulate``),
+runs our CLI and the reference (``python -m numina.array.crmasks``) as separate
+processes on the same FITS files with the same parameters, and prints, side by
+side, the figures defined in issue 3:
+
+* truth = mean of the noise-free exposures; sigma = sqrt(truth + rnoise^2) (e-);
+* residuals = pixels where combined - truth > 5 sigma;
+* oracle = per pixel, mean of the exposures whose CR deposit is < 1 sigma (their
+  minimum where none);
+* robust noise = 1.4826 * MAD of (combined - truth) / sigma;
+* harmful pixels = plain median - truth > 5 sigma; MEDIANCR recall of them;
+* far false flags = MEDIANCR pixels more than 2 px from any pixel with a CR
+  deposit > 1 sigma; hot pixels flagged.
+
+Usage::
+
+    python benchmarks/quality.py [--shape 1596 2016] [--full] [--set equivalent|flux|offsets]
+                                 [--seed S] [--workdir DIR] [--no-reference] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from astropy.io import fits
+from scipy import ndimage
+
+from megara_crdetect.examples import write_exposures
+from megara_crdetect.simulate import simulate_exposures
+
+SETS = {
+    "equivalent": {},
+    "flux": {"flux_factors": (0.8, 1.0, 1.2)},
+    "offsets": {"offsets": ((-0.5, 0.5), (0.0, 0.0), (0.5, -0.25))},
+}
+EXTRA = {  # parameters of each set (the guide's examples 3 and 4)
+    "equivalent": {},
+    "flux": {"flux_factor": "auto", "flux_factor_regions": [[229, 274, 1, 1596]]},
+    "offsets": {"mm_crosscorr_region": [214, 320, 651, 733]},
+}
+COMBOS = ("median", "mediancr", "meancrt", "meancr", "meancr2")
+
+
+def common_requirements(extra: dict) -> dict:
+    req = dict(crmethod="mm_lacosmic", interactive=False, dilation=1, maxplots=0, color_scale="zscale",
+               apply_flux_factor_to="simulated", la_sigclip=5.0, la_sigfrac=0.3, la_objlim=5.0,
+               la_satlevel=65535.0, la_niter=4, la_sepmed=True, la_cleantype="meanmask", la_fsmode="convolve",
+               la_psfmodel="gaussxy", la_psffwhm_x=2.5, la_psffwhm_y=2.5, la_psfsize=11, la_psfbeta=4.765,
+               la_padwidth=10, mm_boundary_fit="spline", mm_knots_splfit=3, mm_nsimulations=10,
+               mm_niter_boundary_extension=4, mm_weight_boundary_extension=10.0,
+               mm_minimum_max2d_rnoise=5.0, mm_seed=123456)
+    req.update(extra)
+    return req
+
+
+def reference_requirements(extra: dict) -> dict:
+    """The same parameters with numina 0.40's names and its mandatory extra keys."""
+    req = common_requirements(extra)
+    req.update(use_auxmedian=False, mm_threshold_rnoise=0.0, mm_photon_distribution="poisson",
+               mm_nbinom_shape=1000, mm_synthetic="median", mm_cr_coincidences=2, la_verbose=False)
+    if "flux_factor" not in req:
+        req["flux_factor"] = "none"
+    return req
+
+
+def write_inputs(sim, workdir: Path, extra: dict) -> tuple[Path, Path]:
+    files = write_exposures(sim, workdir)
+    top = {"images": [f.name for f in files], "extnum": 0, "gain": float(sim.gain), "rnoise": float(sim.rnoise),
+           "bias": float(sim.bias)}
+    ours = workdir / "params_ours.yaml"
+    ours.write_text(yaml.safe_dump({**top, "requirements": common_requirements(extra)}, sort_keys=False))
+    ref = workdir / "params_reference.yaml"
+    ref.write_text(yaml.safe_dump({**top, "requirements": reference_requirements(extra)}, sort_keys=False))
+    return ours, ref
+
+
+def run_timed(cmd: list[str], log: Path) -> dict:
+    """Run a command; wall time and peak RSS of the child (GNU time when available)."""
+    t0 = time.perf_counter()
+    timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+    env = dict(os.environ, MPLBACKEND="Agg")
+    with log.open("w") as fh:
+        proc = subprocess.run(timer + cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+    wall = time.perf_counter() - t0
+    rss = None
+    for line in log.read_text().splitlines():
+        if "Maximum resident set size" in line:
+            rss = int(line.split()[-1]) / 1024.0
+    return {"status": proc.returncode, "wall_s": wall, "peak_rss_mb": rss}
+
+
+def far_false(mask: np.ndarray, cr_any: np.ndarray) -> int:
+    near = ndimage.binary_dilation(cr_any, structure=np.ones((3, 3), bool), iterations=2)
+    return int((mask & ~near).sum())
+
+
+def metrics(sim, outdir: Path, *, oracle: dict, truth, sig, cr_any, harmful) -> dict:
+    out = {}
+    with fits.open(outdir / "crmasks.fits") as hdul:
+        med = np.asarray(hdul["MEDIANCR"].data, bool)
+    hot = np.zeros(med.shape, bool)
+    hot[sim.hot_pixels[:, 0], sim.hot_pixels[:, 1]] = True
+    out["mediancr_pixels"] = int(med.sum())
+    out["recall_harmful"] = float((med & harmful).sum() / max(harmful.sum(), 1))
+    out["far_false_flags"] = far_false(med, cr_any)
+    out["far_false_fraction"] = out["far_false_flags"] / med.size
+    out["hot_pixels_flagged"] = int((med & hot & ~ndimage.binary_dilation(cr_any, iterations=2)).sum())
+    for name in COMBOS:
+        path = outdir / f"combined_{name}.fits"
+        if not path.exists():
+            continue
+        value = fits.getdata(path).astype(np.float64) * sim.gain  # ADU (gain 1) -> electrons
+        z = (value - truth) / sig
+        out[f"residuals_{name}"] = int((z > 5).sum())
+        out[f"noise_{name}"] = float(1.4826 * np.median(np.abs(z - np.median(z))))
+    return out
+
+
+def oracle_figures(sim, truth, sig) -> tuple[dict, np.ndarray, np.ndarray]:
+    data_e = (sim.exposures.astype(np.float64) - sim.bias) * sim.gain
+    data_e /= np.asarray(sim.flux_factors)[:, None, None]
+    clean = sim.cr_deposit < sig[None]
+    n = clean.sum(axis=0)
+    oracle = np.where(n > 0, (data_e * clean).sum(axis=0) / np.maximum(n, 1), data_e.min(axis=0))
+    z = (oracle - truth) / sig
+    cr_any = (sim.cr_deposit > sig[None]).any(axis=0)
+    harmful = (np.median(data_e, axis=0) - truth) / sig > 5
+    figures = {"residuals": int((z > 5).sum()), "noise": float(1.4826 * np.median(np.abs(z - np.median(z)))),
+               "harmful_pixels": int(harmful.sum())}
+    return figures, cr_any, harmful
+
+
+def check_bars(ours: dict, oracle: dict) -> list[str]:
+    """The bars of issue 3, as readable verdicts."""
+    best = min(ours.get("residuals_meancr", 1e9), ours.get("residuals_meancr2", 1e9))
+    best_name = "meancr" if ours.get("residuals_meancr", 1e9) <= ours.get("residuals_meancr2", 1e9) else "meancr2"
+    rows = [
+        (f"best of meancr/meancr2 ({best_name}) residuals <= 2 x oracle + 5", best <= 2 * oracle["residuals"] + 5,
+         f"{best} <= {2 * oracle['residuals'] + 5}"),
+        ("robust noise of that combination within 1% of the oracle's",
+         abs(ours[f"noise_{best_name}"] / oracle["noise"] - 1) <= 0.01,
+         f"{ours[f'noise_{best_name}']:.4f} vs {oracle['noise']:.4f}"),
+        ("mediancr residuals <= 3 x oracle + 5", ours["residuals_mediancr"] <= 3 * oracle["residuals"] + 5,
+         f"{ours['residuals_mediancr']} <= {3 * oracle['residuals'] + 5}"),
+        ("MEDIANCR recall of harmful pixels >= 0.99", ours["recall_harmful"] >= 0.99, f"{ours['recall_harmful']:.4f}"),
+        ("far false flags <= 1e-5 of all pixels", ours["far_false_fraction"] <= 1e-5,
+         f"{ours['far_false_flags']} px = {ours['far_false_fraction']:.2e}"),
+        ("hot pixels not flagged", ours["hot_pixels_flagged"] == 0, f"{ours['hot_pixels_flagged']}"),
+    ]
+    return [f"  [{'PASS' if ok else 'FAIL'}] {text}: {value}" for text, ok, value in rows]
+
+
+def print_table(oracle: dict, results: dict) -> None:
+    names = list(results)
+    keys = ["status", "wall_s", "peak_rss_mb", "mediancr_pixels", "recall_harmful", "far_false_flags",
+            "hot_pixels_flagged"] + [f"residuals_{c}" for c in COMBOS] + [f"noise_{c}" for c in COMBOS]
+    print(f"oracle: residuals {oracle['residuals']}, robust noise {oracle['noise']:.4f}; "
+          f"harmful pixels (plain median) {oracle['harmful_pixels']}")
+    print(f"{'figure':24s}" + "".join(f"{n:>16s}" for n in names))
+    for key in keys:
+        cells = []
+        for n in names:
+            v = results[n].get(key)
+            cells.append(f"{'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v):>16}")
+        print(f"{key:24s}" + "".join(cells))
+    if "ref" in results and "ours" in results:
+        r, o = results["ref"], results["ours"]
+        print(f"ratios ours/reference: wall {o['wall_s'] / r['wall_s']:.3f}"
+              + (f", peak RSS {o['peak_rss_mb'] / r['peak_rss_mb']:.3f}" if o["peak_rss_mb"] and r["peak_rss_mb"]
+                 else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", type=int, nargs=2, default=(1596, 2016), metavar=("NY", "NX"))
+    p.add_argument("--full", action="store_true", help="full MEGARA frame 4112 x 4096")
+    p.add_argument("--set", choices=sorted(SETS), default="equivalent")
+    p.add_argument("--seed", type=int, default=2025)
+    p.add_argument("--n-coincident", type=int, default=None, help="extra coincident events (default 150 per 3.2 Mpx)")
+    p.add_argument("--workdir", type=Path)
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--ours-extra", type=yaml.safe_load, default={}, help="extra requirements for our run (YAML)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    shape = (4112, 4096) if args.full else tuple(args.shape)
+    n_coinc = args.n_coincident or max(150, int(150 * shape[0] * shape[1] / (1596 * 2016)))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    sim = simulate_exposures(shape, 3, seed=args.seed, n_coincident=n_coinc, **SETS[args.set])
+    ours_yaml, ref_yaml = write_inputs(sim, workdir, EXTRA[args.set])
+    if args.ours_extra:
+        doc = yaml.safe_load(ours_yaml.read_text())
+        doc["requirements"].update(args.ours_extra)
+        ours_yaml.write_text(yaml.safe_dump(doc, sort_keys=False))
+    truth = sim.truth.astype(np.float64)
+    sig = np.sqrt(np.maximum(truth, 0) + sim.rnoise_e**2)
+    oracle, cr_any, harmful = oracle_figures(sim, truth, sig)
+    print(f"set {args.set}, shape {shape}, seed {args.seed}, {n_coinc} coincident events, workdir {workdir}")
+    runs = {"ours": [sys.executable, "-m", "megara_crdetect", str(ours_yaml), "--output_dir",
+                     str(workdir / "ours"), "--no-figures"]}
+    if not args.no_reference:
+        runs["ref"] = [sys.executable, "-m", "numina.array.crmasks", str(ref_yaml), "--output_dir",
+                       str(workdir / "ref")]
+    results = {}
+    for name, cmd in runs.items():
+        info = run_timed(cmd, workdir / f"{name}.log")
+        if info["status"] == 0:
+            info.update(metrics(sim, workdir / name, oracle=oracle, truth=truth, sig=sig, cr_any=cr_any,
+                                harmful=harmful))
+        else:
+            print(f"{name} failed (status {info['status']}), see {workdir / (name + '.log')}")
+        results[name] = info
+    print_table(oracle, results)
+    if results["ours"]["status"] == 0:
+        print("bars of issue 3 (ours):")
+        print("\n".join(check_bars(results["ours"], oracle)))
+    if args.json:
+        args.json.write_text(json.dumps({"oracle": oracle, "results": results, "shape": shape, "set": args.set},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
