@@ -57,7 +57,7 @@ class Boundary:
     iterations: list = field(default_factory=list)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Boundary ``y_B`` (electrons) at ``x = min2d`` (electrons)."""
+        """Boundary ``y_B`` (electrons) at reference signal ``x`` (electrons)."""
         x = np.asarray(x, dtype=np.float32)
         if self.kind == "piecewise":
             return np.interp(x, self.fixed[:, 0], self.fixed[:, 1]).astype(np.float32)
@@ -65,6 +65,16 @@ class Boundary:
         t = np.interp(s, self.u_table, self.t_table).astype(np.float32)
         t *= s
         return t
+
+    def y_at(self, u: np.ndarray) -> np.ndarray:
+        """Boundary ``y_B`` (electrons) for pixels of noise scale ``u`` (float32)."""
+        u = np.asarray(u, dtype=np.float32)
+        if self.kind == "piecewise":
+            x = np.maximum(u * u - np.float32(self.rnoise_e) ** 2, 0)
+            return np.interp(x, self.fixed[:, 0], self.fixed[:, 1]).astype(np.float32)
+        y = np.interp(u, self.u_table, self.t_table).astype(np.float32)
+        y *= u
+        return y
 
     def t_at(self, u: np.ndarray) -> np.ndarray:
         """Normalised boundary level at noise ``u`` (works for both kinds)."""

@@ -10,11 +10,17 @@ whole dynamic range, so all faint pixels share its first column and the
 boundary there is set by brighter pixels (about 15 sigma above the noise).
 Here the diagram is built in noise-normalised coordinates:
 
-* column coordinate ``u = sigma(x) = sqrt(max(x, 0) + rnoise**2)`` (the noise
-  of one exposure at that signal), in uniform bins, so that every bin spans
-  about the same number of sigmas at any signal level;
-* row coordinate ``t = y / sigma(x)``, so that within a column the spread of
-  ``sigma`` does not smear the tail.
+* every pixel gets a noise scale ``u = sigma(max(min2d, floor))`` with
+  ``sigma(x) = sqrt(max(x, 0) + rnoise**2)`` and ``floor`` the median of
+  median2d over the 8 neighbours (:func:`noise_scale`).  min2d alone
+  fluctuates downwards by about one sigma, and such a fluctuation both raises
+  ``median - min`` and lowers ``sigma(min2d)``: normalising by it puts a heavy
+  noise tail exactly where faint coincident hits lie.  The simulations use the
+  same floor and their own min2d;
+* columns are bins of ``u`` holding the same number of pixels (so the "one
+  simulated pixel above" rule gives every pixel the same false-alarm
+  probability);
+* the row coordinate is ``t = (target - min2d) / u``.
 
 Everything else keeps its documented meaning: the simulated exposures are
 drawn from the (cleaned) median with the detector noise model, flux factors
@@ -36,11 +42,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from .noise import NoiseSampler, sigma
 from .stack import low_mean, median_of_stack
 
-__all__ = ["DiagramGrid", "SimulatedDiagrams", "make_grid", "simulate_diagrams", "real_histogram",
+__all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor", "noise_scale", "make_grid",
+           "simulate_diagrams",
+           "real_histogram",
            "boundary_points", "target_names"]
 
 _log = logging.getLogger(__name__)
@@ -54,7 +63,7 @@ T_MAX = 30.0
 class DiagramGrid:
     """Bins of the normalised diagram.
 
-    Columns are bins of ``u = sigma(min2d)`` holding (nearly) the same number of
+    Columns are bins of the noise scale ``u`` holding (nearly) the same number of
     real pixels each, so that the "one simulated pixel above" rule of
     :func:`boundary_points` gives every pixel the same false-alarm probability
     (with equal-width columns the crowded faint columns would get a much
@@ -66,9 +75,9 @@ class DiagramGrid:
     rnoise_e : float
         Readout noise (electrons) defining ``sigma(x)``.
     u_edges : ndarray
-        Column edges in ``u = sigma(min2d)`` (electrons).
+        Column edges in ``u`` (electrons).
     t_edges : ndarray
-        Row edges in ``t = (target - min2d) / sigma(min2d)`` (uniform).
+        Row edges in ``t = (target - min2d) / u`` (uniform).
     fine_edges : ndarray
         Uniform fine grid of ``u``; ``lut[i]`` is the column of fine bin ``i``.
     lut : ndarray of int32
@@ -116,22 +125,45 @@ class DiagramGrid:
         return idx
 
 
-def make_grid(min2d: np.ndarray, rnoise_e: float, *, n_columns: int = N_COLUMNS, n_fine: int = 4096,
-              max_samples: int = 2_000_000) -> DiagramGrid:
-    """Grid covering the signal range of ``min2d`` with equally populated columns.
+def local_reference(image: np.ndarray) -> np.ndarray:
+    """Median of the 8 neighbours of every pixel (the pixel itself excluded; edges replicated)."""
+    footprint = np.ones((3, 3), dtype=bool)
+    footprint[1, 1] = False
+    return ndimage.median_filter(np.asarray(image, dtype=np.float32), footprint=footprint, mode="nearest")
 
-    The columns span ``sigma`` from the readout noise to ``sigma`` of the
-    largest ``min2d`` value; their edges are quantiles of ``sigma(min2d)``
-    (on a fine uniform grid of 4096 bins; a fine bin is never split, so fewer
-    columns result when most pixels share a fine bin).  Rows span ``t`` in
-    [0, 60] in steps of 0.05.
+
+def noise_floor(median2d: np.ndarray) -> np.ndarray:
+    """Signal floor of the noise scale: median of median2d over the 8 neighbours."""
+    return local_reference(median2d)
+
+
+def noise_scale(min2d: np.ndarray, floor: np.ndarray, rnoise_e: float) -> np.ndarray:
+    """Noise scale ``u = sigma(max(min2d, floor))`` of every pixel (float32).
+
+    ``floor`` (:func:`noise_floor`) comes from the neighbours only, so that a
+    downward fluctuation of min2d does not shrink the scale of the pixel it
+    belongs to; ``min2d`` keeps the scale of an isolated real feature (hot
+    pixel, line peak) that the neighbours do not have.  The simulations
+    compute ``u`` in exactly the same way from their own min2d and the same
+    fixed floor, so the real and simulated diagrams stay comparable.
+    """
+    return sigma(np.maximum(min2d, floor), rnoise_e)
+
+
+def make_grid(noise: np.ndarray, rnoise_e: float, *, n_columns: int = N_COLUMNS, n_fine: int = 4096,
+              max_samples: int = 2_000_000) -> DiagramGrid:
+    """Grid covering the noise scales ``u`` of the pixels, with equally populated columns.
+
+    The columns span ``u`` from the readout noise to the largest value; their
+    edges are quantiles of ``u`` (on a fine uniform grid of 4096 bins; a fine
+    bin is never split, so fewer columns result when most pixels share a fine
+    bin).  Rows span ``t`` in [0, 30] in steps of 0.05.
     """
     r = float(rnoise_e)
-    flat = np.asarray(min2d).ravel()
-    sample = flat[:: max(1, flat.size // max_samples)]
-    u = sigma(sample, r)
+    flat = np.asarray(noise).ravel()
+    u = flat[:: max(1, flat.size // max_samples)]
     u_lo = r if r > 0 else float(u.min(initial=0.0))
-    u_hi = float(np.sqrt(max(float(flat.max(initial=0.0)), 0.0) + r * r))
+    u_hi = float(flat.max(initial=0.0))
     if u_hi <= u_lo:
         u_hi = u_lo + 1.0
     u_hi += (u_hi - u_lo) * 1e-6
@@ -186,8 +218,9 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _simulate_block(expected: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int, nsim: int,
-                    n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence, exact: bool) -> np.ndarray:
+def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
+                    nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
+                    exact: bool) -> np.ndarray:
     """Histograms (2, n_targets * ncells) of one block of rows: fitting sets, then check sets."""
     rng = np.random.default_rng(seed)
     samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
@@ -198,26 +231,28 @@ def _simulate_block(expected: np.ndarray, rows: slice, *, rnoise_e: float, n_low
     hist = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
     z = np.empty((n,) + shape, dtype=np.float32)
     idx = np.empty((n + 2,) + shape, dtype=np.int32)
+    floor = noise[rows]
+    offsets = np.arange(n + 2, dtype=np.int32)[:, None, None] * np.int32(ncells)
     for isim in range(nsim + n_check):
         for k, sampler in enumerate(samplers):
             sampler.draw(rng, out=z[k])
         lo = low_mean(z, n_low)
-        s = sigma(lo, rnoise_e)
-        inv = np.divide(np.float32(1.0), s, out=s)
-        base = grid.column_index(sigma(lo, rnoise_e))
+        u = noise_scale(lo, floor, rnoise_e)
+        base = grid.column_index(u)
         base *= nrow
+        inv = np.divide(np.float32(1.0), u, out=u)
         for j, y in enumerate(_targets_of(z, lo)):
             y *= inv
             idx[j] = grid.row_index(y)
-            idx[j] += base
-            idx[j] += np.int32(j * ncells)
+        idx += base
+        idx += offsets
         if n_low > 1:  # min2d is a mean: a target may lie below it
             np.maximum(idx, 0, out=idx)
         hist[int(isim >= nsim)] += np.bincount(idx.ravel(), minlength=hist.shape[1])
     return hist
 
 
-def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
+def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
                       grid: DiagramGrid, seed: int | None, n_check: int = 2, block_rows: int = 64,
                       workers: int | None = None,
                       exact: bool = False, progress: Callable[[int, int], None] | None = None
@@ -229,6 +264,9 @@ def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: 
     expected : ndarray, shape (N, ny, nx), float32
         Expected signal of every simulated exposure (electrons), already
         including flux factors and offsets.
+    noise : ndarray, shape (ny, nx), float32
+        Fixed signal floor of the noise scale (:func:`noise_floor` of the real
+        data); each simulation computes ``u`` with :func:`noise_scale`.
     rnoise_e : float
         Readout noise (electrons).
     n_coincidences : int
@@ -266,7 +304,7 @@ def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: 
     total = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
 
     def job(i: int) -> np.ndarray:
-        return _simulate_block(expected, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
+        return _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
                                grid=grid, seed=seeds[i], exact=exact)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -280,11 +318,9 @@ def simulate_diagrams(expected: np.ndarray, *, rnoise_e: float, n_coincidences: 
                              check=dict(zip(names, hists[1])), n_check=n_check)
 
 
-def real_histogram(min2d: np.ndarray, target: np.ndarray, grid: DiagramGrid) -> np.ndarray:
+def real_histogram(noise: np.ndarray, min2d: np.ndarray, target: np.ndarray, grid: DiagramGrid) -> np.ndarray:
     """Histogram of the real pixels on the normalised grid (n_columns, n_rows)."""
-    s = sigma(min2d, grid.rnoise_e)
-    t = (target - min2d) / s
-    idx = grid.cell_index(s, t)
+    idx = grid.cell_index(noise, (target - min2d) / noise)
     return np.bincount(idx.ravel(), minlength=int(np.prod(grid.shape))).reshape(grid.shape)
 
 

@@ -82,7 +82,8 @@ class CRMaskResult:
 
     Masks are boolean ``(ny, nx)`` arrays (``crmasks`` is ``(N, ny, nx)``).
     ``mediancr_codes`` tells how each MEDIANCR pixel was found (see
-    :data:`CODES`).  ``boundaries`` and ``expected_false`` are keyed by
+    :data:`CODES`).  ``noise`` is the noise scale ``u`` of every pixel that
+    normalises the MM diagrams (:func:`~megara_crdetect.core.mmdiagram.noise_scale`).  ``boundaries`` and ``expected_false`` are keyed by
     diagram name (``median``, ``mean``, ``exposure1``...).
     """
 
@@ -102,6 +103,7 @@ class CRMaskResult:
     flux_details: object | None = None
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    noise: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -150,9 +152,9 @@ def _targets(stats: StackStats, stack: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _normalised(target: np.ndarray, stats: StackStats, rnoise_e: float) -> np.ndarray:
+def _normalised(target: np.ndarray, stats: StackStats, noise: np.ndarray) -> np.ndarray:
     t = target - stats.min2d
-    t /= sigma(stats.min2d, rnoise_e)
+    t /= noise
     return t
 
 
@@ -186,10 +188,10 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level: float) -> np.ndarray:
     return keep_groups_with(flags, flags & (t > level))
 
 
-def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, detector: Detector,
+def _expected_images(stats: StackStats, noise: np.ndarray, stack: np.ndarray, params: CRMaskConfig,
                      la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Expected signal of each simulated exposure: cleaned median, shifted and scaled."""
-    t = _normalised(stats.median2d, stats, detector.rnoise_e)
+    t = _normalised(stats.median2d, stats, noise)
     suspicious = t > 6.0
     if la_median is not None:
         suspicious |= la_median
@@ -231,10 +233,10 @@ def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: f
     return boundaries, expected
 
 
-def _mm_flags(target: np.ndarray, stats: StackStats, b: bd.Boundary, *, threshold_e: float,
+def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Boundary, *, threshold_e: float,
               max2d_e: float) -> np.ndarray:
     y = target - stats.min2d
-    flags = y > b(stats.min2d)
+    flags = y > b.y_at(noise)
     if threshold_e > 0:
         flags &= y > threshold_e
     flags &= stats.max2d > max2d_e
@@ -249,8 +251,8 @@ def _mm_flags(target: np.ndarray, stats: StackStats, b: bd.Boundary, *, threshol
 class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
-    def __init__(self, stack, stats, params, detector, la_flags, boundaries, cleanable):
-        self.stack, self.stats, self.params, self.detector = stack, stats, params, detector
+    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable):
+        self.stack, self.stats, self.noise, self.params, self.detector = stack, stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable = la_flags, boundaries, cleanable
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
@@ -259,11 +261,11 @@ class _Detections:
         """(LA confirmed flags or None, MM flags or None) of a target, within the cleanable map."""
         la = mmf = None
         if name in self.la_flags:
-            t = _normalised(target, self.stats, self.detector.rnoise_e)
+            t = _normalised(target, self.stats, self.noise)
             la = _confirm(self.la_flags[name], t, self.params.la_confirm_sigma) & self.cleanable
         b = self.boundaries.get(boundary_name or name)
         if b is not None:
-            mmf = _mm_flags(target, self.stats, b, threshold_e=self.threshold_e,
+            mmf = _mm_flags(target, self.stats, self.noise, b, threshold_e=self.threshold_e,
                             max2d_e=self.max2d_e) & self.cleanable
         return la, mmf
 
@@ -328,6 +330,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         stack /= factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
+    floor = mm.noise_floor(stats.median2d)
+    noise = mm.noise_scale(stats.min2d, floor, rnoise_e)
     targets = _targets(stats, stack)
     timings["statistics"] = time.perf_counter() - t0
 
@@ -344,25 +348,25 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         t1 = time.perf_counter()
         la_med = None
         if "median" in la_flags:
-            la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, rnoise_e),
+            la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
                               params.la_confirm_sigma)
-        expected_img = _expected_images(stats, stack, params, detector, la_med, factors, offsets)
-        grid = mm.make_grid(stats.min2d, rnoise_e)
+        expected_img = _expected_images(stats, noise, stack, params, la_med, factors, offsets)
+        grid = mm.make_grid(noise, rnoise_e)
         report = (lambda d, t: progress("simulations", d, t)) if progress else None
-        sims = mm.simulate_diagrams(expected_img, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
+        sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
                                     nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
                                     workers=workers, progress=report)
-        del expected_img
+        del expected_img, floor
         boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
         timings["mmcosmic"] = time.perf_counter() - t1
         _log.info("expected false MM detections from noise alone: %s",
                   ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
 
-    det = _Detections(stack, stats, params, detector, la_flags, boundaries, cleanable)
+    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx))
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
-                          boundaries, expected, sims, flux_details, counts, timings)
+                          boundaries, expected, sims, flux_details, counts, timings, noise)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
