@@ -40,6 +40,9 @@ __all__ = [
     "schema",
     "schema_markdown",
     "check_against_data",
+    "convert",
+    "parse_requirements",
+    "params_yaml",
 ]
 
 _NONE_STRINGS = {"", "none", "null", "~"}

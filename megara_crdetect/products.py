@@ -76,7 +76,7 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
         hdr[f"YOFF{k}"] = (float(dy), f"[pix] Y offset of exposure {k} (content, +: to larger Y)")
     for name, value in result.expected_false.items():
         tag = _EXPOSURE_TAG.get(name, "E" + name.removeprefix("exposure"))
-        hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected false MM pixels ({name}, noise only)")
+        hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected noise-only MM pixels, {name}")
     for key, value in result.counts.items():
         if key.startswith("mediancr_"):
             hdr[f"NMED{key[9:12].upper()}"] = (value, f"MEDIANCR pixels found by {key[9:]}")

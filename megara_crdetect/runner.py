@@ -22,7 +22,7 @@ from .io import InputStack, OutputStage, read_images, to_electrons
 from .products import (combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
                        read_crmasks)
 
-__all__ = ["RunOutcome", "run", "detector_of", "build_combinations"]
+__all__ = ["RunOutcome", "run", "detector_of", "build_combinations", "build_products"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +63,49 @@ def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid
     return out
 
 
+def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None
+                   ) -> tuple[CRMaskResult, dict]:
+    """Detect and build every product in memory (shared by the CLI and the numina recipe).
+
+    Parameters
+    ----------
+    stack_e : ndarray, shape (N, ny, nx), float32
+        Exposures in electrons (not modified).
+    cfg : RunConfig
+        Validated configuration.
+    images : sequence of str
+        Names of the exposures (recorded in the headers).
+    progress, review : callable, optional
+        See :func:`~megara_crdetect.core.pipeline.compute_crmasks`.
+
+    Returns
+    -------
+    result : CRMaskResult
+    products : dict
+        File name -> astropy HDUList (``crmasks.fits``, ``combined_<name>.fits``)
+        or CSV text (``mediancr_identified.csv``, ``problematic_pixels.csv``).
+    """
+    det = detector_of(cfg)
+    detect_stack = stack_e.copy() if cfg.params.apply_flux_factor_to == "original" else stack_e
+    result = compute_crmasks(detect_stack, cfg.params, detector=det, progress=progress, review=review)
+    del detect_stack
+    _log_summary(result)
+    masks = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum)
+    products = {"crmasks.fits": masks,
+                "mediancr_identified.csv": cr_table_csv(result.mediancr, result.mediancr_codes),
+                "problematic_pixels.csv": problematic_csv(result.problematic, result.crmasks)}
+    products.update(build_combinations(stack_e, result, cfg, masks_uuid=masks[0].header["UUID"], images=images))
+    return result, products
+
+
+def write_product(stage: OutputStage, name: str, product) -> None:
+    """Write one product (HDUList or text) into the staging folder."""
+    if isinstance(product, str):
+        stage.path(name).write_text(product)
+    else:
+        product.writeto(stage.path(name))
+
+
 def _load(cfg: RunConfig, base_dir: Path) -> tuple[InputStack, np.ndarray]:
     inputs = read_images(cfg.inputs.images, base_dir=base_dir, extnum=cfg.inputs.extnum)
     check_against_data(cfg.params, inputs.data.shape[1:], inputs.data.shape[0])
@@ -97,27 +140,18 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
     t0 = time.perf_counter()
     inputs, stack = _load(cfg, Path(base_dir))
     images = [str(p) for p in inputs.paths]
-    det = detector_of(cfg)
     with OutputStage(output_dir) as stage:
         if crmasks_file is not None:
             masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
-            result, masks_uuid = None, masks.uuid
             _log.info("re-applying the masks of %s", crmasks_file)
+            result = None
+            products = build_combinations(stack, masks, cfg, masks_uuid=masks.uuid, images=images)
         else:
-            detect_stack = stack.copy() if cfg.params.apply_flux_factor_to == "original" else stack
-            result = compute_crmasks(detect_stack, cfg.params, detector=det, progress=progress, review=review)
-            del detect_stack
-            _log_summary(result)
-            hdul = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum)
-            masks_uuid = hdul[0].header["UUID"]
-            hdul.writeto(stage.path("crmasks.fits"))
-            stage.path("mediancr_identified.csv").write_text(cr_table_csv(result.mediancr, result.mediancr_codes))
-            stage.path("problematic_pixels.csv").write_text(problematic_csv(result.problematic, result.crmasks))
-            masks = result
+            result, products = build_products(stack, cfg, images=images, progress=progress, review=review)
             if figures is not None:
                 figures(result, stack, cfg, stage)
-        for name, hdul in build_combinations(stack, masks, cfg, masks_uuid=masks_uuid, images=images).items():
-            hdul.writeto(stage.path(name))
+        for name, product in products.items():
+            write_product(stage, name, product)
         files = stage.commit()
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
     return RunOutcome(result, files)

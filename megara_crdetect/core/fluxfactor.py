@@ -37,20 +37,22 @@ class FluxFactorFit:
     Attributes
     ----------
     factors : numpy.ndarray
-        (N,) flux factors relative to the median image.
+        (N,) flux factors relative to the median image (median factor = 1).
     uncertainties : numpy.ndarray
-        (N,) one-sigma statistical uncertainties (noise model scaled by the
-        robust scatter of the residuals; the normalisation is not included).
+        (N,) one-sigma photon + read noise of each factor (from the noise of
+        the flux sums; the normalisation and systematic errors, ~0.002 for
+        0.5 px offsets, are not included).
     npix : numpy.ndarray
-        (N,) number of pixels used for each exposure after clipping.
+        (N,) number of pixels summed for each exposure, not counting the
+        cosmic-ray pixels (which were replaced by the prediction).
     signal : numpy.ndarray
-        (m,) flux-normalised median of a regular subsample of the significant
-        pixels (for diagnostic plots).
+        (m,) median-image values at a regular subsample of the summed area
+        (for diagnostic plots).
     ratio : numpy.ndarray
-        (N, m) ratio ``S_k / signal`` divided by the normalisation, i.e. on the
-        same scale as ``factors``, for the same pixels.
+        (N, m) ratio ``S_k / signal`` at the same pixels (raw: with sub-pixel
+        offsets it scatters widely around the factor at steep features).
     used : numpy.ndarray
-        (N, m) bool, True where the pixel survived the clipping.
+        (N, m) bool, False where the pixel was flagged as a cosmic ray.
     """
 
     factors: np.ndarray
@@ -255,7 +257,7 @@ def fit_flux_factors(stack: np.ndarray, median: np.ndarray, *,
     idx = np.flatnonzero(core)[:: max(1, ncore // 1_000_000)]
     flat = stack.reshape(stack.shape[0], -1)
     factors = np.median(flat[:, idx] / median.ravel()[idx], axis=1).astype(np.float64)
-    peaks = [isolated_peaks(np.where(usable, im, 0.0), var_floor) & ~spikes for im in stack]
+    peaks = [isolated_peaks(im, var_floor) & ~spikes for im in stack]
     for _ in range(int(niter)):
         sums, variances, crs = _flux_sums(stack, factors, area, peaks, var_floor, nsigma)
         new = sums / np.median(sums)

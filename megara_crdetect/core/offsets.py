@@ -269,8 +269,15 @@ class _Problem:
 
     def __init__(self, src: np.ndarray, img: np.ndarray, bounds: tuple[int, int, int, int],
                  bad: tuple[np.ndarray, np.ndarray], var_floor: float, kernel: str) -> None:
-        self.src, self.img, self.bounds = src, img, bounds
+        # non-finite values are masked through ``bad``; zero them so that they
+        # cannot reach the normal matrix (a copy only when needed)
+        self.src = src if np.isfinite(src).all() else np.where(np.isfinite(src), src, 0.0)
+        self.img = img if np.isfinite(img).all() else np.where(np.isfinite(img), img, 0.0)
+        self.bounds = bounds
         self.bad_src, self.bad_img = bad
+        r0, r1, c0, c1 = bounds
+        #: fraction of usable image pixels, to size the row-block sampling
+        self.usable_fraction = max(float(np.mean(~self.bad_img[r0:r1, c0:c1])), 1e-6)
         self.var_floor, self.kernel = var_floor, kernel
         self.rad = _KERNEL_RADIUS[kernel]
         self.nv = (2 * self.rad + 1) ** 2
@@ -285,7 +292,7 @@ class _Problem:
     def _chunks(self, cx: int, cy: int, max_pixels: int):
         """Yield (shifted source chunks, image chunk, usable mask) by row blocks.
 
-        When the usable box holds more than ``max_pixels`` pixels only every
+        When the box holds more than ``max_pixels`` usable pixels only every
         k-th block of ``_CHUNK_ROWS`` rows is used (spread over the region).
         """
         r0, r1, c0, c1 = self.bounds
@@ -294,8 +301,9 @@ class _Problem:
         y0, y1 = max(r0, cy + rad), min(r1, ny + cy - rad)
         x0, x1 = max(c0, cx + rad), min(c1, nx + cx - rad)
         starts = list(range(y0, y1, _CHUNK_ROWS))
-        wanted = max(1, math.ceil(max_pixels / (_CHUNK_ROWS * max(x1 - x0, 1))))
-        step = max(1, len(starts) // wanted)
+        per_block = _CHUNK_ROWS * max(x1 - x0, 1) * self.usable_fraction
+        wanted = max(1, int(max_pixels / per_block))
+        step = max(1, math.ceil(len(starts) / wanted))
         for ya in starts[(len(starts) - 1) % step // 2::step]:
             yb = min(ya + _CHUNK_ROWS, y1)
             views, bads = [], np.zeros((yb - ya, x1 - x0), dtype=bool)
@@ -307,43 +315,41 @@ class _Problem:
             ok = ~(bads | self.bad_img[ya:yb, x0:x1])
             yield views, self.img[ya:yb, x0:x1], ok
 
-    def normal_matrix(self, fit: _Fit, cx: int, cy: int, *, kappa: float | None,
+    def normal_matrix(self, fit: _Fit, cx: int, cy: int, *, clip: float | None,
                       max_pixels: int) -> tuple[np.ndarray, int, float]:
         """Weighted normal matrix around (cx, cy) with residuals of ``fit``.
 
         Returns the (nv + 2)**2 matrix of [nv shifted sources, constant,
-        image], the number of pixels used and the robust (MAD) scale of the
-        noise-normalised residuals ``z`` of ``fit``.  Weights are 1 / variance
-        with variance = max(model, 0) + floor; pixels with |z| > ``kappa``
-        robust sigmas are left out (``kappa`` None: no clipping).
+        image] with weights 1 / variance (variance = max(model, 0) + floor
+        for the model of ``fit``), leaving out pixels whose normalised
+        residual ``z`` exceeds ``clip`` (None: no clipping); the number of
+        pixels used; and the robust (MAD) scale of ``z`` over all usable
+        pixels, i.e. the quality of ``fit``.
         """
         coef = self.coef(fit.dx, fit.dy, cx, cy)
-        zs, ws = [], []
+        nv = self.nv
+        gram = np.zeros((nv + 2, nv + 2))
+        npix, zsamples = 0, []
         for views, img, ok in self._chunks(cx, cy, max_pixels):
-            model = sum(float(c) * v.astype(np.float64)
-                        for c, v in zip(coef, views) if c != 0.0)
-            var = np.maximum(fit.scale * model + fit.bkg, 0.0) + self.var_floor
-            z = (img - (fit.scale * model + fit.bkg)) / np.sqrt(var)
-            zs.append(np.where(ok, z, np.nan).astype(np.float32))
-            ws.append((1.0 / var).astype(np.float32))
-        zcat = np.concatenate([z.ravel()[::3] for z in zs]) if zs else np.empty(0)
-        zcat = zcat[np.isfinite(zcat)]
-        if zcat.size == 0:
-            return np.zeros((self.nv + 2,) * 2), 0, np.inf
-        zscale = float(1.4826 * np.median(np.abs(zcat - np.median(zcat))))
-        thr = np.inf if kappa is None else kappa * max(zscale, 1e-6)
-        gram = np.zeros((self.nv + 2, self.nv + 2))
-        npix = 0
-        for (views, img, _), z, w in zip(self._chunks(cx, cy, max_pixels), zs, ws):
-            with np.errstate(invalid="ignore"):
-                use = (np.abs(z) <= thr).ravel()
-            vec = np.empty((self.nv + 2, int(np.count_nonzero(use))))
+            vec = np.empty((nv + 2, int(np.count_nonzero(ok))))
+            if vec.shape[1] == 0:
+                continue
             for k, v in enumerate(views):
-                vec[k] = v.ravel()[use]
-            vec[self.nv] = 1.0
-            vec[self.nv + 1] = img.ravel()[use]
-            gram += (vec * w.ravel()[use]) @ vec.T
-            npix += vec.shape[1]
+                vec[k] = v[ok]
+            vec[nv] = 1.0
+            vec[nv + 1] = img[ok]
+            model = fit.scale * (coef @ vec[:nv]) + fit.bkg
+            inv_sd = 1.0 / np.sqrt(np.maximum(model, 0.0) + self.var_floor)
+            z = (vec[nv + 1] - model) * inv_sd
+            zsamples.append(z[::3])
+            use = np.ones(z.size, dtype=bool) if clip is None else np.abs(z) <= clip
+            vec *= np.where(use, inv_sd, 0.0)
+            gram += vec @ vec.T
+            npix += int(np.count_nonzero(use))
+        zcat = np.concatenate(zsamples) if zsamples else np.empty(0)
+        if zcat.size == 0:
+            return gram, 0, np.inf
+        zscale = float(1.4826 * np.median(np.abs(zcat - np.median(zcat))))
         return gram, npix, zscale
 
 
@@ -388,35 +394,36 @@ def _minimise(problem: _Problem, gram: np.ndarray, cx: int, cy: int) -> _Fit:
 def _refine(problem: _Problem, candidates: list[tuple[int, int]], opts: dict) -> _Fit:
     """Pick the best integer candidate, then iterate fit / re-centre / clip.
 
-    Each candidate gets an unclipped and a clipped fit on a small pixel
-    sample; the one whose clipped fit leaves the smallest robust residual
-    scale wins.  Then: normal matrix (weights and clipping from the previous
-    fit) -> minimise, until the shift moves by < 2e-4 px or ``maxiter``.
+    Each candidate gets an unclipped fit on a small pixel sample; the one
+    whose fit leaves the smallest robust residual scale wins.  Then: normal
+    matrix (weights from the previous fit, clipping at ``kappa`` times the
+    previous residual scale) -> minimise, until the shift moves by < 5e-4 px
+    or ``maxiter`` passes.
     """
     kappa, cap = opts["kappa"], opts["max_pixels"]
-    small = min(cap, 250_000)
-    best, best_scale = None, np.inf
+    small = min(cap, 40_000)
+    best, zscale = None, np.inf
     for cx, cy in candidates:
-        fit = _Fit(dx=float(cx), dy=float(cy))
-        gram, _, _ = problem.normal_matrix(fit, cx, cy, kappa=None, max_pixels=small)
+        gram, _, _ = problem.normal_matrix(_Fit(dx=float(cx), dy=float(cy)), cx, cy,
+                                           clip=None, max_pixels=small)
         fit = _minimise(problem, gram, cx, cy)
-        gram, _, _ = problem.normal_matrix(fit, cx, cy, kappa=kappa, max_pixels=small)
-        fit = _minimise(problem, gram, cx, cy)
-        _, _, zscale = problem.normal_matrix(fit, cx, cy, kappa=kappa, max_pixels=small)
-        if zscale < best_scale:
-            best, best_scale = fit, zscale
+        _, _, zs = problem.normal_matrix(fit, round(fit.dx), round(fit.dy), clip=None,
+                                         max_pixels=small)
+        if zs < zscale:
+            best, zscale = fit, zs
     if best is None:
         msg = "no usable pixels left for the offset fit (region too small or masked?)"
         raise ValueError(msg)
     fit = best
     for _ in range(opts["maxiter"]):
         cx, cy = round(fit.dx), round(fit.dy)
-        gram, npix, _ = problem.normal_matrix(fit, cx, cy, kappa=kappa, max_pixels=cap)
+        gram, npix, zs = problem.normal_matrix(fit, cx, cy, clip=kappa * max(zscale, 1e-6),
+                                               max_pixels=cap)
         new = _minimise(problem, gram, cx, cy)
-        new.npix = npix
+        new.npix, zscale = npix, zs
         moved = max(abs(new.dx - fit.dx), abs(new.dy - fit.dy))
         fit = new
-        if moved < 2e-4:
+        if moved < 5e-4:
             break
     return fit
 
@@ -463,8 +470,9 @@ def _as_image_list(reference: np.ndarray, images) -> list[np.ndarray]:
 
 
 def _check_options(rnoise_e: float, max_shift: float, kappa: float, maxiter: int,
-                   max_pixels: int) -> None:
-    for name, val in (("rnoise_e", rnoise_e), ("max_shift", max_shift), ("kappa", kappa)):
+                   max_pixels: int, min_snr: float) -> None:
+    for name, val in (("rnoise_e", rnoise_e), ("max_shift", max_shift), ("kappa", kappa),
+                      ("min_snr", min_snr)):
         if not np.isfinite(val) or val < 0 or (name != "rnoise_e" and val == 0):
             msg = f"{name} must be a finite positive number, got {val}"
             raise ValueError(msg)
@@ -521,8 +529,35 @@ def _clean_anchor(anchor: np.ndarray, ref: np.ndarray, user_bad: np.ndarray,
     return clean, user_bad | ~np.isfinite(clean) | hot
 
 
+def _informative(ref: np.ndarray, bounds: tuple[int, int, int, int], var_floor: float,
+                 min_snr: float) -> np.ndarray:
+    """Pixels worth fitting: within 2 px of significant structure of ``ref``.
+
+    Significant: more than ``min_snr`` sigma (variance = max(ref, 0) + floor)
+    above the median level of the region, single-pixel spikes excepted.
+    Noise-only pixels carry no offset information, but fitting them pulls the
+    result towards half-pixel shifts (interpolating a noisy source smooths its
+    noise, which lowers chi2) and shrinks the fitted scale.  If fewer than
+    500 pixels qualify, all pixels are used.
+    """
+    inner = ref[bounds[0]:bounds[1], bounds[2]:bounds[3]]
+    step = max(1, int(np.sqrt(inner.size / 250_000)))
+    level = float(np.nanmedian(inner[::step, ::step]))
+    with np.errstate(invalid="ignore"):
+        sig = ref - level > min_snr * np.sqrt(np.maximum(ref, 0.0) + var_floor)
+    sig &= ~isolated_peaks(ref, var_floor)
+    sig = neighbour_maximum(neighbour_maximum(sig))
+    nsig = int(np.count_nonzero(sig[bounds[0]:bounds[1], bounds[2]:bounds[3]]))
+    if nsig < 500:
+        _log.warning("only %d informative pixels (min_snr=%g): fitting all pixels", nsig,
+                     min_snr)
+        return np.ones(ref.shape, dtype=bool)
+    _log.debug("offset fit uses %d informative pixels of %d", nsig, inner.size)
+    return sig
+
+
 def _pairwise(ref_c: np.ndarray, imgs_c: list[np.ndarray], bads: list[np.ndarray],
-              user_bad: np.ndarray, bounds: tuple[int, int, int, int], opts: dict,
+              user_bad: np.ndarray, useless: np.ndarray, bounds: tuple[int, int, int, int], opts: dict,
               zero_point: str) -> np.ndarray:
     """Offsets of every image against the anchor, minus the zero point."""
     a = _pick_anchor(ref_c, imgs_c)
@@ -533,15 +568,16 @@ def _pairwise(ref_c: np.ndarray, imgs_c: list[np.ndarray], bads: list[np.ndarray
             fit = _fit_pair(src, img, bad_src, bads[k], bounds, opts)
             out[k] = fit.dx, fit.dy
     if zero_point == "reference":
-        bad_ref = user_bad | ~np.isfinite(ref_c) | isolated_peaks(ref_c, opts["var_floor"])
+        bad_ref = (user_bad | useless | ~np.isfinite(ref_c)
+                   | isolated_peaks(ref_c, opts["var_floor"]))
         fit = _fit_pair(src, ref_c, bad_src, bad_ref, bounds, opts)
         zero = np.array([fit.dx, fit.dy])
     else:
         zero = np.median(out, axis=0)
     _log.debug("pairwise offsets: anchor image %d, zero point (%s) at (%.4f, %.4f)",
                a + 1, zero_point, zero[0], zero[1])
-    if zero_point == "reference" and np.ptp(out, axis=0).max() > 1.0:
-        _log.warning("offsets between exposures exceed 1 px: the median is not a "
+    if zero_point == "reference" and np.ptp(out, axis=0).max() > 2.0:
+        _log.warning("offsets between exposures exceed 2 px: the median is not a "
                      "translate of any exposure and offsets relative to it are "
                      "ill-defined; zero_point='median' is more robust")
     return out - zero
@@ -552,8 +588,8 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
                     mask: np.ndarray | None = None, rnoise_e: float = 0.0,
                     pairwise: bool = True, zero_point: str = "reference",
                     kernel: str = "cubic",
-                    max_shift: float = 8.0, kappa: float = 5.0, maxiter: int = 6,
-                    max_pixels: int = 2_000_000) -> np.ndarray:
+                    min_snr: float = 5.0, max_shift: float = 4.0, kappa: float = 5.0,
+                    maxiter: int = 6, max_pixels: int = 2_000_000) -> np.ndarray:
     """Measure the sub-pixel offset of each image relative to a reference.
 
     Parameters
@@ -591,9 +627,14 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
         "linear" is the kernel of :func:`shift_image`, i.e. gives the offsets
         with which ``shift_image`` best reproduces the images (up to ~0.02 px
         different for quarter-pixel offsets).
+    min_snr : float, optional
+        Only pixels within 2 px of reference pixels more than ``min_snr``
+        sigma above the median level of the region are fitted (default 5);
+        noise-only pixels would bias the fit towards half-pixel shifts.
     max_shift : float, optional
         Largest |dx|, |dy| searched by the coarse cross-correlation (default
-        8 px; limited to a quarter of the region size).
+        4 px, less than the MEGARA fibre pitch; limited to a quarter of the
+        region size).
     kappa : float, optional
         Clipping threshold for outliers, in robust sigmas of the residuals.
     maxiter : int, optional
@@ -620,8 +661,9 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
     -----
     Each fit (``img`` against a model source ``src``):
 
-    1. single-pixel spikes (hot pixels, one-pixel cosmic rays) and non-finite
-       values are masked in both images, plus ``mask``;
+    1. single-pixel spikes (hot pixels, one-pixel cosmic rays), non-finite
+       values, ``mask`` and pixels far from significant structure (see
+       ``min_snr``) are masked;
     2. integer candidates: strongest peaks of the FFT cross-correlation of
        the mean-subtracted, Tukey-windowed region within ``max_shift``;
     3. weighted least squares (weights 1 / variance of the model) of
@@ -635,7 +677,7 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
        zooming grid search to 5e-5 px.  The candidate with the smallest
        robust residual scale wins; residuals beyond ``kappa`` robust sigmas
        (cosmic rays, hot pixels smeared by the shift) are clipped and the fit
-       repeated until it moves by < 2e-4 px.
+       repeated until it moves by < 5e-4 px.
 
     A median image is, pixel by pixel, a mixture of the shifted exposures, so
     a direct fit of an exposure against it is biased by a few 0.01 px
@@ -656,7 +698,7 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
         if mask.shape != ref.shape:
             msg = f"mask has shape {mask.shape}, expected {ref.shape}"
             raise ValueError(msg)
-    _check_options(rnoise_e, max_shift, kappa, maxiter, max_pixels)
+    _check_options(rnoise_e, max_shift, kappa, maxiter, max_pixels, min_snr)
     if zero_point not in ("reference", "median"):
         msg = f"zero_point must be 'reference' or 'median', got {zero_point!r}"
         raise ValueError(msg)
@@ -676,9 +718,11 @@ def measure_offsets(reference: np.ndarray, images: Sequence[np.ndarray] | np.nda
     ref_c = ref[cut]
     imgs_c = [np.asarray(im[cut], dtype=np.float32) for im in imgs]
     var_floor = opts["var_floor"]
-    bads = [user_bad | ~np.isfinite(im) | isolated_peaks(im, var_floor) for im in imgs_c]
+    useless = ~_informative(ref_c, bounds, var_floor, float(min_snr))
+    bads = [user_bad | useless | ~np.isfinite(im) | isolated_peaks(im, var_floor)
+            for im in imgs_c]
     if pairwise:
-        out = _pairwise(ref_c, imgs_c, bads, user_bad, bounds, opts, zero_point)
+        out = _pairwise(ref_c, imgs_c, bads, user_bad, useless, bounds, opts, zero_point)
     else:
         bad_ref = user_bad | ~np.isfinite(ref_c) | isolated_peaks(ref_c, var_floor)
         out = np.zeros((len(imgs), 2))

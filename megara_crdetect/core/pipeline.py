@@ -42,9 +42,8 @@ from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
 from .combine import combine, problematic_pixels
-from .fluxfactor import estimate_flux_factors
+from .fluxfactor import fit_flux_factors
 from .masks import cleanable_map, dilate, keep_groups_with
-from .noise import sigma
 from .offsets import measure_offsets, shift_image
 from .stack import StackStats, stack_statistics
 
@@ -137,11 +136,10 @@ def _flux_factors(stack: np.ndarray, params: CRMaskConfig, rnoise_e: float):
         return np.ones(n), None
     if params.flux_factor == "auto":
         from .stack import median_of_stack
-        details = estimate_flux_factors(stack, median_of_stack(stack),
-                                        region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
-                                        rnoise_e=rnoise_e)
-        factors = np.asarray(getattr(details, "factors", details), dtype=float)
-        return factors, details
+        details = fit_flux_factors(stack, median_of_stack(stack),
+                                   region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
+                                   rnoise_e=rnoise_e)
+        return np.asarray(details.factors, dtype=float), details
     factors = np.asarray(params.flux_factor, dtype=float)
     return (np.repeat(factors, n) if factors.size == 1 else factors), None
 
@@ -206,14 +204,15 @@ def _expected_images(stats: StackStats, noise: np.ndarray, stack: np.ndarray, pa
     return out
 
 
-def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig) -> np.ndarray:
+def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, rnoise_e: float) -> np.ndarray:
     n = stack.shape[0]
     if params.mm_xy_offsets is not None:
         return np.asarray(params.mm_xy_offsets, dtype=float)
     if params.mm_crosscorr_region is None:
         return np.zeros((n, 2))
     x0, x1, y0, y1 = params.mm_crosscorr_region
-    return np.asarray(measure_offsets(stats.median2d, stack, region=(y0 - 1, y1, x0 - 1, x1)), dtype=float)
+    region = (slice(y0 - 1, y1), slice(x0 - 1, x1))
+    return np.asarray(measure_offsets(stats.median2d, stack, region=region, rnoise_e=rnoise_e), dtype=float)
 
 
 def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: float) -> tuple[dict, dict]:
@@ -343,7 +342,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         timings["lacosmic"] = time.perf_counter() - t1
 
     boundaries, expected, sims = {}, {}, None
-    offsets = _offsets(stats, stack, params) if params.uses_mm else np.zeros((n, 2))
+    offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     if params.uses_mm:
         t1 = time.perf_counter()
         la_med = None

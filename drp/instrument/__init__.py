@@ -1,0 +1,1 @@
+"""Instrument description of MEGARACR (package of the configuration files)."""
