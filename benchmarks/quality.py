@@ -85,13 +85,17 @@ def write_inputs(sim, workdir: Path, extra: dict) -> tuple[Path, Path]:
     return ours, ref
 
 
-def run_timed(cmd: list[str], log: Path) -> dict:
-    """Run a command; wall time and peak RSS of the child (GNU time when available)."""
+def run_timed(cmd: list[str], log: Path, cwd: Path) -> dict:
+    """Run a command in ``cwd``; wall time and peak RSS of the child (GNU time when available).
+
+    The reference resolves image paths relative to the current directory (ours
+    relative to the YAML file), so both run from the folder of the data.
+    """
     t0 = time.perf_counter()
     timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
     env = dict(os.environ, MPLBACKEND="Agg")
     with log.open("w") as fh:
-        proc = subprocess.run(timer + cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.run(timer + cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False, cwd=cwd)
     wall = time.perf_counter() - t0
     rss = None
     for line in log.read_text().splitlines():
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     shape = (4112, 4096) if args.full else tuple(args.shape)
     n_coinc = args.n_coincident or max(150, int(150 * shape[0] * shape[1] / (1596 * 2016)))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sim = simulate_exposures(shape, 3, seed=args.seed, n_coincident=n_coinc, **SETS[args.set])
     ours_yaml, ref_yaml = write_inputs(sim, workdir, EXTRA[args.set])
@@ -214,7 +218,7 @@ def main(argv=None) -> int:
                        str(workdir / "ref")]
     results = {}
     for name, cmd in runs.items():
-        info = run_timed(cmd, workdir / f"{name}.log")
+        info = run_timed(cmd, workdir / f"{name}.log", workdir)
         if info["status"] == 0:
             info.update(metrics(sim, workdir / name, oracle=oracle, truth=truth, sig=sig, cr_any=cr_any,
                                 harmful=harmful))

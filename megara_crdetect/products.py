@@ -28,6 +28,8 @@ __all__ = ["crmasks_hdulist", "combined_hdulist", "cr_table_csv", "problematic_c
            "SavedMasks"]
 
 _EXPOSURE_TAG = {"median": "MED", "mean": "MEA"}
+_COUNT_CARDS = {"mediancr_mm": "NMEDMM", "mediancr_la": "NMEDLA", "mediancr_mm_la": "NMEDBOTH",
+                "mediancr_user": "NMEDUSER", "mediancr_dilation": "NMEDDIL"}
 
 
 def _history(header: fits.Header, lines: Sequence[str]) -> None:
@@ -72,14 +74,14 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     for k, f in enumerate(result.flux_factors, 1):
         hdr[f"FLUXF{k}"] = (float(f), f"Flux factor of exposure {k}")
     for k, (dx, dy) in enumerate(result.offsets, 1):
-        hdr[f"XOFF{k}"] = (float(dx), f"[pix] X offset of exposure {k} (content, +: to larger X)")
-        hdr[f"YOFF{k}"] = (float(dy), f"[pix] Y offset of exposure {k} (content, +: to larger Y)")
+        hdr[f"XOFF{k}"] = (round(float(dx), 4), f"[pix] X content offset of exposure {k}")
+        hdr[f"YOFF{k}"] = (round(float(dy), 4), f"[pix] Y content offset of exposure {k}")
     for name, value in result.expected_false.items():
         tag = _EXPOSURE_TAG.get(name, "E" + name.removeprefix("exposure"))
         hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected noise-only MM pixels, {name}")
-    for key, value in result.counts.items():
-        if key.startswith("mediancr_"):
-            hdr[f"NMED{key[9:12].upper()}"] = (value, f"MEDIANCR pixels found by {key[9:]}")
+    for key, card in _COUNT_CARDS.items():
+        if key in result.counts:
+            hdr[card] = (result.counts[key], f"MEDIANCR pixels: {key.removeprefix('mediancr_')}")
     _history(hdr, ["Parameters:"] + params.history())
     hdus = [primary, _mask_hdu(result.mediancr, "MEDIANCR", "Residual cosmic rays of the median"),
             _mask_hdu(result.meancrt, "MEANCRT", "Cosmic rays of the mean (includes MEDIANCR)")]
