@@ -55,8 +55,8 @@ __all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor",
 _log = logging.getLogger(__name__)
 
 N_COLUMNS = 100
-T_STEP = 0.05
-T_MAX = 30.0
+T_STEP = 0.1
+T_MAX = 300.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def make_grid(noise: np.ndarray, rnoise_e: float, *, n_columns: int = N_COLUMNS,
     The columns span ``u`` from the readout noise to the largest value; their
     edges are quantiles of ``u`` (on a fine uniform grid of 4096 bins; a fine
     bin is never split, so fewer columns result when most pixels share a fine
-    bin).  Rows span ``t`` in [0, 30] in steps of 0.05.
+    bin).  Rows span ``t`` in [0, 300] in steps of 0.1.
     """
     r = float(rnoise_e)
     flat = np.asarray(noise).ravel()
