@@ -49,7 +49,7 @@ from .stack import low_mean, median_of_stack
 
 __all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor", "noise_scale", "make_grid",
            "simulate_diagrams",
-           "real_histogram",
+           "real_histogram", "column_quantile",
            "boundary_points", "target_names"]
 
 _log = logging.getLogger(__name__)
@@ -322,6 +322,16 @@ def real_histogram(noise: np.ndarray, min2d: np.ndarray, target: np.ndarray, gri
     """Histogram of the real pixels on the normalised grid (n_columns, n_rows)."""
     idx = grid.cell_index(noise, (target - min2d) / noise)
     return np.bincount(idx.ravel(), minlength=int(np.prod(grid.shape))).reshape(grid.shape)
+
+
+def column_quantile(hist: np.ndarray, grid: DiagramGrid, fraction: float) -> np.ndarray:
+    """Per column, the ``t`` level above which ``fraction`` of the simulated pixels lie."""
+    totals = hist.sum(axis=1)
+    cum = np.cumsum(hist, axis=1)
+    goal = (1.0 - fraction) * totals
+    j = np.argmax(cum >= goal[:, None], axis=1)
+    level = grid.t_edges[np.minimum(j + 1, len(grid.t_edges) - 1)]
+    return np.where(totals > 0, level, 0.0)
 
 
 def boundary_points(hist: np.ndarray, grid: DiagramGrid) -> tuple[np.ndarray, np.ndarray]:

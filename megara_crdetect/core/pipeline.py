@@ -179,21 +179,26 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
     return flags, results[names.index("median")][1] if "median" in names else None
 
 
-def _confirm(flags: np.ndarray, t: np.ndarray, level: float) -> np.ndarray:
-    """Keep the groups of LA flags where the exposures disagree (t > level somewhere)."""
-    if level <= 0 or not flags.any():
+def _confirm(flags: np.ndarray, t: np.ndarray, level) -> np.ndarray:
+    """Keep the groups of LA flags where the exposures disagree (t > level somewhere).
+
+    ``level`` is a number or a per-pixel map (see :meth:`_Detections.confirm_level`).
+    """
+    if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
     return keep_groups_with(flags, flags & (t > level))
 
 
-def _expected_images(stats: StackStats, noise: np.ndarray, stack: np.ndarray, params: CRMaskConfig,
+def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
                      la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Expected signal of each simulated exposure: cleaned median, shifted and scaled."""
-    t = _normalised(stats.median2d, stats, noise)
-    suspicious = t > 6.0
-    if la_median is not None:
-        suspicious |= la_median
-    clean = np.where(suspicious, stats.min2d, stats.median2d)
+    """Expected signal of each simulated exposure: the median, shifted and scaled.
+
+    Only pixels confirmed by L.A.Cosmic are replaced by min2d.  A threshold on
+    ``median2d - min2d`` would also "clean" every bright pixel whose exposures
+    legitimately differ (flux factors, offsets) and the simulations would then
+    underestimate exactly the spread they are meant to reproduce.
+    """
+    clean = stats.median2d.copy() if la_median is None else np.where(la_median, stats.min2d, stats.median2d)
     np.maximum(clean, 0, out=clean)
     phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
     out = np.empty(stack.shape, dtype=np.float32)
@@ -250,18 +255,34 @@ def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Bo
 class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
-    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable):
+    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None):
         self.stack, self.stats, self.noise, self.params, self.detector = stack, stats, noise, params, detector
-        self.la_flags, self.boundaries, self.cleanable = la_flags, boundaries, cleanable
+        self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
+
+    def confirm_level(self, diagram: str):
+        """Disagreement needed to confirm an L.A.Cosmic detection on a diagram.
+
+        ``la_confirm_sigma``, raised where the simulations (noise, flux factors,
+        offsets) put more than 1/1000 of the pixels of a column above it: a
+        sharp feature whose exposures differ only as much as the simulated ones
+        is not a cosmic ray.
+        """
+        base = self.params.la_confirm_sigma
+        sims = self.sims
+        if sims is None or diagram not in sims.hist or base <= 0:
+            return base
+        q = mm.column_quantile(sims.hist[diagram], sims.grid, 1e-3).astype(np.float32)
+        return np.maximum(np.float32(base), q[sims.grid.column_index(self.noise)])
 
     def of(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> tuple:
         """(LA confirmed flags or None, MM flags or None) of a target, within the cleanable map."""
         la = mmf = None
         if name in self.la_flags:
             t = _normalised(target, self.stats, self.noise)
-            la = _confirm(self.la_flags[name], t, self.params.la_confirm_sigma) & self.cleanable
+            level = self.confirm_level(boundary_name or name)
+            la = _confirm(self.la_flags[name], t, level) & self.cleanable
         b = self.boundaries.get(boundary_name or name)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.noise, b, threshold_e=self.threshold_e,
@@ -349,7 +370,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         if "median" in la_flags:
             la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
                               params.la_confirm_sigma)
-        expected_img = _expected_images(stats, noise, stack, params, la_med, factors, offsets)
+        expected_img = _expected_images(stats, stack, params, la_med, factors, offsets)
         grid = mm.make_grid(noise, rnoise_e)
         report = (lambda d, t: progress("simulations", d, t)) if progress else None
         sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
@@ -361,7 +382,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         _log.info("expected false MM detections from noise alone: %s",
                   ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
 
-    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable)
+    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx))
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
