@@ -15,7 +15,7 @@ from megara_crdetect.examples import write_exposures
 def common_requirements(extra: dict) -> dict:
     """Parameters given to both programs (the guide's example values, batch mode)."""
     req = dict(crmethod="mm_lacosmic", interactive=False, dilation=1, maxplots=0, color_scale="zscale",
-               apply_flux_factor_to="simulated", la_sigclip=5.0, la_sigfrac=0.3, la_objlim=5.0,
+               apply_flux_factor_to="original", la_sigclip=5.0, la_sigfrac=0.3, la_objlim=5.0,
                la_satlevel=65535.0, la_niter=4, la_sepmed=True, la_cleantype="meanmask", la_fsmode="convolve",
                la_psfmodel="gaussxy", la_psffwhm_x=2.5, la_psffwhm_y=2.5, la_psfsize=11, la_psfbeta=4.765,
                la_padwidth=10, mm_boundary_fit="spline", mm_knots_splfit=3, mm_nsimulations=10,

@@ -473,7 +473,7 @@ class CRMaskConfig(_Validated):
         (), "Regions used by flux_factor: auto (empty: whole image)", "regions",
         aliases=("flux_factor_region",))
     apply_flux_factor_to: str = param(
-        "simulated", "Apply the flux factors to the original exposures or to the simulated ones",
+        "original", "Apply the flux factors to the original exposures (normalise them) or to the simulated ones",
         "choice", choices=("original", "simulated"))
     dilation: int = param(1, "Pixels added around every detected cosmic-ray pixel (Chebyshev radius)",
                           "int", low=0)

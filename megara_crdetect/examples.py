@@ -48,7 +48,7 @@ EXAMPLES = {
                              "mm_fixed_points_in_boundary": [[0, 40], [50, 70], [200, 90]]}),
     3: Example("Example 3: exposures with flux factors 0.8, 1.0, 1.2", flux_factors=(0.8, 1.0, 1.2),
                requirements={"flux_factor": "auto", "flux_factor_regions": [[229, 274, 1, 1596]],
-                             "apply_flux_factor_to": "simulated"}),
+                             "apply_flux_factor_to": "original"}),
     4: Example("Example 4: exposures offset by (-0.5, +0.5), (0, 0), (+0.5, -0.25) pixels",
                offsets=((-0.5, 0.5), (0.0, 0.0), (0.5, -0.25)),
                requirements={"mm_crosscorr_region": [214, 320, 651, 733]}),

@@ -55,6 +55,9 @@ COMBINATIONS = ("mean", "median", "min", "mediancr", "meancrt", "meancr", "meanc
 #: Meaning of the values of :attr:`CRMaskResult.mediancr_codes`.
 CODES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user"}
 Progress = Callable[[str, int, int], None]
+#: With ``apply_flux_factor_to: original``, pixels whose raw exposures span less than this many noise
+#: sigmas cannot be flagged (a feature identical in every raw exposure is not a cosmic ray).
+RAW_AGREEMENT_SIGMA = 5.0
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     timings, t0 = {}, time.perf_counter()
     rnoise_e = detector.rnoise_e
     factors, flux_details = _flux_factors(stack, params, rnoise_e)
+    raw_range = None
     if params.apply_flux_factor_to == "original" and np.any(factors != 1):
+        raw_range = stack.max(axis=0) - stack.min(axis=0)
         stack /= factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
@@ -382,6 +387,12 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         _log.info("expected false MM detections from noise alone: %s",
                   ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
 
+    if raw_range is not None:
+        # Detector features (hot pixels, bias structure) do not scale with the transparency: where the raw
+        # exposures agree within the noise, the flux-normalised ones disagree only because of the factors.
+        raw_range /= noise
+        cleanable &= raw_range > RAW_AGREEMENT_SIGMA
+        del raw_range
     det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx))
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
