@@ -107,7 +107,7 @@ def _execute(args) -> int:
     review = None
     if cfg.params.interactive:
         from .review.interactive import make_review
-        review = make_review(cfg)
+        review = make_review(cfg, base_dir=params_path.parent)
     outcome = run(cfg, base_dir=params_path.parent, output_dir=args.output_dir, crmasks_file=args.crmasks,
                   progress=TerminalProgress(), figures=_figure_writer(args), review=review)
     for path in outcome.files:

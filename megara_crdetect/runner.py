@@ -131,7 +131,7 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
     progress : callable, optional
         Progress reporter for long steps.
     figures : callable, optional
-        ``figures(result, stack_e, cfg, stage)`` writes the diagnostic figures
+        ``figures(result, stack_e, cfg, stage, progress=...)`` writes the diagnostic figures
         into the stage (the review module); skipped when None.
     review : callable, optional
         Interactive review of MEDIANCR (see
@@ -149,7 +149,7 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         else:
             result, products = build_products(stack, cfg, images=images, progress=progress, review=review)
             if figures is not None:
-                figures(result, stack, cfg, stage)
+                figures(result, stack, cfg, stage, progress=progress)
         for name, product in products.items():
             write_product(stage, name, product)
         files = stage.commit()

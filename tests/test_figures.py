@@ -1,0 +1,339 @@
+"""Tests for the review products: events, region/CSV/edits files, PNG figures and PDF pages."""
+
+from __future__ import annotations
+
+import re
+import types
+
+import numpy as np
+import pytest
+import yaml
+from matplotlib.image import imread
+
+from megara_crdetect.config import parse_requirements, parse_run_config
+from megara_crdetect.core.pipeline import Detector, compute_crmasks
+from megara_crdetect.review import pages, regions
+from megara_crdetect.review.events import ReviewData, find_events, label_events, near_misses
+from megara_crdetect.review import extras
+from megara_crdetect.review.figures import _save_png, write_figures
+
+SHAPE = (200, 300)
+RNOISE = 3.4
+#: 0-based (row, col) of the injected 2-of-3 cosmic rays (2 pixels: col and col + 1)
+EVENTS = [(40, 50), (100, 150), (160, 250), (20, 280)]
+USER = (10, 10)  # FITS [X, Y] of pixels_to_be_flagged_as_cr
+
+
+def make_stack(seed: int = 5) -> np.ndarray:
+    """Fibre-like scene, Poisson + read noise, single hits and four coincident 2-of-3 hits."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(SHAPE[0])[:, None]
+    scene = 20 + 400 * np.exp(-0.5 * ((y % 12 - 6) / 1.5) ** 2) * np.ones((1, SHAPE[1]))
+    stack = np.stack([rng.poisson(scene) + rng.normal(0, RNOISE, SHAPE) for _ in range(3)]).astype(np.float32)
+    for k in range(3):
+        rr, cc = rng.integers(0, SHAPE[0], 60), rng.integers(0, SHAPE[1], 60)
+        stack[k, rr, cc] += rng.uniform(200, 2000, 60).astype(np.float32)
+    for r, c in EVENTS:
+        stack[:2, r, c] += 850
+        stack[:2, r, c + 1] += 280
+    return stack
+
+
+def make_run(**requirements):
+    """(result, stack, cfg) of a small MM run; one event relabelled LA only for the figures."""
+    stack = make_stack()
+    req = {"crmethod": "mmcosmic", "mm_nsimulations": 3, "pixels_to_be_flagged_as_cr": [list(USER)],
+           "semiwindow": 6, **requirements}
+    cfg = parse_run_config({"images": ["a.fits", "b.fits", "c.fits"], "gain": 1.0, "rnoise": RNOISE, "bias": 0.0,
+                            "requirements": req})
+    res = compute_crmasks(stack.copy(), cfg.params, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    r, c = EVENTS[0]
+    res.mediancr_codes[r, c] = 4  # pretend L.A.Cosmic confirmed it too
+    r, c = EVENTS[1]
+    res.mediancr_codes[r, c:c + 2] = 3  # ... and found this one alone
+    return res, stack, cfg
+
+
+@pytest.fixture(scope="module")
+def run():
+    return make_run()
+
+
+def stage_in(path):
+    path.mkdir(exist_ok=True)
+    return types.SimpleNamespace(directory=path, path=lambda name: path / name)
+
+
+def pdf_pages(path) -> int:
+    return len(re.findall(rb"/Type\s*/Page\b(?!s)", path.read_bytes()))
+
+
+# ---------------------------------------------------------------------------
+# events
+# ---------------------------------------------------------------------------
+
+
+class TestEvents:
+    def test_groups_numbered_in_raster_order_with_counts(self):
+        mask = np.zeros((10, 12), bool)
+        codes = np.zeros((10, 12), np.int8)
+        mask[7, 2:5] = True  # second event (row 7)
+        codes[7, 2:5] = [1, 2, 1]
+        mask[1, 9] = mask[2, 10] = True  # first event, diagonal neighbours (8-connected)
+        codes[1, 9], codes[2, 10] = 3, 4
+        t = np.arange(120, dtype=np.float32).reshape(10, 12) / 10
+        ev = find_events(mask, codes, t)
+        assert len(ev) == 2
+        np.testing.assert_array_equal(ev.npix, [2, 3])
+        np.testing.assert_array_equal([ev.n_la[0], ev.n_both[0], ev.n_mm[1], ev.n_dilation[1]], [1, 1, 1, 2])
+        assert (ev.x_peak[0], ev.y_peak[0]) == (11, 3)  # FITS of (row 2, col 10): largest t
+        assert (ev.x_centre[1], ev.y_centre[1]) == (4.0, 8.0)
+        assert (ev.xmin[1], ev.xmax[1], ev.ymin[1], ev.ymax[1]) == (3, 5, 8, 8)
+        assert ev.t_max[1] == pytest.approx(t[7, 4])
+        assert ev.method(0) == "LA+MM" and ev.method(1) == "MM only"
+        assert np.isnan(ev.margin_max).all()
+
+    def test_labels_are_eight_connected(self):
+        mask = np.eye(5, dtype=bool)
+        labels, n = label_events(mask)
+        assert n == 1 and labels[4, 4] == 1
+
+    def test_window_clipped_at_the_image_edge(self):
+        mask = np.zeros((20, 20), bool)
+        mask[0, 19] = True
+        ev = find_events(mask, mask.astype(np.int8) * 2, np.zeros((20, 20)))
+        assert ev.window(0, 5, (20, 20)) == (0, 6, 14, 20)
+
+    def test_near_misses_sorted_closest_first(self):
+        margin = np.full((4, 4), -5.0)
+        margin[1, 1], margin[2, 3], margin[0, 0] = -0.2, -0.9, 0.5
+        exclude = np.zeros((4, 4), bool)
+        np.testing.assert_array_equal(near_misses(margin, exclude), [[1, 1], [2, 3]])
+        exclude[1, 1] = True
+        np.testing.assert_array_equal(near_misses(margin, exclude), [[2, 3]])
+
+    def test_review_data_matches_the_pipeline_normalisation(self, run):
+        res, stack, cfg = run
+        data = ReviewData(res, RNOISE, stack)
+        r, c = EVENTS[2]
+        expected = (res.stats.median2d[r, c] - res.stats.min2d[r, c]) / data.u[r, c]
+        assert data.t[r, c] == pytest.approx(expected, rel=1e-5)
+        assert data.margin[r, c] > 0  # flagged by MM: above its boundary
+        if getattr(res, "noise", None) is not None:
+            assert data.u is res.noise
+
+
+# ---------------------------------------------------------------------------
+# text products
+# ---------------------------------------------------------------------------
+
+
+class TestTextProducts:
+    @pytest.fixture(scope="class")
+    def data(self, run):
+        res, stack, _ = run
+        return ReviewData(res, RNOISE, stack)
+
+    def test_every_injected_event_is_an_event(self, data):
+        ev = data.events
+        for r, c in EVENTS:
+            assert ev.labels[r, c] > 0
+        assert ev.labels[USER[1] - 1, USER[0] - 1] > 0
+        assert len(ev) == ev.labels.max()
+
+    def test_ds9_regions(self, data):
+        ev = data.events
+        text = regions.ds9_regions(ev)
+        lines = text.splitlines()
+        assert lines[0] == "# Region file format: DS9 version 4.1" and lines[3] == "image"
+        boxes = [ln for ln in lines if ln.startswith("box(")]
+        assert len(boxes) == len(ev)
+        i = ev.labels[EVENTS[1]] - 1  # LA only: red, 2 x 1 px + dilation ring -> 4 x 3 px + 1 px margin
+        m = re.match(r"box\(([\d.]+),([\d.]+),(\d+),(\d+),0\) # color=(\w+) text=\{CR#(\d+)\}", boxes[i])
+        assert m is not None
+        xc, yc, w, h, colour, number = m.groups()
+        assert (colour, int(number)) == ("red", i + 1)
+        assert float(xc) == pytest.approx(EVENTS[1][1] + 1.5) and float(yc) == pytest.approx(EVENTS[1][0] + 1)
+        assert (int(w), int(h)) == (6, 5)
+        colours = {re.search(r"color=(\w+)", b).group(1) for b in boxes}
+        assert {"red", "blue", "yellow", "magenta"} <= colours
+
+    def test_candidates_csv(self, data):
+        ev = data.events
+        text = regions.candidates_csv(ev, data.stats.median2d, data.stats.min2d)
+        rows = [ln.split(",") for ln in text.splitlines()]
+        assert tuple(rows[0]) == regions.CSV_COLUMNS
+        assert len(rows) == len(ev) + 1
+        col = {name: k for k, name in enumerate(rows[0])}
+        i = ev.labels[EVENTS[2]] - 1
+        row = rows[i + 1]
+        assert int(row[col["cr_number"]]) == i + 1
+        assert (int(row[col["x_peak"]]), int(row[col["y_peak"]])) == (EVENTS[2][1] + 1, EVENTS[2][0] + 1)
+        assert int(row[col["npix"]]) == ev.npix[i] and row[col["method"]] == "MM only"
+        assert float(row[col["t_max"]]) > float(row[col["margin_max"]]) > 0
+        assert float(row[col["median_peak"]]) == pytest.approx(data.stats.median2d[EVENTS[2]], abs=0.05)
+
+    def test_review_edits_parse_when_uncommented(self, data):
+        ev = data.events
+        text = regions.review_edits_yaml(ev, near=[(5, 6, 4.2, -0.3)])
+        assert parse_requirements(yaml.safe_load(text)["requirements"]).pixels_to_be_flagged_as_cr == ()
+        uncomment = re.compile(r"^(\s*)#(\s+- \[)", re.M)
+        lines = text.splitlines(keepends=True)
+        flagged_end = next(k for k, ln in enumerate(lines) if "pixels_to_be_ignored_as_cr" in ln)
+        only_flagged = "".join(uncomment.sub(r"\1 \2", ln) for ln in lines[:flagged_end]) + "".join(lines[flagged_end:])
+        cfg = parse_requirements(yaml.safe_load(only_flagged)["requirements"])
+        assert len(cfg.pixels_to_be_flagged_as_cr) == len(ev) + 1
+        assert (ev.x_peak[0], ev.y_peak[0]) in cfg.pixels_to_be_flagged_as_cr
+        assert (5, 6) in cfg.pixels_to_be_flagged_as_cr
+        cfg = parse_requirements(yaml.safe_load(uncomment.sub(r"\1 \2", text))["requirements"])
+        detected = int(np.count_nonzero(ev.codes >= 2))
+        assert len(cfg.pixels_to_be_ignored_as_cr) == detected
+        r, c = EVENTS[3]
+        assert (c + 1, r + 1) in cfg.pixels_to_be_ignored_as_cr
+        assert re.search(r"#  - \[\d+, \d+\]   # CR#1 .*, \d+ px, t=[\d.]+", text)
+
+
+# ---------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------
+
+
+class TestWriteFigures:
+    @pytest.fixture(scope="class")
+    def written(self, run, tmp_path_factory):
+        res, stack, cfg = run
+        out = tmp_path_factory.mktemp("figures")
+        calls = []
+        timings = write_figures(res, stack, cfg, stage_in(out), progress=lambda *a: calls.append(a), strict=True)
+        return out, timings, calls, ReviewData(res, RNOISE, stack)
+
+    @pytest.mark.parametrize("name, size", [
+        ("diagnostic_histogram2d.png", (1500, 1950)), ("diagnostic_mediancr.png", (1500, 1950)),
+        ("diagnostic_meancr.png", (825, 1950)), ("diagnostic_crmask1.png", (825, 1950)),
+        ("diagnostic_crmask3.png", (825, 1950))])
+    def test_png_files(self, written, name, size):
+        img = imread(written[0] / name)
+        assert img.shape[:2] == size
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+
+    def test_one_page_per_event_and_progress(self, written):
+        out, timings, calls, data = written
+        n = len(data.events)
+        assert n >= 5 and timings["pages"] == n
+        assert pdf_pages(out / "mediancr_identified_cr.pdf") == n
+        assert calls[-1] == ("CR pages", n, n) and len(calls) == n
+
+    def test_review_files_written(self, written):
+        out, _, _, data = written
+        assert len((out / "mediancr_candidates.csv").read_text().splitlines()) == len(data.events) + 1
+        assert (out / "mediancr_regions.reg").read_text().count("box(") == len(data.events)
+        assert "pixels_to_be_ignored_as_cr:" in (out / "review_edits.yaml").read_text()
+
+    def test_optional_files_absent(self, written):
+        out = written[0]
+        for name in ("problematic_pixels.pdf", "flux_factor1.png", "xyoffset_crosscorr_1.png"):
+            assert not (out / name).exists()
+
+
+class TestPages:
+    @pytest.mark.parametrize("maxplots, expected", [(0, 0), (2, 2)])
+    def test_maxplots(self, run, tmp_path, maxplots, expected):
+        res, stack, _ = run
+        data = ReviewData(res, RNOISE, stack)
+        n, _ = pages.write_cr_pdf(tmp_path / "cr.pdf", data, maxplots=maxplots, color_scale="minmax")
+        assert n == expected
+        assert (tmp_path / "cr.pdf").exists() == (expected > 0)
+        if expected:
+            assert pdf_pages(tmp_path / "cr.pdf") == expected
+
+    def test_page_content_follows_the_event(self, run):
+        from megara_crdetect.review._plot import agg_figure
+
+        res, stack, cfg = run
+        data = ReviewData(res, RNOISE, stack)
+        page = pages.CRPage(agg_figure((10, 5)), data, semiwindow=6, color_scale="minmax")
+        i = data.events.labels[EVENTS[2]] - 1
+        page.draw_event(i)
+        r, c = EVENTS[2]  # the event is columns c, c + 1 (+ dilation): centroid c + 0.5, rounded to c + 1
+        x = c + 2  # FITS X of the window centre
+        assert page.median.image.get_extent() == [x - 6.5, x + 6.5, r + 1 - 6.5, r + 1 + 6.5]
+        np.testing.assert_array_equal(page.top[1].image.get_array(), stack[1, r - 6:r + 7, c - 5:c + 8])
+        corrected = page.fixed.image.get_array()
+        assert corrected[6, 5] == res.stats.min2d[r, c]  # CR pixel repaired with min2d
+        assert corrected[0, 0] == res.stats.median2d[r - 6, c - 5]
+        assert page.codes.image.get_array()[6, 5] == res.mediancr_codes[r, c]
+        assert f"CR#{i + 1}/{len(data.events)}" in page.title.get_text()
+
+    def test_problematic_pdf(self, run, tmp_path):
+        res, stack, _ = run
+        prob = np.zeros(SHAPE, bool)
+        prob[30:32, 40] = prob[150, 200] = True
+        data = ReviewData(types.SimpleNamespace(**{**vars(res), "problematic": prob}), RNOISE, stack)
+        assert pages.write_problematic_pdf(tmp_path / "p.pdf", data) == 2
+        assert pdf_pages(tmp_path / "p.pdf") == 2
+        data0 = ReviewData(res, RNOISE, stack)
+        assert pages.write_problematic_pdf(tmp_path / "none.pdf", data0) == 0 and not (tmp_path / "none.pdf").exists()
+
+
+class TestOptionalFigures:
+    @pytest.fixture(scope="class")
+    def written(self, run, tmp_path_factory):
+        res, stack, cfg = run
+        res = types.SimpleNamespace(**{**vars(res), "flux_factors": np.array([0.98, 1.0, 1.03]),
+                                       "offsets": np.array([[0.5, -0.25], [0.0, 0.0], [-1.0, 0.5]])})
+        params = cfg.params.replace(flux_factor="auto", flux_factor_regions=((1, 300, 1, 100),),
+                                    mm_crosscorr_region=(20, 120, 20, 120))
+        out = tmp_path_factory.mktemp("optional")
+        timings = {}
+        jobs = extras.png_jobs(ReviewData(res, RNOISE, stack), type(cfg)(cfg.inputs, params))
+        assert [j[0] for j in jobs] == ["image_number_at_median_position.png", "flux_factor1.png", "flux_factor2.png",
+                                        "flux_factor3.png", "xyoffset_crosscorr_1.png", "xyoffset_crosscorr_2.png",
+                                        "xyoffset_crosscorr_3.png"]
+        for name, build, size, adjust in jobs:
+            if "2.png" not in name:  # exposure 2 draws like the others: save time
+                _save_png(out / name, build, size, adjust)
+                timings[name] = 1
+        return out, timings
+
+    @pytest.mark.parametrize("name, size", [("image_number_at_median_position.png", (825, 1950)),
+                                            ("flux_factor1.png", (825, 1200)), ("flux_factor3.png", (825, 1200)),
+                                            ("xyoffset_crosscorr_1.png", (1200, 1500)),
+                                            ("xyoffset_crosscorr_3.png", (1200, 1500))])
+    def test_written(self, written, name, size):
+        out, timings = written
+        assert imread(out / name).shape[:2] == size
+        assert name in timings
+
+    def test_offset_panel_undoes_the_shift(self, run):
+        from megara_crdetect.core.offsets import shift_image
+        from megara_crdetect.review._plot import agg_figure
+        from megara_crdetect.review.extras import offset_figure
+
+        res, stack, _ = run
+        shifted = np.stack([shift_image(stack[0], 1.0, -2.0), stack[1], stack[2]])
+        fake = types.SimpleNamespace(**{**vars(res), "offsets": np.array([[1.0, -2.0], [0, 0], [0, 0]]),
+                                        "flux_factors": np.ones(3)})
+        fig = agg_figure((10, 8))
+        offset_figure(fig, ReviewData(fake, RNOISE, shifted), 0, (40, 140, 40, 140))
+        exposure, before, after = (fig.axes[k].images[0].get_array() for k in (1, 2, 3))
+        np.testing.assert_allclose(exposure, shifted[0, 39:140, 39:140])
+        assert np.abs(after).mean() < 0.5 * np.abs(before).mean()
+
+
+@pytest.mark.parametrize("case", ["no_mm", "no_detection"])
+def test_degenerate_runs_still_write_the_files(run, tmp_path, case):
+    """crmethod without MM (no diagrams, no boundary) and a run without any detection."""
+    res, stack, cfg = run
+    changes = {"diagrams": None, "boundaries": {}, "expected_false": {}} if case == "no_mm" else {
+        "mediancr": np.zeros(SHAPE, bool), "mediancr_codes": np.zeros(SHAPE, np.int8)}
+    fake = types.SimpleNamespace(**{**vars(res), **changes})
+    timings = write_figures(fake, stack, cfg, stage_in(tmp_path), strict=True)
+    written = {p.name for p in tmp_path.iterdir()}
+    assert ("diagnostic_histogram2d.png" in written) == (case != "no_mm")
+    assert {"diagnostic_mediancr.png", "diagnostic_meancr.png", "mediancr_regions.reg", "review_edits.yaml"} <= written
+    n_events = ReviewData(fake, RNOISE, stack).events.npix.size
+    assert timings["pages"] == n_events and ("mediancr_identified_cr.pdf" in written) == (n_events > 0)
+    csv = (tmp_path / "mediancr_candidates.csv").read_text().splitlines()
+    assert len(csv) == n_events + 1
+    if case == "no_mm":
+        assert all(row.split(",")[17] == "nan" for row in csv[1:])  # margin_max: no boundary
