@@ -16,7 +16,12 @@ Here the diagram is built in noise-normalised coordinates:
   fluctuates downwards by about one sigma, and such a fluctuation both raises
   ``median - min`` and lowers ``sigma(min2d)``: normalising by it puts a heavy
   noise tail exactly where faint coincident hits lie.  The simulations use the
-  same floor and their own min2d;
+  same floor and their own min2d.  When the simulated exposures are not
+  equivalent (offsets, flux factors), their expected deterministic spread
+  ``max_k lam_k - min_k lam_k`` is added in quadrature (:func:`inflate`): the
+  few pixels on the flanks of bright lines, whose exposures differ by many
+  sigma without any cosmic ray, then get their own columns instead of setting
+  the boundary of the faint background they share a noise level with;
 * columns are bins of ``u`` holding the same number of pixels (so the "one
   simulated pixel above" rule gives every pixel the same false-alarm
   probability);
@@ -48,7 +53,7 @@ from .noise import NoiseSampler, sigma
 from .stack import low_mean, median_of_stack
 
 __all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor", "noise_scale", "make_grid",
-           "simulate_diagrams",
+           "simulate_diagrams", "inflate",
            "real_histogram", "column_quantile",
            "boundary_points", "target_names"]
 
@@ -137,6 +142,15 @@ def noise_floor(median2d: np.ndarray) -> np.ndarray:
     return local_reference(median2d)
 
 
+def inflate(u: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    """Add (in quadrature, in place) the expected deterministic spread of the exposures to ``u``."""
+    if spread is not None:
+        u *= u
+        u += spread * spread
+        np.sqrt(u, out=u)
+    return u
+
+
 def noise_scale(min2d: np.ndarray, floor: np.ndarray, rnoise_e: float) -> np.ndarray:
     """Noise scale ``u = sigma(max(min2d, floor))`` of every pixel (float32).
 
@@ -220,7 +234,7 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 
 def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
                     nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
-                    exact: bool) -> np.ndarray:
+                    exact: bool, spread: np.ndarray | None = None) -> np.ndarray:
     """Histograms (2, n_targets * ncells) of one block of rows: fitting sets, then check sets."""
     rng = np.random.default_rng(seed)
     samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
@@ -232,19 +246,22 @@ def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rno
     z = np.empty((n,) + shape, dtype=np.float32)
     idx = np.empty((n + 2,) + shape, dtype=np.int32)
     floor = noise[rows]
+    spread = None if spread is None else spread[rows]
     offsets = np.arange(n + 2, dtype=np.int32)[:, None, None] * np.int32(ncells)
     for isim in range(nsim + n_check):
         for k, sampler in enumerate(samplers):
             sampler.draw(rng, out=z[k])
         lo = low_mean(z, n_low)
         u = noise_scale(lo, floor, rnoise_e)
-        base = grid.column_index(u)
-        base *= nrow
-        inv = np.divide(np.float32(1.0), u, out=u)
+        scales = [(grid.column_index(u) * nrow, np.float32(1.0) / u)]
+        if spread is not None:  # the median keeps the plain scale, the other targets the inflated one
+            u = inflate(u, spread)
+            scales.append((grid.column_index(u) * nrow, np.divide(np.float32(1.0), u, out=u)))
         for j, y in enumerate(_targets_of(z, lo)):
+            base, inv = scales[min(j, len(scales) - 1)]
             y *= inv
             idx[j] = grid.row_index(y)
-        idx += base
+            idx[j] += base
         idx += offsets
         if n_low > 1:  # min2d is a mean: a target may lie below it
             np.maximum(idx, 0, out=idx)
@@ -254,7 +271,7 @@ def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rno
 
 def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
                       grid: DiagramGrid, seed: int | None, n_check: int = 2, block_rows: int = 64,
-                      workers: int | None = None,
+                      workers: int | None = None, spread: np.ndarray | None = None,
                       exact: bool = False, progress: Callable[[int, int], None] | None = None
                       ) -> SimulatedDiagrams:
     """Simulate ``nsim`` sets of exposures and histogram their MM diagrams.
@@ -288,6 +305,11 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
     exact : bool
         Exact Poisson deviates instead of the fast sampler (see
         :mod:`megara_crdetect.core.noise`).
+    spread : ndarray, shape (ny, nx), optional
+        Expected deterministic spread of the exposures (offsets, flux
+        factors), added in quadrature to the simulated ``u`` of the mean and
+        exposure diagrams exactly as to the real one (:func:`inflate`); the
+        median diagram keeps the plain scale.
     progress : callable, optional
         Called as ``progress(done, total)`` after every block.
 
@@ -305,7 +327,7 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
 
     def job(i: int) -> np.ndarray:
         return _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
-                               grid=grid, seed=seeds[i], exact=exact)
+                               grid=grid, seed=seeds[i], exact=exact, spread=spread)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for done, hist in enumerate(pool.map(job, range(len(blocks))), start=1):

@@ -212,6 +212,12 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     return out
 
 
+def _unequal(factors: np.ndarray, offsets: np.ndarray, params: CRMaskConfig) -> bool:
+    """Whether the simulated exposures differ (offsets, or flux factors applied to them)."""
+    scaled = params.apply_flux_factor_to == "simulated" and np.any(factors != 1)
+    return bool(np.any(offsets != 0) or scaled)
+
+
 def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, rnoise_e: float) -> np.ndarray:
     n = stack.shape[0]
     if params.mm_xy_offsets is not None:
@@ -258,11 +264,17 @@ def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Bo
 class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
-    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None):
+    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
+                 inflated=None):
         self.stack, self.stats, self.noise, self.params, self.detector = stack, stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
+        self.inflated = noise if inflated is None else inflated
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
+
+    def scale(self, diagram: str) -> np.ndarray:
+        """Noise scale of a diagram: plain for the median, inflated by the spread for the others."""
+        return self.noise if diagram == "median" else self.inflated
 
     def confirm_level(self, diagram: str):
         """Disagreement needed to confirm an L.A.Cosmic detection on a diagram.
@@ -277,18 +289,19 @@ class _Detections:
         if sims is None or diagram not in sims.hist or base <= 0:
             return base
         q = mm.column_quantile(sims.hist[diagram], sims.grid, 1e-3).astype(np.float32)
-        return np.maximum(np.float32(base), q[sims.grid.column_index(self.noise)])
+        return np.maximum(np.float32(base), q[sims.grid.column_index(self.scale(diagram))])
 
     def of(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> tuple:
         """(LA confirmed flags or None, MM flags or None) of a target, within the cleanable map."""
         la = mmf = None
+        diagram = boundary_name or name
         if name in self.la_flags:
-            t = _normalised(target, self.stats, self.noise)
-            level = self.confirm_level(boundary_name or name)
+            t = _normalised(target, self.stats, self.scale(diagram))
+            level = self.confirm_level(diagram)
             la = _confirm(self.la_flags[name], t, level) & self.cleanable
         b = self.boundaries.get(boundary_name or name)
         if b is not None:
-            mmf = _mm_flags(target, self.stats, self.noise, b, threshold_e=self.threshold_e,
+            mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
                             max2d_e=self.max2d_e) & self.cleanable
         return la, mmf
 
@@ -376,12 +389,14 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
             la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
                               params.la_confirm_sigma)
         expected_img = _expected_images(stats, stack, params, la_med, factors, offsets)
-        grid = mm.make_grid(noise, rnoise_e)
+        spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
+        inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
+        grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
         report = (lambda d, t: progress("simulations", d, t)) if progress else None
         sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
                                     nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
-                                    workers=workers, progress=report)
-        del expected_img, floor
+                                    workers=workers, progress=report, spread=spread)
+        del expected_img, floor, spread
         boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
         timings["mmcosmic"] = time.perf_counter() - t1
         _log.info("expected false MM detections from noise alone: %s",
@@ -393,7 +408,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range /= noise
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
-    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims)
+    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims,
+                      inflated=inflated if params.uses_mm else noise)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx))
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
