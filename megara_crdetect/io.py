@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from astropy.io import fits
 
 from .errors import InputError
 
-__all__ = ["InputStack", "read_images", "to_electrons", "OutputStage"]
+__all__ = ["InputStack", "read_images", "stack_images", "to_electrons", "OutputStage"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +67,42 @@ def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Hea
         return data, hdu.header.copy()
 
 
+def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: str = "exposures") -> np.ndarray:
+    """Copy ``(label, 2-D array)`` pairs into one float32 stack, one at a time.
+
+    Shared by the command line and the numina recipe so that both report a
+    size mismatch or non-finite pixels with the same words.
+
+    Parameters
+    ----------
+    items : iterable of (str, ndarray)
+        Label used in messages (e.g. ``"images[1] = 'b.fits'"``) and data;
+        may be a generator that opens each file only when its turn comes.
+    count : int
+        Number of items.
+    what : str
+        Plural noun for the messages.
+
+    Raises
+    ------
+    InputError
+        Shapes that differ or non-finite pixels.
+    """
+    stack, first = None, None
+    for k, (label, data) in enumerate(items):
+        if stack is None:
+            stack, first = np.empty((count,) + data.shape, dtype=np.float32), label
+        elif data.shape != stack.shape[1:]:
+            raise InputError(f"{label} is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) but {first} is "
+                             f"{stack.shape[2]} x {stack.shape[1]}; all {what} must have the same size")
+        stack[k] = data
+        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
+        if bad:
+            raise InputError(f"{label}: {bad} pixel(s) are NaN or infinite; replace them (e.g. by the bias "
+                             "level) before running")
+    return stack
+
+
 def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLike = ".",
                 extnum: int = 0) -> InputStack:
     """Read N exposures into one float32 stack.
@@ -92,25 +128,16 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
     """
     base = Path(base_dir)
     resolved = [(base / p) if not Path(p).is_absolute() else Path(p) for p in paths]
-    stack = None
     headers = []
-    for k, path in enumerate(resolved):
-        data, header = _open_hdu(k, path, extnum)
-        if stack is None:
-            stack = np.empty((len(resolved),) + data.shape, dtype=np.float32)
-        elif data.shape != stack.shape[1:]:
-            raise InputError(
-                f"images[{k}] = '{path.name}' is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) but "
-                f"images[0] = '{resolved[0].name}' is {stack.shape[2]} x {stack.shape[1]}; all exposures "
-                "must have the same size")
-        stack[k] = data
-        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
-        if bad:
-            raise InputError(f"images[{k}] = '{path.name}': {bad} pixel(s) are NaN or infinite; replace "
-                             "them (e.g. by the bias level) before running")
-        headers.append(header)
-        _log.debug("read %s [%d]: %s", path, extnum, data.shape)
-    return InputStack(stack, resolved, headers)
+
+    def items():
+        for k, path in enumerate(resolved):
+            data, header = _open_hdu(k, path, extnum)
+            headers.append(header)
+            _log.debug("read %s [%d]: %s", path, extnum, data.shape)
+            yield f"images[{k}] = '{path.name}'", data
+
+    return InputStack(stack_images(items(), len(resolved)), resolved, headers)
 
 
 def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:

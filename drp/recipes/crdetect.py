@@ -49,7 +49,7 @@ from megara_crdetect.config import (CRMaskConfig, InputConfig, ParamSpec, RunCon
 from megara_crdetect.config import convert as convert_value
 from megara_crdetect.core.pipeline import COMBINATIONS, CRMaskResult
 from megara_crdetect.errors import ConfigError, InputError, UserAbort
-from megara_crdetect.io import to_electrons
+from megara_crdetect.io import stack_images, to_electrons
 from megara_crdetect.runner import build_products
 
 from ..datamodel import MegaraCrDataModel
@@ -264,24 +264,15 @@ def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
                if getattr(f, "frame", None) is None and not os.path.exists(f.filename)]
     if missing:
         raise InputError(f"frames not found: {', '.join(missing)}")
-    stack = None
-    for k, frame in enumerate(frames):
-        with frame.open() as hdul:
-            data = hdul[0].data
-            if data is None or data.ndim != 2:
-                raise InputError(f"frame {names[k]}: the primary HDU holds no 2-D image")
-            if stack is None:
-                stack = np.empty((len(frames),) + data.shape, dtype=np.float32)
-            elif data.shape != stack.shape[1:]:
-                raise InputError(f"frame {names[k]} is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) "
-                                 f"but "
-                                 f"{names[0]} is {stack.shape[2]} x {stack.shape[1]}; all frames must have "
-                                 "the same size")
-            stack[k] = data
-        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
-        if bad:
-            raise InputError(f"frame {names[k]}: {bad} pixel(s) are NaN or infinite")
-    return stack, names
+    def items():
+        for name, frame in zip(names, frames):
+            with frame.open() as hdul:
+                data = hdul[0].data
+                if data is None or data.ndim != 2:
+                    raise InputError(f"frame {name}: the primary HDU holds no 2-D image")
+                yield f"frame {name}", data
+
+    return stack_images(items(), len(frames), what="frames"), names
 
 
 # ---------------------------------------------------------------------------

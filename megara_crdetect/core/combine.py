@@ -20,6 +20,8 @@ import numpy as np
 from scipy.integrate import cumulative_trapezoid, trapezoid
 from scipy.special import gammaln, log_ndtr
 
+from .masks import check_box
+
 __all__ = [
     "COMBINATIONS",
     "Combined",
@@ -194,27 +196,7 @@ def _check_rnoise(rnoise_e) -> float:
 
 
 def _check_boxes(boxes, shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    out = []
-    for item in boxes:
-        values = tuple(item)
-        ok = len(values) == 4 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
-        )
-        if not ok:
-            msg = f"local_median_pixels: each entry must be 4 integers, got {item!r}"
-            raise ValueError(msg)
-        row, col, height, width = (int(v) for v in values)
-        if not (0 <= row < shape[0] and 0 <= col < shape[1]):
-            msg = f"local_median_pixels: pixel ({row}, {col}) outside shape {shape}"
-            raise ValueError(msg)
-        if height < 1 or width < 1 or height % 2 == 0 or width % 2 == 0:
-            msg = f"local_median_pixels: height and width must be odd >= 1, got {item!r}"
-            raise ValueError(msg)
-        if height * width < 3:
-            msg = f"local_median_pixels: height * width must be >= 3, got {item!r}"
-            raise ValueError(msg)
-        out.append((row, col, height, width))
-    return out
+    return [check_box("local_median_pixels", item, shape) for item in boxes]
 
 
 # ----------------------------------------------------------------------------
