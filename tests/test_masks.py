@@ -40,7 +40,7 @@ class TestDilate:
         assert out.sum() == 4
         assert out[0:2, 4:6].all()
 
-    @pytest.mark.parametrize("radius", [1, 2, 3, 5])
+    @pytest.mark.parametrize("radius", [1, 2, 3, 4, 5, 7, 12])
     def test_equals_repeated_3x3_dilation(self, radius):
         mask = random_mask(seed=radius)
         ref = ndimage.binary_dilation(mask, structure=EIGHT, iterations=radius)
