@@ -55,10 +55,6 @@ EXTRA = {  # parameters of each set (the guide's examples 3 and 4)
 COMBOS = ("median", "mediancr", "meancrt", "meancr", "meancr2")
 
 
-def write_inputs(sim, workdir: Path, extra: dict) -> tuple[Path, Path]:
-    return common.write_inputs(sim, workdir, extra)
-
-
 def far_false(mask: np.ndarray, cr_any: np.ndarray) -> int:
     near = ndimage.binary_dilation(cr_any, structure=np.ones((3, 3), bool), iterations=2)
     return int((mask & ~near).sum())
@@ -179,7 +175,7 @@ def main(argv=None) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sim = simulate_exposures(shape, 3, seed=args.seed, n_coincident=n_coinc, **SETS[args.set])
-    ours_yaml, ref_yaml = write_inputs(sim, workdir, EXTRA[args.set])
+    ours_yaml, ref_yaml = common.write_inputs(sim, workdir, EXTRA[args.set])
     if args.ours_extra:
         doc = yaml.safe_load(ours_yaml.read_text())
         doc["requirements"].update(args.ours_extra)

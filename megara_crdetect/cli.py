@@ -84,10 +84,7 @@ def _load_yaml(path: Path):
 def _figure_writer(args):
     if args.no_figures:
         return None
-    try:
-        from .review.figures import write_figures
-    except ImportError:  # review module not available
-        return None
+    from .review.figures import write_figures
     return write_figures
 
 

@@ -12,21 +12,23 @@ Order of operations
 1. Flux factors (none, given, or estimated) and the cleanable map (regions to
    skip, pixels to flag or ignore).
 2. Stack statistics min2d, max2d, median2d, mean2d.
-3. L.A.Cosmic on median2d, mean2d and every exposure (in parallel).  A
-   detection is *confirmed* only if the exposures disagree there: some pixel
-   of its group has ``target - min2d > la_confirm_sigma * sigma(min2d)``.
-   Hot pixels and other sharp features identical in every exposure are
-   therefore never reported (the reference flags them).
-4. MMcosmic: simulated exposures from the cleaned median (noise model, flux
-   factors, offsets), one normalised diagram and one boundary per target
-   (median, mean, each exposure), flags above the boundary.
+3. L.A.Cosmic on median2d (and, for ``lacosmic`` or ``la_everywhere``, on
+   mean2d, every exposure and meancr too, in parallel).  A detection is
+   *confirmed* only if the exposures disagree there: some pixel of its group
+   has ``(target - min2d) / u`` above ``la_confirm_sigma`` and above what the
+   simulations put in its column 1/1000 of the time.  Hot pixels and other
+   sharp features identical in every exposure are therefore not reported
+   (the reference flags them).
+4. MMcosmic: simulated exposures from the median (noise model, flux factors,
+   offsets), one normalised diagram and one boundary per target (median,
+   mean, each exposure), flags above the boundary.
 5. MEDIANCR = confirmed LA flags | MM flags | pixels_to_be_flagged_as_cr,
    dilated; an optional review callback may remove cosmic-ray groups.
-6. MEANCRT = dilated detections on mean2d, always including MEDIANCR.
-7. CRMASKk = dilated detections on exposure k restricted to MEANCRT (the
-   guide's definition); MEANCR = undilated detections on the meancr
-   combination (used by meancr2).  Problematic pixels: masked in every
-   exposure.
+6. CRMASKk = dilated detections on exposure k; MEANCRT = dilated detections
+   on mean2d and on every exposure, plus MEDIANCR (so CRMASKk stays inside
+   MEANCRT without the guide's restriction hiding faint single hits);
+   MEANCR = undilated detections on the meancr combination (used by
+   meancr2).  Problematic pixels: masked in every exposure.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .combine import combine, problematic_pixels
 from .fluxfactor import fit_flux_factors
 from .masks import cleanable_map, dilate, keep_groups_with
 from .offsets import measure_offsets, shift_image
-from .stack import StackStats, stack_statistics
+from .stack import StackStats, median_of_stack, stack_statistics
 
 __all__ = ["Detector", "CRMaskResult", "compute_crmasks", "apply_crmasks", "COMBINATIONS", "CODES"]
 
@@ -138,7 +140,6 @@ def _flux_factors(stack: np.ndarray, params: CRMaskConfig, rnoise_e: float):
     if params.flux_factor is None:
         return np.ones(n), None
     if params.flux_factor == "auto":
-        from .stack import median_of_stack
         details = fit_flux_factors(stack, median_of_stack(stack),
                                    region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
                                    rnoise_e=rnoise_e)
@@ -264,9 +265,9 @@ def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Bo
 class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
-    def __init__(self, stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
+    def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
                  inflated=None):
-        self.stack, self.stats, self.noise, self.params, self.detector = stack, stats, noise, params, detector
+        self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.inflated = noise if inflated is None else inflated
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
@@ -299,7 +300,7 @@ class _Detections:
             t = _normalised(target, self.stats, self.scale(diagram))
             level = self.confirm_level(diagram)
             la = _confirm(self.la_flags[name], t, level) & self.cleanable
-        b = self.boundaries.get(boundary_name or name)
+        b = self.boundaries.get(diagram)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
                             max2d_e=self.max2d_e) & self.cleanable
@@ -380,7 +381,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
         timings["lacosmic"] = time.perf_counter() - t1
 
-    boundaries, expected, sims = {}, {}, None
+    boundaries, expected, sims, inflated = {}, {}, None, noise
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     if params.uses_mm:
         t1 = time.perf_counter()
@@ -408,8 +409,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range /= noise
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
-    det = _Detections(stack, stats, noise, params, detector, la_flags, boundaries, cleanable, sims,
-                      inflated=inflated if params.uses_mm else noise)
+    det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx))
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
