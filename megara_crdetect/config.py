@@ -518,7 +518,7 @@ class CRMaskConfig(_Validated):
     la_verbose: bool = param(False, "Let L.A.Cosmic print its own progress", "bool", **_LA)
     la_confirm_sigma: float = param(
         4.0, "Keep an L.A.Cosmic detection only where target - min2d exceeds this many noise sigmas "
-        "somewhere in its group (0: keep all)", "float", low=0, **_LA)
+        "at the brightest pixel of its group (0: keep all)", "float", low=0, **_LA)
     la_everywhere: bool = param(
         False, "With mm_lacosmic, also run L.A.Cosmic on mean2d, every exposure and meancr (as the reference); "
         "by default it runs on median2d only", "bool", **_LA)
@@ -552,6 +552,10 @@ class CRMaskConfig(_Validated):
     mm_cr_coincidences: Any = param(
         None, "Hits per pixel that spoil the median; null: ceil(N/2) (2 for 3 exposures)", "int",
         low=2, nullable=True, **_MM)
+    mm_pair_sigma: float = param(
+        3.64, "Also flag in MEDIANCR a pixel detected as a cosmic ray in one exposure whose median2d - min2d "
+        "exceeds this many noise sigmas: the second hit of a coincidence (3.64: two-sided 1 % point of the "
+        "difference of two exposures; 0: off)", "float", low=0, **_MM)
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
 
     def _cross_checks(self) -> None:

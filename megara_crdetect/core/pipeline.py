@@ -14,17 +14,21 @@ Order of operations
 2. Stack statistics min2d, max2d, median2d, mean2d.
 3. L.A.Cosmic on median2d (and, for ``lacosmic`` or ``la_everywhere``, on
    mean2d, every exposure and meancr too, in parallel).  A detection is
-   *confirmed* only if the exposures disagree there: some pixel of its group
-   has ``(target - min2d) / u`` above ``la_confirm_sigma`` and above what the
-   simulations put in its column 1/1000 of the time.  Hot pixels and other
+   *confirmed* only if the exposures disagree there: the brightest pixel of
+   its group has ``(target - min2d) / u`` above ``la_confirm_sigma`` and above
+   what the simulations put in its column 1/10 000 of the time.  Hot pixels and other
    sharp features identical in every exposure are therefore not reported
    (the reference flags them).
 4. MMcosmic: simulated exposures from the median (noise model, flux factors,
    offsets), one normalised diagram and one boundary per target (median,
    mean, each exposure), flags above the boundary.
-5. MEDIANCR = confirmed LA flags | MM flags | pixels_to_be_flagged_as_cr,
-   dilated; an optional review callback may remove cosmic-ray groups.
-6. CRMASKk = dilated detections on exposure k; MEANCRT = dilated detections
+5. Per-exposure detections (MM on exposure k - min2d, and LA there for
+   ``la_everywhere``).  MEDIANCR = confirmed LA flags | MM flags | pairs |
+   pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel detected in
+   some exposure whose median2d - min2d exceeds ``mm_pair_sigma`` (the second
+   hit of a coincidence); an optional review callback may remove cosmic-ray
+   groups.
+6. CRMASKk = the dilated detections on exposure k; MEANCRT = dilated detections
    on mean2d and on every exposure, plus MEDIANCR (so CRMASKk stays inside
    MEANCRT without the guide's restriction hiding faint single hits);
    MEANCR = undilated detections on the meancr combination (used by
@@ -39,13 +43,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
 from .combine import combine, problematic_pixels
 from .fluxfactor import fit_flux_factors
-from .masks import cleanable_map, dilate, keep_groups_with
+from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .offsets import measure_offsets, shift_image
 from .stack import StackStats, median_of_stack, stack_statistics
 
@@ -55,11 +60,16 @@ _log = logging.getLogger(__name__)
 
 COMBINATIONS = ("mean", "median", "min", "mediancr", "meancrt", "meancr", "meancr2")
 #: Meaning of the values of :attr:`CRMaskResult.mediancr_codes`.
-CODES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user"}
+CODES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user", 6: "pair"}
 Progress = Callable[[str, int, int], None]
 #: With ``apply_flux_factor_to: original``, pixels whose raw exposures span less than this many noise
 #: sigmas cannot be flagged (a feature identical in every raw exposure is not a cosmic ray).
 RAW_AGREEMENT_SIGMA = 5.0
+#: An L.A.Cosmic detection is confirmed where its disagreement exceeds what this fraction of the simulated
+#: pixels of its column reach (and ``la_confirm_sigma``).
+CONFIRM_FRACTION = 1e-4
+#: A pair (second hit of a coincidence) also needs max2d - median2d above this many noise sigmas.
+PAIR_TOP_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -183,14 +193,21 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
     return flags, results[names.index("median")][1] if "median" in names else None
 
 
-def _confirm(flags: np.ndarray, t: np.ndarray, level) -> np.ndarray:
-    """Keep the groups of LA flags where the exposures disagree (t > level somewhere).
+def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.ndarray:
+    """Keep the groups of LA flags where the exposures disagree at the group's brightest pixel.
 
     ``level`` is a number or a per-pixel map (see :meth:`_Detections.confirm_level`).
+    Testing only the brightest pixel of ``target`` in each group (the core of
+    a cosmic ray, or the hot pixel itself) keeps one noisy neighbour that L.A.Cosmic
+    added to a hot pixel from confirming it.
     """
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
-    return keep_groups_with(flags, flags & (t > level))
+    labels, n = label_groups(flags)
+    peak = np.full(n + 1, np.inf, dtype=np.float64)
+    peak[1:] = ndimage.maximum(target, labels, np.arange(1, n + 1))
+    seeds = (t > level) & (target >= peak[labels])
+    return keep_groups_with(flags, seeds & flags)
 
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
@@ -281,7 +298,7 @@ class _Detections:
         """Disagreement needed to confirm an L.A.Cosmic detection on a diagram.
 
         ``la_confirm_sigma``, raised where the simulations (noise, flux factors,
-        offsets) put more than 1/1000 of the pixels of a column above it: a
+        offsets) put more than ``CONFIRM_FRACTION`` of the pixels of a column above it: a
         sharp feature whose exposures differ only as much as the simulated ones
         is not a cosmic ray.
         """
@@ -289,7 +306,7 @@ class _Detections:
         sims = self.sims
         if sims is None or diagram not in sims.hist or base <= 0:
             return base
-        q = mm.column_quantile(sims.hist[diagram], sims.grid, 1e-3).astype(np.float32)
+        q = mm.column_quantile(sims.hist[diagram], sims.grid, CONFIRM_FRACTION).astype(np.float32)
         return np.maximum(np.float32(base), q[sims.grid.column_index(self.scale(diagram))])
 
     def of(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> tuple:
@@ -299,7 +316,7 @@ class _Detections:
         if name in self.la_flags:
             t = _normalised(target, self.stats, self.scale(diagram))
             level = self.confirm_level(diagram)
-            la = _confirm(self.la_flags[name], t, level) & self.cleanable
+            la = _confirm(self.la_flags[name], t, level, target) & self.cleanable
         b = self.boundaries.get(diagram)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
@@ -315,9 +332,32 @@ class _Detections:
         return out
 
 
-def _mediancr(det: _Detections, params: CRMaskConfig, shape) -> tuple[np.ndarray, np.ndarray, dict]:
+def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | None) -> np.ndarray | None:
+    """Second hits of coincidences: a cosmic ray of one exposure where the median is raised too.
+
+    Where exposure k is known to be hit, median2d - min2d is the difference of
+    two other exposures; above ``mm_pair_sigma`` noise sigmas (inflated by the
+    expected spread for unequal exposures) another exposure is hit as well
+    and the median is spoiled, even if the pixel stays below the boundary
+    drawn for pixels without that prior knowledge.  The highest exposure must
+    also exceed median2d by ``PAIR_TOP_SIGMA``: otherwise the "detection" of
+    exposure k was made by a low min2d (a noise dip), not by a cosmic ray.
+    """
+    if exposure_flags is None or params.mm_pair_sigma <= 0 or not params.uses_mm:
+        return None
+    t = _normalised(det.stats.median2d, det.stats, det.inflated)
+    top = _normalised(det.stats.max2d, det.stats, det.inflated)
+    top -= t  # (max2d - median2d) / u: the exposure that is hit must stand out too
+    return exposure_flags.any(axis=0) & (t > params.mm_pair_sigma) & (top > PAIR_TOP_SIGMA) & det.cleanable
+
+
+def _mediancr(det: _Detections, params: CRMaskConfig, shape,
+              exposure_flags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     la, mmf = det.of("median", det.stats.median2d)
     codes = np.zeros(shape, dtype=np.int8)
+    pairs = _pairs(det, params, exposure_flags)
+    if pairs is not None:
+        codes[pairs] = 6
     if mmf is not None:
         codes[mmf] = 2
     if la is not None:
@@ -327,7 +367,7 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape) -> tuple[np.ndarray
     flagged = codes > 0
     mask = dilate(flagged, params.dilation) & det.cleanable | flagged
     codes[mask & ~flagged] = 1
-    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in range(1, 6)}
+    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in range(1, 7)}
     return mask, codes, counts
 
 
@@ -388,7 +428,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         la_med = None
         if "median" in la_flags:
             la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
-                              params.la_confirm_sigma)
+                              params.la_confirm_sigma, stats.median2d)
         expected_img = _expected_images(stats, stack, params, la_med, factors, offsets)
         spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
         inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
@@ -410,14 +450,15 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
-    mediancr, codes, counts = _mediancr(det, params, (ny, nx))
+    exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
+    mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
                           boundaries, expected, sims, flux_details, counts, timings, noise)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
-    _finish_masks(result, det, params, stack)
+    _finish_masks(result, det, params, stack, exposure_flags)
     timings["total"] = time.perf_counter() - t0
     return result
 
@@ -427,7 +468,8 @@ def _la_everywhere(params: CRMaskConfig) -> bool:
     return params.crmethod == "lacosmic" or params.la_everywhere
 
 
-def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray) -> None:
+def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray,
+                  exposure_flags: np.ndarray) -> None:
     """MEANCRT, CRMASKk, MEANCR and the problematic pixels (in place).
 
     CRMASKk are the dilated detections on exposure k.  The guide restricts
@@ -438,8 +480,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     """
     cleanable, d = det.cleanable, params.dilation
     any_exposure = np.zeros(stack.shape[1:], dtype=bool)
-    for k in range(stack.shape[0]):
-        flags = det.union(f"exposure{k + 1}", stack[k])
+    for k, flags in enumerate(exposure_flags):
         any_exposure |= flags
         result.crmasks[k] = dilate(flags, d) & cleanable
     mean_flags = det.union("mean", result.stats.mean2d) | any_exposure

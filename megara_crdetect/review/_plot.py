@@ -12,16 +12,17 @@ __all__ = ["CODE_COLOURS", "CODE_CMAP", "CODE_NORM", "MARKERS", "DPI", "agg_figu
            "count_cmap", "maxpool"]
 
 DPI = 150
-#: Colours of the MEDIANCR codes in detection maps: none, dilation, MM, LA, both, user.
-CODE_COLOURS = ("black", "0.6", "tab:blue", "red", "yellow", "magenta")
+#: Colours of the MEDIANCR codes in detection maps: none, dilation, MM, LA, both, user, pair.
+CODE_COLOURS = ("black", "0.6", "tab:blue", "red", "yellow", "magenta", "cyan")
 CODE_CMAP = colors.ListedColormap(CODE_COLOURS, name="mediancr_codes")
-CODE_NORM = colors.BoundaryNorm(np.arange(-0.5, 6.5), CODE_CMAP.N)
-#: Marker style of each detection category (code): LA only x, MM only +, both o, user diamond.
+CODE_NORM = colors.BoundaryNorm(np.arange(-0.5, 7.5), CODE_CMAP.N)
+#: Marker style of each detection category (code): LA only x, MM only +, both o, user diamond, pair square.
 MARKERS = {
     3: dict(marker="x", color="red", label="LA only"),
     2: dict(marker="+", color="tab:blue", label="MM only"),
     4: dict(marker="o", color="magenta", mfc="none", label="LA+MM"),
     5: dict(marker="D", color="lime", mfc="none", label="user"),
+    6: dict(marker="s", color="c", mfc="none", label="pair"),
 }
 
 

@@ -25,7 +25,7 @@ from ..core.noise import sigma
 __all__ = ["CODE_NAMES", "EventTable", "ReviewData", "find_events", "label_events", "near_misses"]
 
 #: Meaning of the MEDIANCR codes (same as ``core.pipeline.CODES``).
-CODE_NAMES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user"}
+CODE_NAMES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user", 6: "pair"}
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -58,7 +58,7 @@ class EventTable:
     start : ndarray of int
         Index in the pixel arrays of the first pixel of every event.
     npix, n_dilation, n_mm, n_la, n_both, n_user : ndarray of int
-        Pixel counts by code.
+        Pixel counts by code (``n_mm`` includes the MM pairs, code 6).
     x_centre, y_centre : ndarray of float
         Unweighted centroid (FITS).
     x_peak, y_peak : ndarray of int
@@ -149,7 +149,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     mask : ndarray of bool, shape (ny, nx)
         MEDIANCR.
     codes : ndarray of int, shape (ny, nx)
-        MEDIANCR codes (0 none, 1 dilation, 2 MM, 3 LA, 4 both, 5 user).
+        MEDIANCR codes (0 none, 1 dilation, 2 MM, 3 LA, 4 both, 5 user, 6 pair).
     t : ndarray, shape (ny, nx)
         Normalised height ``(median2d - min2d) / u`` (u: noise scale).
     margin : ndarray, shape (ny, nx), optional
@@ -170,7 +170,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     pc = np.asarray(codes)[rows, cols].astype(np.int8)
     pt = np.asarray(t, dtype=np.float64)[rows, cols]
     pm = np.full(pt.shape, np.nan) if margin is None else np.asarray(margin, dtype=np.float64)[rows, cols]
-    count = {c: _group_reduce((pc == c).astype(np.int64), start, np.add) for c in range(1, 6)}
+    count = {c: _group_reduce((pc == c).astype(np.int64), start, np.add) for c in range(1, 7)}
     # peak: the largest t of each event (ties: first in raster order)
     key = np.lexsort((-np.arange(lab.size), pt, lab))
     last = np.r_[start[1:] - 1, lab.size - 1] if lab.size else np.zeros(0, dtype=np.intp)
@@ -180,7 +180,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     mmax = np.where(np.isneginf(mmax), np.nan, mmax)
     return EventTable(
         labels=labels, rows=rows, cols=cols, codes=pc, t=pt, margin=pm, start=start, npix=npix,
-        n_dilation=count[1], n_mm=count[2], n_la=count[3], n_both=count[4], n_user=count[5],
+        n_dilation=count[1], n_mm=count[2] + count[6], n_la=count[3], n_both=count[4], n_user=count[5],
         x_centre=_group_reduce(cols.astype(float), start, np.add) / np.maximum(npix, 1) + 1,
         y_centre=_group_reduce(rows.astype(float), start, np.add) / np.maximum(npix, 1) + 1,
         x_peak=cols[peak] + 1, y_peak=rows[peak] + 1,

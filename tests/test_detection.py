@@ -1,0 +1,119 @@
+"""Known cosmic rays injected into a small scene: what the core finds and what it must not find.
+
+The scene has a faint background (20 e-), a bright sky line (5000 e- at its
+peak) and hot pixels (identical in every exposure).  Each case sits at its own
+position, far from the others, and the exposure values of the delicate cases
+are set exactly (no noise at that pixel) so that the test cannot pass or fail
+by chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megara_crdetect.config import CRMaskConfig
+from megara_crdetect.core.pipeline import CODES, Detector, _confirm, compute_crmasks
+
+SHAPE = (160, 240)
+RNOISE = 3.4
+BACKGROUND = 20.0
+LINE_COL, LINE_PEAK = 102, 5000.0
+#: 0-based (row, col) -> extra electrons per exposure
+SINGLE = {(20, 30): (800, 0, 0), (20, 60): (0, 800, 0), (20, 200): (0, 0, 800)}
+PAIR_STRONG = {(50, 30): (600, 600, 0)}
+PAIR_ON_LINE = {(50, LINE_COL): (0, 1500, 1500)}
+#: a strong hit plus a weak second one: median2d - min2d = 25 e- ~ 4.5 sigma, below the boundary
+PAIR_WEAK = {(80, 30): (400, 25, 0)}
+TRIPLE_EQUAL = {(110, 30): (300, 300, 300)}
+TRIPLE_UNEQUAL = {(110, 60): (900, 500, 100)}
+HOT = [(140, 30), (140, 60), (140, 200)]
+EXACT = {**PAIR_WEAK, **TRIPLE_EQUAL}  # values set without noise
+
+
+def scene() -> np.ndarray:
+    x = np.arange(SHAPE[1])[None, :]
+    line = LINE_PEAK * np.exp(-0.5 * ((x - LINE_COL) / 1.2) ** 2)
+    img = BACKGROUND + line * np.ones((SHAPE[0], 1))
+    for r, c in HOT:
+        img[r, c] += 3000.0
+    return img
+
+
+def make_stack(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    truth = scene()
+    stack = np.stack([rng.poisson(truth) + rng.normal(0, RNOISE, SHAPE) for _ in range(3)]).astype(np.float32)
+    for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_EQUAL, TRIPLE_UNEQUAL):
+        for (r, c), extra in cases.items():
+            if (r, c) in EXACT:
+                stack[:, r, c] = truth[r, c]
+            stack[:, r, c] += np.asarray(extra, dtype=np.float32)
+    return stack
+
+
+def run(**params):
+    cfg = CRMaskConfig(crmethod="mm_lacosmic", mm_nsimulations=30, **params)
+    return compute_crmasks(make_stack(), cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run()
+
+
+def _code(res, r, c) -> str:
+    return CODES[int(res.mediancr_codes[r, c])]
+
+
+def test_single_hits_are_masked_in_their_exposure_only(result):
+    for (r, c), extra in SINGLE.items():
+        k = int(np.argmax(extra))
+        assert not result.mediancr[r, c], f"single hit at {(r, c)} is not a MEDIANCR pixel"
+        assert result.crmasks[k, r, c] and result.meancrt[r, c]
+        others = [j for j in range(3) if j != k]
+        assert not result.crmasks[others, r, c].any()
+
+
+@pytest.mark.parametrize("cases", [PAIR_STRONG, PAIR_ON_LINE, TRIPLE_UNEQUAL], ids=["faint", "sky line", "3-of-3"])
+def test_coincident_hits_spoiling_the_median_are_found(result, cases):
+    for (r, c) in cases:
+        assert result.mediancr[r, c]
+        assert _code(result, r, c) in ("MM", "MM+LA")
+        assert result.mediancr[r - 1:r + 2, c - 1:c + 2].all()  # dilation 1
+
+
+def test_weak_second_hit_is_found_as_a_pair_and_only_then():
+    (r, c), = PAIR_WEAK
+    res = run()
+    assert res.mediancr[r, c] and _code(res, r, c) == "pair"
+    assert res.counts["mediancr_pair"] >= 1
+    off = run(mm_pair_sigma=0.0)
+    assert not off.mediancr[r, c]
+    assert off.counts["mediancr_pair"] == 0
+
+
+def test_hot_pixels_and_identical_hits_are_not_cosmic_rays(result):
+    for r, c in HOT + list(TRIPLE_EQUAL):
+        assert not result.mediancr[r - 1:r + 2, c - 1:c + 2].any(), (r, c)
+        assert not result.crmasks[:, r, c].any(), (r, c)
+
+
+def test_no_false_flags_away_from_the_injected_hits(result):
+    allowed = np.zeros(SHAPE, bool)
+    for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL):
+        for r, c in cases:
+            allowed[r - 1:r + 2, c - 1:c + 2] = True
+    assert not (result.mediancr & ~allowed).any()
+
+
+def test_la_group_is_confirmed_by_its_brightest_pixel_only():
+    flags = np.zeros((5, 5), bool)
+    flags[2, 2:4] = True
+    target = np.zeros((5, 5), np.float32)
+    target[2, 2], target[2, 3] = 1000.0, 30.0  # a hot pixel and a neighbour L.A.Cosmic added
+    t = np.zeros((5, 5), np.float32)
+    t[2, 3] = 6.0  # only the neighbour disagrees (noise)
+    assert not _confirm(flags, t, 4.0, target).any()
+    t[2, 2], t[2, 3] = 6.0, 0.0  # the brightest pixel disagrees: a cosmic ray
+    np.testing.assert_array_equal(_confirm(flags, t, 4.0, target), flags)
