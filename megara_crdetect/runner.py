@@ -22,7 +22,7 @@ from .io import InputStack, OutputStage, read_images, to_electrons
 from .products import (combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
                        read_crmasks)
 
-__all__ = ["RunOutcome", "run", "detector_of", "build_combinations", "build_products"]
+__all__ = ["RunOutcome", "run", "detector_of", "detect", "iter_combinations", "build_combinations", "build_products"]
 
 _log = logging.getLogger(__name__)
 
@@ -40,32 +40,38 @@ def detector_of(cfg: RunConfig) -> Detector:
     return Detector(cfg.inputs.gain, cfg.inputs.rnoise, cfg.inputs.bias)
 
 
-def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
-                       combinations=COMBINATIONS) -> dict:
-    """HDULists of every combination, from flux-normalised exposures.
+def iter_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
+                      combinations=COMBINATIONS):
+    """Yield ``(file name, HDUList)`` of every combination, one at a time.
 
     The combinations are always built from the exposures divided by their flux
     factors (whatever ``apply_flux_factor_to`` said for the detection), so
-    that all the exposures are equivalent.
+    that all the exposures are equivalent.  Writing each one before the next
+    is built keeps a single combination in memory.
     """
     factors = np.asarray(masks.flux_factors, dtype=np.float32)
     if np.any(factors != 1):
         stack_e = stack_e / factors[:, None, None]
     det = detector_of(cfg)
-    out = {}
     for name in combinations:
         use_la = cfg.params.use_lamedian and name not in ("mean", "median", "min")
         combined = apply_crmasks(stack_e, masks, name, rnoise_e=det.rnoise_e, use_lamedian=use_la,
                                  local_median=cfg.params.pixels_to_be_replaced_by_local_median)
-        out[f"combined_{name}.fits"] = combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
+        yield f"combined_{name}.fits", combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
                                                         images=images, extnum=cfg.inputs.extnum,
                                                         flux_factors=masks.flux_factors)
-    return out
 
 
-def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None
-                   ) -> tuple[CRMaskResult, dict]:
-    """Detect and build every product in memory (shared by the CLI and the numina recipe).
+def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
+                       combinations=COMBINATIONS) -> dict:
+    """HDULists of every combination (see :func:`iter_combinations`), all in memory."""
+    return dict(iter_combinations(stack_e, masks, cfg, masks_uuid=masks_uuid, images=images,
+                                  combinations=combinations))
+
+
+def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None
+           ) -> tuple[CRMaskResult, dict]:
+    """Detect and build the mask products in memory.
 
     Parameters
     ----------
@@ -82,19 +88,24 @@ def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None
     -------
     result : CRMaskResult
     products : dict
-        File name -> astropy HDUList (``crmasks.fits``, ``combined_<name>.fits``)
-        or CSV text (``mediancr_identified.csv``, ``problematic_pixels.csv``).
+        File name -> astropy HDUList (``crmasks.fits``) or CSV text
+        (``mediancr_identified.csv``, ``problematic_pixels.csv``).
     """
     det = detector_of(cfg)
-    detect_stack = stack_e.copy() if cfg.params.apply_flux_factor_to == "original" else stack_e
-    result = compute_crmasks(detect_stack, cfg.params, detector=det, progress=progress, review=review)
-    del detect_stack
+    result = compute_crmasks(stack_e, cfg.params, detector=det, progress=progress, review=review)
     _log_summary(result)
     masks = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum)
-    products = {"crmasks.fits": masks,
-                "mediancr_identified.csv": cr_table_csv(result.mediancr, result.mediancr_codes),
-                "problematic_pixels.csv": problematic_csv(result.problematic, result.crmasks)}
-    products.update(build_combinations(stack_e, result, cfg, masks_uuid=masks[0].header["UUID"], images=images))
+    return result, {"crmasks.fits": masks,
+                    "mediancr_identified.csv": cr_table_csv(result.mediancr, result.mediancr_codes),
+                    "problematic_pixels.csv": problematic_csv(result.problematic, result.crmasks)}
+
+
+def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None
+                   ) -> tuple[CRMaskResult, dict]:
+    """:func:`detect` plus every combination, all in memory (the numina recipe returns them at once)."""
+    result, products = detect(stack_e, cfg, images=images, progress=progress, review=review)
+    products.update(build_combinations(stack_e, result, cfg, masks_uuid=products["crmasks.fits"][0].header["UUID"],
+                                       images=images))
     return result, products
 
 
@@ -144,14 +155,18 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         if crmasks_file is not None:
             masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
             _log.info("re-applying the masks of %s", crmasks_file)
-            result = None
-            products = build_combinations(stack, masks, cfg, masks_uuid=masks.uuid, images=images)
+            result, uuid = None, masks.uuid
         else:
-            result, products = build_products(stack, cfg, images=images, progress=progress, review=review)
+            result, products = detect(stack, cfg, images=images, progress=progress, review=review)
+            masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
             if figures is not None:
                 figures(result, stack, cfg, stage, progress=progress)
-        for name, product in products.items():
+            for name, product in products.items():
+                write_product(stage, name, product)
+            del products
+        for name, product in iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images):
             write_product(stage, name, product)
+            del product
         files = stage.commit()
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
     return RunOutcome(result, files)

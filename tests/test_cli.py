@@ -171,7 +171,7 @@ def test_failure_after_detection_leaves_no_partial_product(dataset, tmp_path, mo
     def broken(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(runner, "build_combinations", broken)
+    monkeypatch.setattr(runner, "iter_combinations", broken)
     out = tmp_path / "o"
     assert main([str(params), "--output_dir", str(out), "--no-figures"]) == 3
     assert not [p for p in out.iterdir()], os.listdir(out)

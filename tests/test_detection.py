@@ -117,3 +117,12 @@ def test_la_group_is_confirmed_by_its_brightest_pixel_only():
     assert not _confirm(flags, t, 4.0, target).any()
     t[2, 2], t[2, 3] = 6.0, 0.0  # the brightest pixel disagrees: a cosmic ray
     np.testing.assert_array_equal(_confirm(flags, t, 4.0, target), flags)
+
+
+def test_input_stack_is_not_modified_with_flux_factors():
+    stack = make_stack()
+    before = stack.copy()
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=2, flux_factor=[1.0, 1.2, 0.8])
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    np.testing.assert_array_equal(stack, before)
+    np.testing.assert_allclose(res.flux_factors, [1.0, 1.2, 0.8])

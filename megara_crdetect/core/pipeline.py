@@ -379,9 +379,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     Parameters
     ----------
     stack : ndarray, shape (N, ny, nx), float32
-        Exposures in electrons (bias subtracted, times the gain).  Divided in
-        place by the flux factors when ``apply_flux_factor_to`` is
-        ``original``.
+        Exposures in electrons (bias subtracted, times the gain); not
+        modified (with flux factors applied to the originals, a normalised
+        copy is used).
     params : CRMaskConfig
         Validated parameters.
     detector : Detector
@@ -406,7 +406,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     raw_range = None
     if params.apply_flux_factor_to == "original" and np.any(factors != 1):
         raw_range = stack.max(axis=0) - stack.min(axis=0)
-        stack /= factors.astype(np.float32)[:, None, None]
+        stack = stack / factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
     floor = mm.noise_floor(stats.median2d)
