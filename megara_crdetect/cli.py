@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -88,9 +89,20 @@ def _figure_writer(args):
     return write_figures
 
 
+def _check_output_dir(path: str) -> None:
+    """The output folder must be a folder we can write into (or creatable)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output_dir = '{path}': exists and is not a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--output_dir = '{path}': '{parent}' is not writable")
+
+
 def _execute(args) -> int:
     from .runner import run
 
+    _check_output_dir(args.output_dir)
     if args.example is not None:
         from .examples import write_example
         _log.info("writing example %d into %s", args.example, args.output_dir)

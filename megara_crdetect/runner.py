@@ -8,9 +8,11 @@ translations between files and arrays.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,24 +158,45 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
             _log.info("re-applying the masks of %s", crmasks_file)
             result, uuid = None, masks.uuid
+            products = {}
         else:
             result, products = detect(stack, cfg, images=images, progress=progress, review=review)
             masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
             if figures is not None:
                 figures(result, stack, cfg, stage, progress=progress)
-            for name, product in products.items():
-                write_product(stage, name, product)
-            del products
-        for name, product in iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images):
-            write_product(stage, name, product)
-            del product
+        combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images)
+        _write_overlapped(stage, itertools.chain(_drain(products), combos))
         files = stage.commit()
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
     return RunOutcome(result, files)
 
 
+def _drain(products: dict):
+    """Yield and forget the items of ``products`` (a product written is no longer held)."""
+    for name in list(products):
+        yield name, products.pop(name)
+
+
+def _write_overlapped(stage: OutputStage, products) -> None:
+    """Write ``(name, product)`` pairs, each in a thread while the next one is being built.
+
+    At most one product waits to be written, so at most two are in memory;
+    file output releases the GIL, so building and writing overlap.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for name, product in products:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(write_product, stage, name, product)
+            del product
+        if pending is not None:
+            pending.result()
+
+
 def _log_summary(result: CRMaskResult) -> None:
     c = result.counts
+    _log.debug("detection steps [s]: %s", ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
     _log.info("MEDIANCR: %d pixels (MM only %d, LA only %d, both %d, user %d, dilation %d)",
               c.get("mediancr", 0), c.get("mediancr_mm", 0), c.get("mediancr_la", 0), c.get("mediancr_mm_la", 0),
               c.get("mediancr_user", 0), c.get("mediancr_dilation", 0))

@@ -181,3 +181,14 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and "megara-crdetect" in capsys.readouterr().out
+
+
+def test_output_dir_that_is_a_file_is_a_one_line_error(dataset, tmp_path, capsys):
+    _, folder, images = dataset
+    params = write_params(folder, images)
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    assert main([str(params), "--output_dir", str(target), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --output_dir = '{target}': exists and is not a folder"]
+    assert target.read_text() == "not a folder"

@@ -126,3 +126,12 @@ def test_input_stack_is_not_modified_with_flux_factors():
     res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
     np.testing.assert_array_equal(stack, before)
     np.testing.assert_allclose(res.flux_factors, [1.0, 1.2, 0.8])
+
+
+def test_parallel_run_gives_bit_identical_masks():
+    cfg = CRMaskConfig(crmethod="mm_lacosmic", mm_nsimulations=3, la_everywhere=True)
+    runs = [compute_crmasks(make_stack(), cfg, detector=Detector(1.0, RNOISE, 0.0), workers=w) for w in (1, 3)]
+    for name in ("mediancr", "mediancr_codes", "meancrt", "crmasks", "meancr", "problematic", "noise", "lamedian"):
+        np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name), err_msg=name)
+    for diagram, hist in runs[0].diagrams.hist.items():
+        np.testing.assert_array_equal(hist, runs[1].diagrams.hist[diagram], err_msg=diagram)

@@ -185,3 +185,10 @@ def test_piecewise_boundary_through_the_fixed_points():
     np.testing.assert_allclose(b(np.array([-10, 0, 25, 50, 125, 200, 1e5])), [40, 40, 55, 70, 80, 90, 90])
     with pytest.raises(ValueError, match="at least 2"):
         bd.piecewise_boundary([(0, 40)], rnoise_e=R)
+
+
+def test_banded_neighbour_median_equals_the_single_pass():
+    img = np.random.default_rng(4).normal(100, 10, (1030, 37)).astype(np.float32)
+    one = mm.local_reference(img, workers=1)
+    for workers in (2, 3, 4):
+        np.testing.assert_array_equal(mm.local_reference(img, workers=workers), one)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,16 +131,35 @@ class DiagramGrid:
         return idx
 
 
-def local_reference(image: np.ndarray) -> np.ndarray:
-    """Median of the 8 neighbours of every pixel (the pixel itself excluded; edges replicated)."""
+def local_reference(image: np.ndarray, *, workers: int | None = None) -> np.ndarray:
+    """Median of the 8 neighbours of every pixel (the pixel itself excluded; edges replicated).
+
+    Computed in row bands (one row of overlap each side) on ``workers``
+    threads; the bands give exactly the single-pass result.
+    """
+    image = np.asarray(image, dtype=np.float32)
     footprint = np.ones((3, 3), dtype=bool)
     footprint[1, 1] = False
-    return ndimage.median_filter(np.asarray(image, dtype=np.float32), footprint=footprint, mode="nearest")
+    ny = image.shape[0]
+    nband = max(1, min(workers or os.cpu_count() or 1, ny // 256))
+    if nband == 1:
+        return ndimage.median_filter(image, footprint=footprint, mode="nearest")
+    out = np.empty_like(image)
+    edges = np.linspace(0, ny, nband + 1).astype(int)
+
+    def band(i: int) -> None:
+        lo, hi = edges[i], edges[i + 1]
+        lo2, hi2 = max(lo - 1, 0), min(hi + 1, ny)
+        out[lo:hi] = ndimage.median_filter(image[lo2:hi2], footprint=footprint, mode="nearest")[lo - lo2:hi - lo2]
+
+    with ThreadPoolExecutor(nband) as pool:
+        list(pool.map(band, range(nband)))
+    return out
 
 
-def noise_floor(median2d: np.ndarray) -> np.ndarray:
+def noise_floor(median2d: np.ndarray, *, workers: int | None = None) -> np.ndarray:
     """Signal floor of the noise scale: median of median2d over the 8 neighbours."""
-    return local_reference(median2d)
+    return local_reference(median2d, workers=workers)
 
 
 def inflate(u: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
@@ -234,20 +254,17 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 
 def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
                     nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
-                    exact: bool, spread: np.ndarray | None = None) -> np.ndarray:
-    """Histograms (2, n_targets * ncells) of one block of rows: fitting sets, then check sets."""
+                    exact: bool, hist: np.ndarray, spread: np.ndarray | None = None) -> None:
+    """Add the histograms of one block of rows to ``hist`` (2, n_targets, ncells): fitting sets, then check sets."""
     rng = np.random.default_rng(seed)
     samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
     n = len(samplers)
     shape = samplers[0].lam.shape
-    ncells = int(np.prod(grid.shape))
+    ncells = hist.shape[-1]
     nrow = np.int32(grid.shape[1])
-    hist = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
     z = np.empty((n,) + shape, dtype=np.float32)
-    idx = np.empty((n + 2,) + shape, dtype=np.int32)
     floor = noise[rows]
     spread = None if spread is None else spread[rows]
-    offsets = np.arange(n + 2, dtype=np.int32)[:, None, None] * np.int32(ncells)
     for isim in range(nsim + n_check):
         for k, sampler in enumerate(samplers):
             sampler.draw(rng, out=z[k])
@@ -257,16 +274,15 @@ def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rno
         if spread is not None:  # the median keeps the plain scale, the other targets the inflated one
             u = inflate(u, spread)
             scales.append((grid.column_index(u) * nrow, np.divide(np.float32(1.0), u, out=u)))
+        out = hist[int(isim >= nsim)]
         for j, y in enumerate(_targets_of(z, lo)):
             base, inv = scales[min(j, len(scales) - 1)]
             y *= inv
-            idx[j] = grid.row_index(y)
-            idx[j] += base
-        idx += offsets
-        if n_low > 1:  # min2d is a mean: a target may lie below it
-            np.maximum(idx, 0, out=idx)
-        hist[int(isim >= nsim)] += np.bincount(idx.ravel(), minlength=hist.shape[1])
-    return hist
+            idx = grid.row_index(y)
+            idx += base
+            if n_low > 1:  # min2d is a mean: a target may lie below it
+                np.maximum(idx, 0, out=idx)
+            out[j] += np.bincount(idx.ravel(), minlength=ncells)  # one target at a time: cache-friendly
 
 
 def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
@@ -323,17 +339,29 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
     seeds = np.random.SeedSequence(seed).spawn(len(blocks))
     workers = workers or os.cpu_count() or 1
     ncells = int(np.prod(grid.shape))
-    total = np.zeros((2, (n + 2) * ncells), dtype=np.int64)
+    queue = iter(range(len(blocks)))
+    lock = threading.Lock()
+    done = [0]
 
-    def job(i: int) -> np.ndarray:
-        return _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
-                               grid=grid, seed=seeds[i], exact=exact, spread=spread)
+    def worker() -> np.ndarray:
+        # one accumulator per thread; blocks are taken in turn from a shared queue
+        hist = np.zeros((2, n + 2, ncells), dtype=np.int64)
+        while True:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return hist
+            _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
+                            grid=grid, seed=seeds[i], exact=exact, hist=hist, spread=spread)
+            with lock:
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], len(blocks))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, hist in enumerate(pool.map(job, range(len(blocks))), start=1):
-            total += hist
-            if progress is not None:
-                progress(done, len(blocks))
+    nthreads = max(1, min(workers, len(blocks)))
+    with ThreadPoolExecutor(max_workers=nthreads) as pool:
+        futures = [pool.submit(worker) for _ in range(nthreads)]
+        total = sum(f.result() for f in futures)
     hists = total.reshape(2, n + 2, *grid.shape)
     names = target_names(n)
     return SimulatedDiagrams(grid, dict(zip(names, hists[0])), nsim, npix=expected[0].size,

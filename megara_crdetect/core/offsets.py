@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
-from scipy.signal import windows
 
 __all__ = ["isolated_peaks", "measure_offsets", "neighbour_maximum", "shift_image"]
 
@@ -205,6 +204,8 @@ def _coarse_candidates(ref: np.ndarray, img: np.ndarray, bad: np.ndarray,
     if np.count_nonzero(good) < 64:
         msg = "region has fewer than 64 usable pixels (all masked or non-finite?)"
         raise ValueError(msg)
+    from scipy.signal import windows  # imported here: scipy.signal takes 0.3 s to import
+
     win = np.outer(windows.tukey(ny, 0.25), windows.tukey(nx, 0.25)).astype(np.float32)
     a = np.where(good, ref - np.mean(ref[good]), 0.0).astype(np.float32) * win
     b = np.where(good, img - np.mean(img[good]), 0.0).astype(np.float32) * win

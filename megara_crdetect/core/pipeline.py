@@ -409,7 +409,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         stack = stack / factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
-    floor = mm.noise_floor(stats.median2d)
+    floor = mm.noise_floor(stats.median2d, workers=workers)
     noise = mm.noise_scale(stats.min2d, floor, rnoise_e)
     targets = _targets(stats, stack)
     timings["statistics"] = time.perf_counter() - t0
@@ -450,15 +450,19 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
+    t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
+    timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
                           boundaries, expected, sims, flux_details, counts, timings, noise)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
+    t1 = time.perf_counter()
     _finish_masks(result, det, params, stack, exposure_flags)
+    timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     return result
 
