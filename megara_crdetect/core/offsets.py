@@ -62,6 +62,26 @@ def _shift_axis(arr: np.ndarray, d: float, axis: int, fill: float) -> np.ndarray
     return out
 
 
+def shift_image_spline(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Translate the content of an image by a sub-pixel amount with cubic-spline interpolation.
+
+    Same sign convention as :func:`shift_image` (positive ``dx`` moves the
+    content to larger column indices); edges are extended with the nearest
+    value.  A cubic spline reproduces the flanks of lines and fibres sampled
+    by ~3 pixels far better than linear interpolation, which averages two
+    neighbours and blurs them most at half-pixel shifts.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 image of the same shape.
+    """
+    if not (np.isfinite(dx) and np.isfinite(dy)):
+        raise ValueError(f"dx and dy must be finite, got ({dx}, {dy})")
+    return ndimage.shift(np.asarray(image, dtype=np.float32), (float(dy), float(dx)), order=3,
+                         mode="nearest").astype(np.float32, copy=False)
+
+
 def shift_image(image: np.ndarray, dx: float, dy: float, *, fill: float = 0.0) -> np.ndarray:
     """Translate the content of an image by a (sub-)pixel amount.
 
