@@ -81,6 +81,8 @@ MODEL_SIGMA = 6.0
 MODEL_NOISE_FACTOR = 1.2
 #: ... unless every exposure lies this far above its model (a static feature).
 STATIC_SIGMA = 3.0
+#: Static excess (noise sigmas) of a hot pixel under a scene scaled by flux factors.
+STATIC_SIGMA_FLUX = 10.0
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,36 @@ def _static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) ->
     return out
 
 
+def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np.ndarray:
+    """Hot pixels under a scaled scene: sharp in every raw exposure and fitting ``f_k * S + H``.
+
+    With flux factors a hot pixel on a bright scene no longer agrees in the
+    raw exposures (the scene under it scales) nor in the normalised ones (its
+    excess does not).  It is sharp in the raw min2d (``STATIC_SIGMA_FLUX``
+    noise sigmas above the median of its 8 neighbours; a cosmic ray that
+    misses one exposure is not) and its raw values fit a scaled scene plus a
+    static offset (least squares per pixel, chi per degree of freedom < 3);
+    a cosmic ray leaves a large residual.  Returned dilated by one pixel.
+    """
+    f = factors.astype(np.float32)
+    fc = f - f.mean()
+    xbar = raw.mean(axis=0, dtype=np.float32)
+    slope = np.zeros_like(xbar)
+    for k in range(raw.shape[0]):
+        slope += fc[k] * (raw[k] - xbar)
+    slope /= np.float32(np.sum(fc * fc))
+    offset = xbar - slope * f.mean()
+    chi2 = np.zeros_like(xbar)
+    for k in range(raw.shape[0]):
+        res = raw[k] - slope * f[k] - offset
+        chi2 += res * res
+    noise = sigma(xbar, rnoise_e)
+    chi2 /= np.float32(max(raw.shape[0] - 2, 1)) * noise * noise
+    low = raw.min(axis=0)
+    sharp = (low - mm.local_reference(low)) > STATIC_SIGMA_FLUX * noise
+    return dilate(sharp & (chi2 < 9), 1)
+
+
 def _unequal(factors: np.ndarray, offsets: np.ndarray, params: CRMaskConfig) -> bool:
     """Whether the simulated exposures differ (offsets, or flux factors applied to them)."""
     scaled = params.apply_flux_factor_to == "simulated" and np.any(factors != 1)
@@ -353,6 +385,7 @@ class _Detections:
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.inflated = noise if inflated is None else inflated
         self.model_flags = None  # (N, ny, nx) residual detections of shifted exposures
+        self.static = None  # hot pixels under a scene scaled by flux factors: never MEDIANCR
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
 
@@ -439,6 +472,8 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape,
         codes[mmf] = 2
     if la is not None:
         codes[la] = np.where(codes[la] == 2, 4, 3)
+    if det.static is not None:
+        codes[det.static] = 0
     for x, y in params.pixels_to_be_flagged_as_cr:
         codes[y - 1, x - 1] = 5
     flagged = codes > 0
@@ -480,9 +515,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     timings, t0 = {}, time.perf_counter()
     rnoise_e = detector.rnoise_e
     factors, flux_details = _flux_factors(stack, params, rnoise_e)
-    raw_range = None
+    raw_range = static = None
     if params.apply_flux_factor_to == "original" and np.any(factors != 1):
         raw_range = stack.max(axis=0) - stack.min(axis=0)
+        static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
@@ -530,6 +566,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
+    det.static = static
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     det.model_flags = model_flags
