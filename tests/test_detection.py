@@ -135,3 +135,20 @@ def test_parallel_run_gives_bit_identical_masks():
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name), err_msg=name)
     for diagram, hist in runs[0].diagrams.hist.items():
         np.testing.assert_array_equal(hist, runs[1].diagrams.hist[diagram], err_msg=diagram)
+
+
+def test_hot_pixel_under_a_scaled_scene_is_not_a_cosmic_ray():
+    """With flux factors 0.8/1.0/1.2 a hot pixel on a bright scene disagrees in raw and normalised data."""
+    rng = np.random.default_rng(8)
+    factors = np.array([0.8, 1.0, 1.2], np.float32)
+    scene = np.full(SHAPE, 2000.0)
+    truth = factors[:, None, None] * scene
+    hot, cr = (40, 40), (100, 150)
+    truth[:, hot[0], hot[1]] += 3000.0  # static: the same in every raw exposure
+    stack = (rng.poisson(truth) + rng.normal(0, RNOISE, truth.shape)).astype(np.float32)
+    stack[:2, cr[0], cr[1]] += 2000.0  # a 2-of-3 cosmic ray on the same scene
+    cfg = CRMaskConfig(crmethod="mm_lacosmic", mm_nsimulations=5, flux_factor=factors.tolist())
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert not res.mediancr[hot[0] - 1:hot[0] + 2, hot[1] - 1:hot[1] + 2].any()
+    assert res.mediancr[cr]
+    assert res.mediancr.sum() <= 100  # the cosmic ray, its dilation and a few noise detections (5 sets)
