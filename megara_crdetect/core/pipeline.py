@@ -239,18 +239,27 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     offsets) and the simulations would then underestimate exactly the spread
     they are meant to reproduce.
     """
-    shifted = bool(np.any(offsets != 0))
-    if shifted:
+    phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
+    return _shifted_models(_scene(stats, stack, la_median, offsets), offsets, phi)
+
+
+def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray) -> np.ndarray:
+    """The common scene (see :func:`_expected_images`), the lowest value where ``suspect``."""
+    if np.any(offsets != 0):
         back = np.stack([shift_image_spline(stack[k], -dx, -dy) for k, (dx, dy) in enumerate(offsets)])
         clean = median_of_stack(back)
-        if la_median is not None:
-            clean[la_median] = back.min(axis=0)[la_median]
+        if suspect is not None:
+            clean[suspect] = back.min(axis=0)[suspect]
         del back
     else:
-        clean = stats.median2d.copy() if la_median is None else np.where(la_median, stats.min2d, stats.median2d)
+        clean = stats.median2d.copy() if suspect is None else np.where(suspect, stats.min2d, stats.median2d)
     np.maximum(clean, 0, out=clean)
-    phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
-    out = np.empty(stack.shape, dtype=np.float32)
+    return clean
+
+
+def _shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
+    """The scene shifted to every exposure's offset and scaled by ``phi``."""
+    out = np.empty((len(offsets),) + clean.shape, dtype=np.float32)
     for k, ((dx, dy), f) in enumerate(zip(offsets, phi)):
         out[k] = shift_image_spline(clean, dx, dy) if (dx or dy) else clean
         out[k] *= np.float32(f)
@@ -534,7 +543,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
         timings["lacosmic"] = time.perf_counter() - t1
 
-    boundaries, expected, sims, inflated, model_flags = {}, {}, None, noise, None
+    boundaries, expected, sims, inflated, model_flags, la_med = {}, {}, None, noise, None, None
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     if params.uses_mm:
         t1 = time.perf_counter()
@@ -551,8 +560,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
                                     nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
                                     workers=workers, progress=report, spread=spread)
         if np.any(offsets != 0):
-            model_flags = _model_flags(stack, expected_img, noise, rnoise_e)
-            model_flags &= ~_static_features(stats, floor, noise)
+            static_model = _static_features(stats, floor, noise)
+            model_flags = _model_flags(stack, expected_img, noise, rnoise_e) & ~static_model
         del expected_img, floor, spread
         boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
         timings["mmcosmic"] = time.perf_counter() - t1
@@ -573,6 +582,16 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
         exposure_flags |= model_flags & cleanable
     mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
+    if model_flags is not None:
+        # a coincidence survives in the median of the back-shifted exposures, so the model of its second
+        # exposure contained it: rebuild the scene with the lowest value on MEDIANCR and compare again
+        suspect = mediancr if la_med is None else mediancr | la_med
+        phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(n)
+        models = _shifted_models(_scene(stats, stack, suspect, offsets), offsets, phi)
+        det.model_flags |= _model_flags(stack, models, noise, rnoise_e) & ~static_model
+        del models
+        exposure_flags |= det.model_flags & cleanable
+        mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
     timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
