@@ -76,6 +76,9 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     for k, (dx, dy) in enumerate(result.offsets, 1):
         hdr[f"XOFF{k}"] = (round(float(dx), 4), f"[pix] X content offset of exposure {k}")
         hdr[f"YOFF{k}"] = (round(float(dy), 4), f"[pix] Y content offset of exposure {k}")
+    for key, lines in (("BADCOLS", result.bad_columns), ("BADROWS", result.bad_rows)):
+        if len(lines):
+            hdr[key] = (",".join(str(int(i) + 1) for i in lines)[:60], "Defective lines left out (FITS)")
     for name, value in result.expected_false.items():
         tag = _EXPOSURE_TAG.get(name, "E" + name.removeprefix("exposure"))
         hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected noise-only MM pixels, {name}")

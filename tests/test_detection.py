@@ -152,3 +152,17 @@ def test_hot_pixel_under_a_scaled_scene_is_not_a_cosmic_ray():
     assert not res.mediancr[hot[0] - 1:hot[0] + 2, hot[1] - 1:hot[1] + 2].any()
     assert res.mediancr[cr]
     assert res.mediancr.sum() <= 100  # the cosmic ray, its dilation and a few noise detections (5 sets)
+
+
+def test_a_defective_column_is_left_out_and_a_long_track_is_not():
+    stack = make_stack()
+    rng = np.random.default_rng(2)
+    stack[:, :, 200] = rng.normal(0, 2000, (3, SHAPE[0])).astype(np.float32)  # wild, frame to frame
+    stack[0, 5:45, 150] += 900.0  # a 40-pixel cosmic-ray track along a column, one exposure
+    stack[:2, 60:100, 170] += 900.0  # ... and a 40-pixel coincidence along another
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=5)
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert res.bad_columns.tolist() == [200] and res.bad_rows.size == 0
+    assert not res.mediancr[:, 200].any() and not res.crmasks[:, :, 200].any()
+    assert res.crmasks[0, 5:45, 150].all()
+    assert res.mediancr[60:100, 170].all()

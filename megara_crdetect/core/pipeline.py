@@ -81,6 +81,10 @@ MODEL_SIGMA = 6.0
 MODEL_NOISE_FACTOR = 1.2
 #: ... unless every exposure lies this far above its model (a static feature).
 STATIC_SIGMA = 3.0
+#: A row or column with more than this fraction (and BAD_LINE_MIN) of its pixels disagreeing beyond
+#: 10 noise sigmas is a defective detector line, not cosmic rays.
+BAD_LINE_FRACTION = 0.2
+BAD_LINE_MIN = 50
 #: Static excess (noise sigmas) of a hot pixel under a scene scaled by flux factors.
 STATIC_SIGMA_FLUX = 10.0
 
@@ -111,7 +115,9 @@ class CRMaskResult:
     ``mediancr_codes`` tells how each MEDIANCR pixel was found (see
     :data:`CODES`).  ``noise`` is the noise scale ``u`` of every pixel that
     normalises the MM diagrams (:func:`~megara_crdetect.core.mmdiagram.noise_scale`).  ``boundaries`` and ``expected_false`` are keyed by
-    diagram name (``median``, ``mean``, ``exposure1``...).
+    diagram name (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
+    ``bad_columns`` (0-based) are detector lines left out of the detection
+    (see :func:`_bad_lines`).
     """
 
     stats: StackStats
@@ -131,6 +137,8 @@ class CRMaskResult:
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     noise: np.ndarray | None = None
+    bad_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    bad_columns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
 
 
 # ---------------------------------------------------------------------------
@@ -336,6 +344,35 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     return dilate(sharp & (chi2 < 9), 1)
 
 
+def _bad_lines(stats: StackStats, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (0-based) whose exposures disagree wildly along most of their length.
+
+    A pixel disagrees wildly when ``max2d - min2d`` exceeds 10 noise sigmas
+    (inflated by the expected spread of unequal exposures).
+    Cosmic rays do that on a few per cent of the pixels of a line at most; a
+    defective column (a bad edge column, a charge trap that changes from
+    frame to frame) on more than ``BAD_LINE_FRACTION`` of them (and on at
+    least ``BAD_LINE_MIN`` pixels).  Flagging such a line would report it as
+    thousands of cosmic rays and "repair" it with another exposure's wrong
+    values.
+    """
+    wild = stats.max2d - stats.min2d
+    wild /= noise
+    wild = wild > 10
+    found = []
+    for axis in (1, 0):  # rows (count along x), then columns (count along y)
+        count = wild.sum(axis=axis)
+        length = wild.shape[axis]
+        found.append(np.flatnonzero(count > max(BAD_LINE_FRACTION * length, BAD_LINE_MIN)))
+    return found[0], found[1]
+
+
+def _fits_list(index: np.ndarray, limit: int = 20) -> str:
+    """1-based numbers of 0-based indices, shortened after ``limit``."""
+    items = [str(int(i) + 1) for i in index[:limit]]
+    return "[" + ", ".join(items) + (", ..." if len(index) > limit else "") + "]"
+
+
 def _unequal(factors: np.ndarray, offsets: np.ndarray, params: CRMaskConfig) -> bool:
     """Whether the simulated exposures differ (offsets, or flux factors applied to them)."""
     scaled = params.apply_flux_factor_to == "simulated" and np.any(factors != 1)
@@ -424,7 +461,8 @@ class _Detections:
         if name in self.la_flags:
             t = _normalised(target, self.stats, self.scale(diagram))
             level = self.confirm_level(diagram)
-            la = _confirm(self.la_flags[name], t, level, target) & self.cleanable
+            # pixels that cannot be flagged (skipped regions, bad lines) cannot confirm a group either
+            la = _confirm(self.la_flags[name] & self.cleanable, t, level, target)
         b = self.boundaries.get(diagram)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
@@ -574,6 +612,13 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range /= noise
         cleanable &= raw_range > RAW_AGREEMENT_SIGMA
         del raw_range
+    bad_rows, bad_cols = _bad_lines(stats, inflated)
+    if bad_rows.size or bad_cols.size:
+        cleanable[bad_rows, :] = False
+        cleanable[:, bad_cols] = False
+        _log.warning("left out of the detection as defective detector lines (exposures disagree far beyond "
+                     "the noise model along most of them): columns %s, rows %s (FITS)",
+                     _fits_list(bad_cols), _fits_list(bad_rows))
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
     det.static = static
     t1 = time.perf_counter()
@@ -595,7 +640,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
-                          boundaries, expected, sims, flux_details, counts, timings, noise)
+                          boundaries, expected, sims, flux_details, counts, timings, noise, bad_rows, bad_cols)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
