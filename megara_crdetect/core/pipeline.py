@@ -322,7 +322,7 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     excess does not).  It is sharp in the raw min2d (``STATIC_SIGMA_FLUX``
     noise sigmas above the median of its 8 neighbours; a cosmic ray that
     misses one exposure is not) and its raw values fit a scaled scene plus a
-    static offset (least squares per pixel, chi per degree of freedom < 3);
+    static offset (least squares per pixel, chi per degree of freedom < 4);
     a cosmic ray leaves a large residual.  Returned dilated by one pixel.
     """
     f = factors.astype(np.float32)
@@ -341,7 +341,7 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     chi2 /= np.float32(max(raw.shape[0] - 2, 1)) * noise * noise
     low = raw.min(axis=0)
     sharp = (low - mm.local_reference(low)) > STATIC_SIGMA_FLUX * noise
-    return dilate(sharp & (chi2 < 9), 1)
+    return dilate(sharp & (chi2 < 16), 1)
 
 
 def _bad_lines(stats: StackStats, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
