@@ -29,7 +29,7 @@ __all__ = ["crmasks_hdulist", "combined_hdulist", "cr_table_csv", "problematic_c
 
 _EXPOSURE_TAG = {"median": "MED", "mean": "MEA"}
 _COUNT_CARDS = {"mediancr_mm": "NMEDMM", "mediancr_la": "NMEDLA", "mediancr_mm_la": "NMEDBOTH",
-                "mediancr_user": "NMEDUSER", "mediancr_dilation": "NMEDDIL"}
+                "mediancr_user": "NMEDUSER", "mediancr_dilation": "NMEDDIL", "mediancr_pair": "NMEDPAIR"}
 
 
 def _history(header: fits.Header, lines: Sequence[str]) -> None:

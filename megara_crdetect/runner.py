@@ -197,9 +197,9 @@ def _write_overlapped(stage: OutputStage, products) -> None:
 def _log_summary(result: CRMaskResult) -> None:
     c = result.counts
     _log.debug("detection steps [s]: %s", ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    _log.info("MEDIANCR: %d pixels (MM only %d, LA only %d, both %d, user %d, dilation %d)",
+    _log.info("MEDIANCR: %d pixels (MM only %d, LA only %d, both %d, pairs %d, user %d, dilation %d)",
               c.get("mediancr", 0), c.get("mediancr_mm", 0), c.get("mediancr_la", 0), c.get("mediancr_mm_la", 0),
-              c.get("mediancr_user", 0), c.get("mediancr_dilation", 0))
+              c.get("mediancr_pair", 0), c.get("mediancr_user", 0), c.get("mediancr_dilation", 0))
     _log.info("MEANCRT: %d pixels; CRMASK: %s; MEANCR: %d; problematic: %d", c.get("meancrt", 0),
               ", ".join(str(c[k]) for k in sorted(c) if k.startswith("crmask")), c.get("meancr", 0),
               c.get("problematic", 0))

@@ -385,7 +385,7 @@ def mediancr_figure(fig, data: ReviewData, *, threshold_e: float = 0.0, max_pixe
     for ax in (ax_c, ax_d):
         ax.set_xlabel("X [pixel]")
         ax.set_ylabel("Y [pixel]")
-    fig.suptitle("MEDIANCR detections: LA only x, MM only +, both o"
+    fig.suptitle("MEDIANCR detections: LA only x, MM only +, both o, pairs squares"
                  + (f" (expected false MM detections: {data.result.expected_false['median']:.2f})"
                     if "median" in (data.result.expected_false or {}) else ""))
     return MediancrPanels(fig, {"a": ax_a, "b": ax_b, "c": ax_c, "d": ax_d}, image_d, markers_c, pos, data)
