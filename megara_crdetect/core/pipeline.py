@@ -114,8 +114,9 @@ class CRMaskResult:
     Masks are boolean ``(ny, nx)`` arrays (``crmasks`` is ``(N, ny, nx)``).
     ``mediancr_codes`` tells how each MEDIANCR pixel was found (see
     :data:`CODES`).  ``noise`` is the noise scale ``u`` of every pixel that
-    normalises the MM diagrams (:func:`~megara_crdetect.core.mmdiagram.noise_scale`).  ``boundaries`` and ``expected_false`` are keyed by
-    diagram name (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
+    normalises the MM diagrams (:func:`~megara_crdetect.core.mmdiagram.noise_scale`).
+    ``boundaries`` and ``expected_false`` are keyed by diagram name
+    (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
     ``bad_columns`` (0-based) are detector lines left out of the detection
     (see :func:`_bad_lines`).
     """
