@@ -35,10 +35,10 @@ REFERENCE_METHODS = {"mm_lacosmic", "lacosmic"}
 def run_pair(shape, workdir: Path, methods, *, reference: bool, seed: int) -> dict:
     """Simulate one set and time every method for both programs."""
     workdir.mkdir(parents=True, exist_ok=True)
-    sim = None
-    if not (workdir / "fake_1.fits").exists():
-        n_coinc = int(150 * shape[0] * shape[1] / (1596 * 2016))
-        sim = simulate_exposures(shape, 3, seed=seed, n_coincident=n_coinc, cr_fraction=0.01)
+    # seeded: the same set every time (its files are written only once per workdir, the parameter
+    # files need its gain, readout noise and bias)
+    n_coinc = int(150 * shape[0] * shape[1] / (1596 * 2016))
+    sim = simulate_exposures(shape, 3, seed=seed, n_coincident=n_coinc, cr_fraction=0.01)
     results = {}
     for method in methods:
         ours, ref = write_inputs(sim, workdir, {"crmethod": method}, tag=f"_{method}")
