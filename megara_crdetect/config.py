@@ -267,13 +267,24 @@ def _as_items(spec: ParamSpec, value: Any) -> list | None:
     return list(value)
 
 
-def _to_regions(spec: ParamSpec, value: Any) -> tuple:
+def _int_entries(spec: ParamSpec, value: Any, width: int, *, flat_any_length: bool = False) -> tuple:
+    """A list of ``width``-integer entries; a single entry may be written without the outer list.
+
+    A flat list of integers is one entry when it has ``width`` items (or any
+    number with ``flat_any_length``, so that a wrong length is reported for
+    the entry as a whole).
+    """
     items = _as_items(spec, value)
     if items is None:
         return ()
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        items = [items]  # a single region written without the outer list
-    regions = tuple(_int_list(spec, value, _unstring(it), 4) for it in items)
+    if (flat_any_length or len(items) == width) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                         for v in items):
+        items = [items]
+    return tuple(_int_list(spec, value, _unstring(it), width) for it in items)
+
+
+def _to_regions(spec: ParamSpec, value: Any) -> tuple:
+    regions = _int_entries(spec, value, 4, flat_any_length=True)
     for reg in regions:
         if reg[0] > reg[1] or reg[2] > reg[3] or min(reg) < 1:
             raise _fail(spec, value, f"region {list(reg)} must satisfy 1 <= xmin <= xmax and 1 <= ymin <= ymax")
@@ -290,24 +301,14 @@ def _to_region(spec: ParamSpec, value: Any) -> tuple[int, int, int, int] | None:
 
 
 def _to_pixels(spec: ParamSpec, value: Any) -> tuple:
-    items = _as_items(spec, value)
-    if items is None:
-        return ()
-    if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        items = [items]
-    pixels = tuple(_int_list(spec, value, _unstring(it), 2) for it in items)
+    pixels = _int_entries(spec, value, 2)
     if any(min(p) < 1 for p in pixels):
         raise _fail(spec, value, "pixel coordinates are FITS 1-based: X >= 1 and Y >= 1")
     return pixels
 
 
 def _to_replace(spec: ParamSpec, value: Any) -> tuple:
-    items = _as_items(spec, value)
-    if items is None:
-        return ()
-    if len(items) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-        items = [items]
-    entries = tuple(_int_list(spec, value, _unstring(it), 4) for it in items)
+    entries = _int_entries(spec, value, 4)
     for x, y, xw, yw in entries:
         if min(x, y) < 1:
             raise _fail(spec, value, "X and Y are FITS 1-based: >= 1")

@@ -24,7 +24,8 @@ from .io import InputStack, OutputStage, read_images, to_electrons
 from .products import (combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
                        read_crmasks)
 
-__all__ = ["RunOutcome", "run", "detector_of", "detect", "iter_combinations", "build_combinations", "build_products"]
+__all__ = ["RunOutcome", "run", "detector_of", "detect", "iter_combinations", "build_combinations",
+           "build_products"]
 
 _log = logging.getLogger(__name__)
 
@@ -106,8 +107,8 @@ def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None
                    ) -> tuple[CRMaskResult, dict]:
     """:func:`detect` plus every combination, all in memory (the numina recipe returns them at once)."""
     result, products = detect(stack_e, cfg, images=images, progress=progress, review=review)
-    products.update(build_combinations(stack_e, result, cfg, masks_uuid=products["crmasks.fits"][0].header["UUID"],
-                                       images=images))
+    uuid = products["crmasks.fits"][0].header["UUID"]
+    products.update(build_combinations(stack_e, result, cfg, masks_uuid=uuid, images=images))
     return result, products
 
 

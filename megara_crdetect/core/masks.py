@@ -140,7 +140,8 @@ def label_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(n)
 
 
-def keep_groups_with(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def keep_groups_with(mask: np.ndarray, seeds: np.ndarray, *,
+                     labels: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Keep the whole 8-connected groups of ``mask`` that touch ``seeds``.
 
     Parameters
@@ -149,6 +150,8 @@ def keep_groups_with(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         Boolean map ``(ny, nx)`` whose groups are kept or dropped.
     seeds : numpy.ndarray
         Boolean map of the same shape.
+    labels : (ndarray, int), optional
+        ``label_groups(mask)`` when the caller already has it.
 
     Returns
     -------
@@ -162,7 +165,7 @@ def keep_groups_with(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """
     mask = _as_mask("mask", mask)
     seeds = _as_mask("seeds", seeds, mask.shape)
-    labels, n = label_groups(mask)
+    labels, n = label_groups(mask) if labels is None else labels
     keep = np.zeros(n + 1, dtype=bool)
     keep[labels[seeds]] = True
     keep[0] = False

@@ -229,7 +229,7 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.
     peak = np.full(n + 1, np.inf, dtype=np.float64)
     peak[1:] = ndimage.maximum(target, labels, np.arange(1, n + 1))
     seeds = (t > level) & (target >= peak[labels])
-    return keep_groups_with(flags, seeds & flags)
+    return keep_groups_with(flags, seeds & flags, labels=(labels, n))
 
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
@@ -248,11 +248,16 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     offsets) and the simulations would then underestimate exactly the spread
     they are meant to reproduce.
     """
-    phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
-    return _shifted_models(_scene(stats, stack, la_median, offsets), offsets, phi)
+    return _shifted_models(_scene(stats, stack, la_median, offsets), offsets, _model_factors(factors, params))
 
 
-def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray) -> np.ndarray:
+def _model_factors(factors: np.ndarray, params: CRMaskConfig) -> np.ndarray:
+    """Factors applied to the modelled exposures: the flux factors only when applied to the simulations."""
+    return factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
+
+
+def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None,
+           offsets: np.ndarray) -> np.ndarray:
     """The common scene (see :func:`_expected_images`), the lowest value where ``suspect``."""
     if np.any(offsets != 0):
         back = np.stack([shift_image_spline(stack[k], -dx, -dy) for k, (dx, dy) in enumerate(offsets)])
@@ -276,7 +281,7 @@ def _shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
     return out
 
 
-def _model_flags(stack: np.ndarray, expected: np.ndarray, noise: np.ndarray, rnoise_e: float) -> np.ndarray:
+def _model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.ndarray:
     """Pixels of shifted exposures far above their own model (the common scene shifted to them).
 
     With sub-pixel offsets the exposures differ systematically on every line
@@ -284,17 +289,16 @@ def _model_flags(stack: np.ndarray, expected: np.ndarray, noise: np.ndarray, rno
     each exposure against its expected image does not.  The model is built
     from noisy data (a median of three), so its residual has ~1.2 times the
     noise of one exposure; the level is ``MODEL_SIGMA`` such residual sigmas.
-    Detector features that do not move with the scene (hot pixels) agree in
-    the raw exposures and are excluded by the caller's raw-agreement test.
+    Where every exposure lies ``STATIC_SIGMA`` above its model, and within 2
+    pixels of such a place, nothing is flagged: a detector feature that does
+    not move with the scene (hot pixel), which the shifted model smears.
     """
     r = np.empty(stack.shape, dtype=np.float32)
     for k in range(stack.shape[0]):
         np.subtract(stack[k], expected[k], out=r[k])
         r[k] /= sigma(expected[k], rnoise_e)
     out = r > np.float32(MODEL_SIGMA * MODEL_NOISE_FACTOR)
-    # every exposure above its model: a feature that does not move with the scene (hot pixel), which the
-    # shifted model smears, not a cosmic ray
-    # (and around it: the spline shifts spread the error over 2 pixels)
+    # the spline shifts spread a static feature's error over 2 pixels
     out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
     return out
 
@@ -427,12 +431,12 @@ class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
-                 inflated=None):
+                 inflated=None, *, model_flags=None, static=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.inflated = noise if inflated is None else inflated
-        self.model_flags = None  # (N, ny, nx) residual detections of shifted exposures
-        self.static = None  # hot pixels under a scene scaled by flux factors: never MEDIANCR
+        self.model_flags = model_flags  # (N, ny, nx) residual detections of shifted exposures
+        self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
 
@@ -527,7 +531,7 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape,
     flagged = codes > 0
     mask = dilate(flagged, params.dilation) & det.cleanable | flagged
     codes[mask & ~flagged] = 1
-    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in range(1, 7)}
+    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in CODES if c}
     return mask, codes, counts
 
 
@@ -600,7 +604,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
                                     workers=workers, progress=report, spread=spread)
         if np.any(offsets != 0):
             static_model = _static_features(stats, floor, noise)
-            model_flags = _model_flags(stack, expected_img, noise, rnoise_e) & ~static_model
+            model_flags = _model_flags(stack, expected_img, rnoise_e) & ~static_model
         del expected_img, floor, spread
         boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
         timings["mmcosmic"] = time.perf_counter() - t1
@@ -620,11 +624,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         _log.warning("left out of the detection as defective detector lines (exposures disagree far beyond "
                      "the noise model along most of them): columns %s, rows %s (FITS)",
                      _fits_list(bad_cols), _fits_list(bad_rows))
-    det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated)
-    det.static = static
+    det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated,
+                      model_flags=model_flags, static=static)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
-    det.model_flags = model_flags
     if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
         exposure_flags |= model_flags & cleanable
     mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
@@ -632,10 +635,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         # a coincidence survives in the median of the back-shifted exposures, so the model of its second
         # exposure contained it: rebuild the scene with the lowest value on MEDIANCR and compare again
         suspect = mediancr if la_med is None else mediancr | la_med
-        phi = factors if params.apply_flux_factor_to == "simulated" else np.ones(n)
-        models = _shifted_models(_scene(stats, stack, suspect, offsets), offsets, phi)
-        det.model_flags |= _model_flags(stack, models, noise, rnoise_e) & ~static_model
-        del models
+        scene = _scene(stats, stack, suspect, offsets)
+        models = _shifted_models(scene, offsets, _model_factors(factors, params))
+        det.model_flags |= _model_flags(stack, models, rnoise_e) & ~static_model
+        del scene, models
         exposure_flags |= det.model_flags & cleanable
         mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
     timings["mediancr"] = time.perf_counter() - t1

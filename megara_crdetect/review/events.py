@@ -21,11 +21,12 @@ from scipy import ndimage
 
 from ..core import mmdiagram as mm
 from ..core.noise import sigma
+from ..core.pipeline import CODES
 
 __all__ = ["CODE_NAMES", "EventTable", "ReviewData", "find_events", "label_events", "near_misses"]
 
-#: Meaning of the MEDIANCR codes (same as ``core.pipeline.CODES``).
-CODE_NAMES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user", 6: "pair"}
+#: Meaning of the MEDIANCR codes.
+CODE_NAMES = CODES
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -170,7 +171,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     pc = np.asarray(codes)[rows, cols].astype(np.int8)
     pt = np.asarray(t, dtype=np.float64)[rows, cols]
     pm = np.full(pt.shape, np.nan) if margin is None else np.asarray(margin, dtype=np.float64)[rows, cols]
-    count = {c: _group_reduce((pc == c).astype(np.int64), start, np.add) for c in range(1, 7)}
+    count = {c: _group_reduce((pc == c).astype(np.int64), start, np.add) for c in CODE_NAMES if c}
     # peak: the largest t of each event (ties: first in raster order)
     key = np.lexsort((-np.arange(lab.size), pt, lab))
     last = np.r_[start[1:] - 1, lab.size - 1] if lab.size else np.zeros(0, dtype=np.intp)

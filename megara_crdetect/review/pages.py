@@ -240,13 +240,19 @@ def write_cr_pdf(path: str | Path, data: ReviewData, *, maxplots: int = -1, semi
     with _pdf_context():
         fig = agg_figure((2.6 * n, 6.0))
         page = CRPage(fig, data, semiwindow=semiwindow, color_scale=color_scale, use_lamedian=use_lamedian)
-        with PdfPages(path) as pdf:
-            for i in range(total):
-                page.draw_event(i)
-                pdf.savefig(fig)
-                if progress is not None:
-                    progress("CR pages", i + 1, total)
+        _save_pages(path, fig, page.draw_event, total, progress, "CR pages")
     return total, time.perf_counter() - t0
+
+
+def _save_pages(path, fig, draw: Callable[[int], object], total: int, progress: Progress | None,
+                step: str) -> None:
+    """Draw page ``i`` of ``total`` into ``fig`` with ``draw(i)`` and append it to the PDF ``path``."""
+    with PdfPages(path) as pdf:
+        for i in range(total):
+            draw(i)
+            pdf.savefig(fig)
+            if progress is not None:
+                progress(step, i + 1, total)
 
 
 class ProblematicPage:
@@ -301,10 +307,5 @@ def write_problematic_pdf(path: str | Path, data: ReviewData, *, maxplots: int =
         total = n_pages(page.count, maxplots)
         if total == 0:
             return 0
-        with PdfPages(path) as pdf:
-            for i in range(total):
-                page.draw_group(i)
-                pdf.savefig(fig)
-                if progress is not None:
-                    progress("problematic pages", i + 1, total)
+        _save_pages(path, fig, page.draw_group, total, progress, "problematic pages")
     return total
