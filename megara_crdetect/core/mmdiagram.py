@@ -255,7 +255,10 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
                     nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
                     exact: bool, hist: np.ndarray, spread: np.ndarray | None = None) -> None:
-    """Add the histograms of one block of rows to ``hist`` (2, n_targets, ncells): fitting sets, then check sets."""
+    """Add the histograms of one block of rows to ``hist`` (2, n_targets, ncells).
+
+    ``hist[0]`` collects the fitting sets, ``hist[1]`` the check sets.
+    """
     rng = np.random.default_rng(seed)
     samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
     n = len(samplers)

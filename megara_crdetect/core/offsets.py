@@ -21,7 +21,7 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
-__all__ = ["isolated_peaks", "measure_offsets", "neighbour_maximum", "shift_image"]
+__all__ = ["isolated_peaks", "measure_offsets", "neighbour_maximum", "shift_image", "shift_image_spline"]
 
 _log = logging.getLogger(__name__)
 
