@@ -554,9 +554,9 @@ class CRMaskConfig(_Validated):
         None, "Hits per pixel that spoil the median; null: ceil(N/2) (2 for 3 exposures)", "int",
         low=2, nullable=True, **_MM)
     mm_pair_sigma: float = param(
-        3.64, "Also flag in MEDIANCR a pixel detected as a cosmic ray in one exposure whose median2d - min2d "
+        3.64, "Also flag in MEDIANCR a pixel in the cosmic-ray mask of an exposure whose median2d - min2d "
         "exceeds this many noise sigmas: the second hit of a coincidence (3.64: two-sided 1 % point of the "
-        "difference of two exposures; 0: off)", "float", low=0, **_MM)
+        "difference of two exposures; 0: off; see Algorithm, item 4)", "float", low=0, **_MM)
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
 
     def _cross_checks(self) -> None:

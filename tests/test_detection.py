@@ -25,10 +25,13 @@ PAIR_STRONG = {(50, 30): (600, 600, 0)}
 PAIR_ON_LINE = {(50, LINE_COL): (0, 1500, 1500)}
 #: a strong hit plus a weak second one: median2d - min2d = 25 e- ~ 4.5 sigma, below the boundary
 PAIR_WEAK = {(80, 30): (400, 25, 0)}
+#: two tracks crossing: each is detected in its own exposure next to the crossing pixel, which both
+#: graze with 24 e- (median2d - min2d ~ 4.3 sigma, nothing stands out above the median)
+CROSSING = {(80, 199): (0, 400, 0), (80, 200): (24, 24, 0), (80, 201): (400, 0, 0)}
 TRIPLE_EQUAL = {(110, 30): (300, 300, 300)}
 TRIPLE_UNEQUAL = {(110, 60): (900, 500, 100)}
 HOT = [(140, 30), (140, 60), (140, 200)]
-EXACT = {**PAIR_WEAK, **TRIPLE_EQUAL}  # values set without noise
+EXACT = {**PAIR_WEAK, **CROSSING, **TRIPLE_EQUAL}  # values set without noise
 
 
 def scene() -> np.ndarray:
@@ -44,7 +47,7 @@ def make_stack(seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     truth = scene()
     stack = np.stack([rng.poisson(truth) + rng.normal(0, RNOISE, SHAPE) for _ in range(3)]).astype(np.float32)
-    for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_EQUAL, TRIPLE_UNEQUAL):
+    for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, CROSSING, TRIPLE_EQUAL, TRIPLE_UNEQUAL):
         for (r, c), extra in cases.items():
             if (r, c) in EXACT:
                 stack[:, r, c] = truth[r, c]
@@ -93,6 +96,14 @@ def test_weak_second_hit_is_found_as_a_pair_and_only_then():
     assert off.counts["mediancr_pair"] == 0
 
 
+def test_grazed_pixel_of_two_crossing_tracks_is_a_pair(result):
+    (r, c) = (80, 200)
+    assert result.crmasks[0, r, c + 1] and result.crmasks[1, r, c - 1]  # each track in its exposure
+    assert _code(result, r, c - 1) == _code(result, r, c + 1) == "dilation"  # single hits themselves
+    assert result.mediancr[r, c] and _code(result, r, c) == "pair"
+    assert not run(mm_pair_sigma=0.0).mediancr[r, c]
+
+
 def test_hot_pixels_and_identical_hits_are_not_cosmic_rays(result):
     for r, c in HOT + list(TRIPLE_EQUAL):
         assert not result.mediancr[r - 1:r + 2, c - 1:c + 2].any(), (r, c)
@@ -101,7 +112,7 @@ def test_hot_pixels_and_identical_hits_are_not_cosmic_rays(result):
 
 def test_no_false_flags_away_from_the_injected_hits(result):
     allowed = np.zeros(SHAPE, bool)
-    for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL):
+    for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL, {(80, 200): None}):
         for r, c in cases:
             allowed[r - 1:r + 2, c - 1:c + 2] = True
     assert not (result.mediancr & ~allowed).any()

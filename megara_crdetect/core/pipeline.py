@@ -73,8 +73,11 @@ RAW_AGREEMENT_SIGMA = 5.0
 #: An L.A.Cosmic detection is confirmed where its disagreement exceeds what this fraction of the simulated
 #: pixels of its column reach (and ``la_confirm_sigma``).
 CONFIRM_FRACTION = 1e-4
-#: A pair (second hit of a coincidence) also needs max2d - median2d above this many noise sigmas.
+#: A pair (second hit of a coincidence) also needs max2d - median2d above this many noise sigmas ...
 PAIR_TOP_SIGMA = 3.0
+#: ... unless median2d - min2d exceeds this many (noise alone: 1.3e-5 of the pixels, measured on
+#: the simulated sets; together with an exposure's detection, well below 1e-6).
+PAIR_SURE_SIGMA = 5.0
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
 MODEL_SIGMA = 6.0
 #: ... where the model (median of three shifted exposures) adds this factor to the noise of one exposure.
@@ -490,9 +493,19 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     two other exposures; above ``mm_pair_sigma`` noise sigmas (inflated by the
     expected spread for unequal exposures) another exposure is hit as well
     and the median is spoiled, even if the pixel stays below the boundary
-    drawn for pixels without that prior knowledge.  The highest exposure must
-    also exceed median2d by ``PAIR_TOP_SIGMA``: otherwise the "detection" of
-    exposure k was made by a low min2d (a noise dip), not by a cosmic ray.
+    drawn for pixels without that prior knowledge.  One of these must hold too:
+
+    * the pixel lies in the detections of two exposures, dilated by
+      ``dilation`` (i.e. in two CRMASKk): both hits are seen;
+    * it is detected in exposure k and the highest exposure exceeds median2d
+      by ``PAIR_TOP_SIGMA``: otherwise the "detection" of exposure k may
+      have been made by a low min2d (a noise dip), not by a cosmic ray;
+    * it lies in one CRMASKk and median2d - min2d exceeds
+      ``PAIR_SURE_SIGMA``, beyond what a noise dip does next to a cosmic ray.
+
+    The first and third are not used for shifted exposures (next to line
+    flanks the masks of two exposures overlap without any cosmic ray).
+
     With offsets, a residual detection of exposure k (its own model) is a
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``.
     """
@@ -501,7 +514,15 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     t = _normalised(det.stats.median2d, det.stats, det.inflated)
     top = _normalised(det.stats.max2d, det.stats, det.inflated)
     top -= t  # (max2d - median2d) / u: the exposure that is hit must stand out too
-    pairs = exposure_flags.any(axis=0) & (t > params.mm_pair_sigma) & (top > PAIR_TOP_SIGMA)
+    evidence = exposure_flags.any(axis=0) & (top > PAIR_TOP_SIGMA)
+    if det.model_flags is None:
+        # aligned exposures only: next to a line flank of shifted exposures the masks of two exposures
+        # overlap and median2d - min2d is large without any cosmic ray
+        seen = np.zeros(t.shape, dtype=np.uint8)
+        for flags in exposure_flags:
+            seen += dilate(flags, params.dilation)
+        evidence |= (seen >= 2) | (seen >= 1) & (t > PAIR_SURE_SIGMA)
+    pairs = (t > params.mm_pair_sigma) & evidence
     if det.model_flags is not None:
         # shifted exposures differ systematically: one hit can move the median to the next exposure's
         # value, i.e. by up to their expected spread (in noise sigmas)
