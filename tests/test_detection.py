@@ -165,6 +165,22 @@ def test_hot_pixel_under_a_scaled_scene_is_not_a_cosmic_ray():
     assert res.mediancr.sum() <= 100  # the cosmic ray, its dilation and a few noise detections (5 sets)
 
 
+def test_dilation_around_a_cosmic_ray_is_kept_under_flux_factors():
+    """The edge of a cosmic ray on a faint scene agrees in the raw exposures; it is dilated all the same."""
+    rng = np.random.default_rng(9)
+    factors = np.array([0.8, 1.0, 1.2], np.float32)
+    truth = factors[:, None, None] * np.full(SHAPE, BACKGROUND)
+    stack = (rng.poisson(truth) + rng.normal(0, RNOISE, truth.shape)).astype(np.float32)
+    r, c = 80, 120
+    stack[:2, r, c] += 600.0  # a 2-of-3 cosmic ray; its 8 neighbours are untouched
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=5, flux_factor=factors.tolist())
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert _code(res, r, c) == "MM"
+    box = (slice(r - 1, r + 2), slice(c - 1, c + 2))
+    assert res.mediancr[box].all()
+    assert res.crmasks[:2][(slice(None),) + box].all() and not res.crmasks[2][box].any()
+
+
 def test_a_defective_column_is_left_out_and_a_long_track_is_not():
     stack = make_stack()
     rng = np.random.default_rng(2)

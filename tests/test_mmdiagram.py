@@ -192,3 +192,23 @@ def test_banded_neighbour_median_equals_the_single_pass():
     one = mm.local_reference(img, workers=1)
     for workers in (2, 3, 4):
         np.testing.assert_array_equal(mm.local_reference(img, workers=workers), one)
+
+
+def test_simulations_reproduce_exposures_normalised_by_flux_factors(sky):
+    """apply_flux_factor_to: original divides raw exposures by f_k: the faint ones get noisier."""
+    factors = np.array([0.5, 1.0, 1.5], np.float32)
+    rng = np.random.default_rng(12)
+    real = np.stack([draw_exposure(f * sky, R, rng, exact=True) / f for f in factors])
+    st = stack_statistics(real)
+    floor = mm.noise_floor(st.median2d)
+    u = mm.noise_scale(st.min2d, floor, R)
+    grid = mm.make_grid(u, R)
+    y = (real[0] - st.min2d) / u  # the noisiest exposure
+    fractions = []
+    for raw in (factors, None):
+        sims = mm.simulate_diagrams(np.stack([sky] * 3), floor, rnoise_e=R, n_coincidences=2, nsim=4, grid=grid,
+                                    seed=3, raw_factors=raw)
+        level = mm.column_quantile(sims.hist["exposure1"], grid, 1e-3)[grid.column_index(u)]
+        fractions.append(float((y > level).mean()))
+    assert 0.5e-3 < fractions[0] < 2e-3, fractions  # as often as simulated
+    assert fractions[1] > 5e-3, fractions  # simulated without the factors, the tail is far too short

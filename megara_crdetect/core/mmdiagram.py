@@ -254,13 +254,18 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 
 def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
                     nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
-                    exact: bool, hist: np.ndarray, spread: np.ndarray | None = None) -> None:
+                    exact: bool, hist: np.ndarray, spread: np.ndarray | None = None,
+                    raw_factors: np.ndarray | None = None) -> None:
     """Add the histograms of one block of rows to ``hist`` (2, n_targets, ncells).
 
     ``hist[0]`` collects the fitting sets, ``hist[1]`` the check sets.
     """
     rng = np.random.default_rng(seed)
-    samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
+    if raw_factors is None:
+        samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
+    else:  # draw the raw exposure f_k * E_k with its own noise, then normalise it like the real one
+        samplers = [NoiseSampler(lam * np.float32(f), rnoise_e, exact=exact)
+                    for lam, f in zip(expected[:, rows], raw_factors)]
     n = len(samplers)
     shape = samplers[0].lam.shape
     ncells = hist.shape[-1]
@@ -271,6 +276,8 @@ def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rno
     for isim in range(nsim + n_check):
         for k, sampler in enumerate(samplers):
             sampler.draw(rng, out=z[k])
+            if raw_factors is not None:
+                z[k] /= np.float32(raw_factors[k])
         lo = low_mean(z, n_low)
         u = noise_scale(lo, floor, rnoise_e)
         scales = [(grid.column_index(u) * nrow, np.float32(1.0) / u)]
@@ -291,8 +298,8 @@ def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rno
 def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: float, n_coincidences: int, nsim: int,
                       grid: DiagramGrid, seed: int | None, n_check: int = 2, block_rows: int = 64,
                       workers: int | None = None, spread: np.ndarray | None = None,
-                      exact: bool = False, progress: Callable[[int, int], None] | None = None
-                      ) -> SimulatedDiagrams:
+                      raw_factors: np.ndarray | None = None, exact: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> SimulatedDiagrams:
     """Simulate ``nsim`` sets of exposures and histogram their MM diagrams.
 
     Parameters
@@ -329,6 +336,12 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
         factors), added in quadrature to the simulated ``u`` of the mean and
         exposure diagrams exactly as to the real one (:func:`inflate`); the
         median diagram keeps the plain scale.
+    raw_factors : ndarray, shape (N,), optional
+        Flux factors already divided out of the real exposures
+        (``apply_flux_factor_to: original``): simulated exposure k is drawn
+        with expectation ``f_k * expected[k]`` and its noise, then divided by
+        ``f_k``, so the fainter exposures are noisier after normalisation, as
+        in the real data.
     progress : callable, optional
         Called as ``progress(done, total)`` after every block.
 
@@ -355,7 +368,8 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
             if i is None:
                 return hist
             _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
-                            grid=grid, seed=seeds[i], exact=exact, hist=hist, spread=spread)
+                            grid=grid, seed=seeds[i], exact=exact, hist=hist, spread=spread,
+                            raw_factors=raw_factors)
             with lock:
                 done[0] += 1
                 if progress is not None:

@@ -434,9 +434,10 @@ class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
-                 inflated=None, *, model_flags=None, static=None):
+                 inflated=None, *, model_flags=None, static=None, dilatable=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
+        self.dilatable = cleanable if dilatable is None else dilatable  # where dilation may reach
         self.inflated = noise if inflated is None else inflated
         self.model_flags = model_flags  # (N, ny, nx) residual detections of shifted exposures
         self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
@@ -550,7 +551,7 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape,
     for x, y in params.pixels_to_be_flagged_as_cr:
         codes[y - 1, x - 1] = 5
     flagged = codes > 0
-    mask = dilate(flagged, params.dilation) & det.cleanable | flagged
+    mask = dilate(flagged, params.dilation) & det.dilatable | flagged
     codes[mask & ~flagged] = 1
     counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in CODES if c}
     return mask, codes, counts
@@ -622,7 +623,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         report = (lambda d, t: progress("simulations", d, t)) if progress else None
         sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
                                     nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
-                                    workers=workers, progress=report, spread=spread)
+                                    workers=workers, progress=report, spread=spread,
+                                    raw_factors=factors if raw_range is not None else None)
         if np.any(offsets != 0):
             static_model = _static_features(stats, floor, noise)
             model_flags = _model_flags(stack, expected_img, rnoise_e) & ~static_model
@@ -632,12 +634,6 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         _log.info("expected false MM detections from noise alone: %s",
                   ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
 
-    if raw_range is not None:
-        # Detector features (hot pixels, bias structure) do not scale with the transparency: where the raw
-        # exposures agree within the noise, the flux-normalised ones disagree only because of the factors.
-        raw_range /= noise
-        cleanable &= raw_range > RAW_AGREEMENT_SIGMA
-        del raw_range
     bad_rows, bad_cols = _bad_lines(stats, inflated)
     if bad_rows.size or bad_cols.size:
         cleanable[bad_rows, :] = False
@@ -645,8 +641,17 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         _log.warning("left out of the detection as defective detector lines (exposures disagree far beyond "
                      "the noise model along most of them): columns %s, rows %s (FITS)",
                      _fits_list(bad_cols), _fits_list(bad_rows))
+    dilatable = cleanable
+    if raw_range is not None:
+        # Detector features (hot pixels, bias structure) do not scale with the transparency: where the raw
+        # exposures agree within the noise, the flux-normalised ones disagree only because of the factors.
+        # Such pixels are not detections, but the dilation around a cosmic ray still covers them (the
+        # edge of an event hit in every exposure agrees in the raw exposures as well).
+        raw_range /= noise
+        cleanable = cleanable & (raw_range > RAW_AGREEMENT_SIGMA)
+        del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated,
-                      model_flags=model_flags, static=static)
+                      model_flags=model_flags, static=static, dilatable=dilatable)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
@@ -691,7 +696,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     subset of MEANCRT without losing the faint single hits that the mean
     dilutes N times.
     """
-    cleanable, d = det.cleanable, params.dilation
+    cleanable, d = det.dilatable, params.dilation
     any_exposure = np.zeros(stack.shape[1:], dtype=bool)
     for k, flags in enumerate(exposure_flags):
         any_exposure |= flags
