@@ -1,5 +1,7 @@
 """Stack statistics, the noise sampler, the normalised MM diagram and its boundary."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,18 @@ def test_spline_extension_moves_the_boundary_up_and_fixed_points_are_followed():
     x_fix = 50.0**2 - R * R
     bf = bd.fit_spline_boundary(u, t, rnoise_e=R, knots=3, niter=2, fixed_points=[(x_fix, 50.0 * 9.0, 1000.0)])
     assert bf(np.array([x_fix]))[0] == pytest.approx(450.0, rel=0.02)
+
+
+def test_spline_extension_never_swings_below_the_points():
+    """Boundary points of a real pure-noise run (flux set, exposure 2) where the last extension step
+    left the low end unconstrained: the spline fell to 4.2 sigma below points at 6.5-7.3 sigma."""
+    data = np.load(Path(__file__).parent / "data" / "boundary_points_dive.npz")
+    u, t = data["u"], data["t"]
+    b = bd.fit_spline_boundary(u, t, rnoise_e=R, knots=3, niter=4, weight=10.0, u_edges=data["edges"])
+    assert t.min() > 6.0
+    assert b.t_at(u).min() > 6.5
+    for (_, earlier), (_, later) in zip(b.iterations, b.iterations[1:]):
+        assert np.all(later >= earlier)  # the extension only moves the boundary up
 
 
 def test_boundary_is_clamped_outside_the_fitted_range():
