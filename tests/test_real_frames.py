@@ -70,7 +70,7 @@ def test_no_coincidences_in_real_data_means_no_mediancr_away_from_the_star(run):
     away[:, STAR] = False
     assert not away.any(), np.argwhere(away)[:10]
     # on the trace the seeing changes the profile: its steep flanks disagree beyond the noise model and a
-    # few of their pixels are flagged (122, 0.5 % of the trace, at default parameters; 63 before the
+    # few of their pixels are flagged (95, 0.4 % of the trace, at default parameters; 63 before the
     # pairs seen in two exposure masks were added)
     trace = masks["MEDIANCR"].shape[0] * (STAR.stop - STAR.start)
     assert masks["MEDIANCR"].sum() <= 0.01 * trace

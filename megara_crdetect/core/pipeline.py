@@ -74,7 +74,7 @@ RAW_AGREEMENT_SIGMA = 5.0
 #: pixels of its column reach (and ``la_confirm_sigma``).
 CONFIRM_FRACTION = 1e-4
 #: A pair (second hit of a coincidence) also needs max2d - median2d above this many noise sigmas ...
-PAIR_TOP_SIGMA = 3.0
+PAIR_TOP_SIGMA = 4.0
 #: ... unless median2d - min2d exceeds this many (noise alone: 1.3e-5 of the pixels, measured on
 #: the simulated sets; together with an exposure's detection, well below 1e-6).
 PAIR_SURE_SIGMA = 5.0
