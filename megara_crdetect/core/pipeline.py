@@ -79,7 +79,7 @@ PAIR_TOP_SIGMA = 4.0
 #: the simulated sets; together with an exposure's detection, well below 1e-6).
 PAIR_SURE_SIGMA = 5.0
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
-MODEL_SIGMA = 6.0
+MODEL_SIGMA = 5.0
 #: ... where the model (median of three shifted exposures) adds this factor to the noise of one exposure.
 MODEL_NOISE_FACTOR = 1.2
 #: ... unless every exposure lies this far above its model (a static feature).
