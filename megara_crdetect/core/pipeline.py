@@ -513,6 +513,15 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     if exposure_flags is None or params.mm_pair_sigma <= 0 or not params.uses_mm:
         return None
     t = _normalised(det.stats.median2d, det.stats, det.inflated)
+    pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, params, exposure_flags, t)
+    if det.model_flags is not None:
+        pairs |= _spread_pairs(det, params)
+    return pairs & det.cleanable
+
+
+def _pair_evidence(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray,
+                   t: np.ndarray) -> np.ndarray:
+    """Where another exposure than the one setting median2d - min2d (``t``) is known to be hit."""
     top = _normalised(det.stats.max2d, det.stats, det.inflated)
     top -= t  # (max2d - median2d) / u: the exposure that is hit must stand out too
     evidence = exposure_flags.any(axis=0) & (top > PAIR_TOP_SIGMA)
@@ -523,16 +532,21 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
         for flags in exposure_flags:
             seen += dilate(flags, params.dilation)
         evidence |= (seen >= 2) | (seen >= 1) & (t > PAIR_SURE_SIGMA)
-    pairs = (t > params.mm_pair_sigma) & evidence
-    if det.model_flags is not None:
-        # shifted exposures differ systematically: one hit can move the median to the next exposure's
-        # value, i.e. by up to their expected spread (in noise sigmas)
-        spread = np.square(det.inflated) - np.square(det.noise)
-        np.maximum(spread, 0, out=spread)
-        np.sqrt(spread, out=spread)
-        spread /= det.noise
-        pairs |= det.model_flags.any(axis=0) & (spread > params.mm_pair_sigma)
-    return pairs & det.cleanable
+    return evidence
+
+
+def _spread_pairs(det: _Detections, params: CRMaskConfig) -> np.ndarray:
+    """Residual detections of shifted exposures where one hit can move the median.
+
+    Shifted exposures differ systematically: one hit can move the median to
+    the next exposure's value, i.e. by up to their expected spread (in noise
+    sigmas).
+    """
+    spread = np.square(det.inflated) - np.square(det.noise)
+    np.maximum(spread, 0, out=spread)
+    np.sqrt(spread, out=spread)
+    spread /= det.noise
+    return det.model_flags.any(axis=0) & (spread > params.mm_pair_sigma)
 
 
 def _mediancr(det: _Detections, params: CRMaskConfig, shape,
