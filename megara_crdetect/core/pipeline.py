@@ -19,8 +19,9 @@ Order of operations
    what the simulations put in its column 1/10 000 of the time.  Hot pixels and other
    sharp features identical in every exposure are therefore not reported
    (the reference flags them).
-4. MMcosmic: simulated exposures from the median (noise model, flux factors,
-   offsets), one normalised diagram and one boundary per target (median,
+4. MMcosmic: simulated exposures from the median (noise model, flux factors
+   -- drawn raw and normalised like the data when divided out of the
+   originals --, offsets), one normalised diagram and one boundary per target (median,
    mean, each exposure), flags above the boundary.  With offsets the
    simulated exposures are the common scene (median of the exposures
    shifted back with cubic splines) shifted to each offset, and each real
@@ -28,10 +29,12 @@ Order of operations
    ``MODEL_SIGMA``), away from detector features that do not move.
 5. Per-exposure detections (MM on exposure k - min2d, and LA there for
    ``la_everywhere``).  MEDIANCR = confirmed LA flags | MM flags | pairs |
-   pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel detected in
-   some exposure whose median2d - min2d exceeds ``mm_pair_sigma`` (the second
-   hit of a coincidence); an optional review callback may remove cosmic-ray
-   groups.
+   pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel in some
+   exposure's detections whose median2d - min2d exceeds ``mm_pair_sigma`` (the
+   second hit of a coincidence; see :func:`_pairs`); an optional review
+   callback may remove cosmic-ray groups.  With flux factors divided out of
+   the originals, a detection needs raw exposures that disagree, but the
+   dilation does not.
 6. CRMASKk = the dilated detections on exposure k; MEANCRT = dilated detections
    on mean2d and on every exposure, plus MEDIANCR (so CRMASKk stays inside
    MEANCRT without the guide's restriction hiding faint single hits);
