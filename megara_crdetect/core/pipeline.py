@@ -490,7 +490,8 @@ class _Detections:
         return out
 
 
-def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | None) -> np.ndarray | None:
+def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | None,
+           exposure_masks: np.ndarray | None) -> np.ndarray | None:
     """Second hits of coincidences: a cosmic ray of one exposure where the median is raised too.
 
     Where exposure k is known to be hit, median2d - min2d is the difference of
@@ -508,7 +509,8 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
       ``PAIR_SURE_SIGMA``, beyond what a noise dip does next to a cosmic ray.
 
     The first and third are not used for shifted exposures (next to line
-    flanks the masks of two exposures overlap without any cosmic ray).
+    flanks the masks of two exposures overlap without any cosmic ray), which
+    pass no ``exposure_masks`` (the CRMASKk, see :func:`_exposure_masks`).
 
     With offsets, a residual detection of exposure k (its own model) is a
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``.
@@ -516,24 +518,22 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     if exposure_flags is None or params.mm_pair_sigma <= 0 or not params.uses_mm:
         return None
     t = _normalised(det.stats.median2d, det.stats, det.inflated)
-    pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, params, exposure_flags, t)
+    pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, exposure_flags, exposure_masks, t)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
     return pairs & det.cleanable
 
 
-def _pair_evidence(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray,
+def _pair_evidence(det: _Detections, exposure_flags: np.ndarray, exposure_masks: np.ndarray | None,
                    t: np.ndarray) -> np.ndarray:
     """Where another exposure than the one setting median2d - min2d (``t``) is known to be hit."""
     top = _normalised(det.stats.max2d, det.stats, det.inflated)
     top -= t  # (max2d - median2d) / u: the exposure that is hit must stand out too
     evidence = exposure_flags.any(axis=0) & (top > PAIR_TOP_SIGMA)
-    if det.model_flags is None:
+    if exposure_masks is not None:
         # aligned exposures only: next to a line flank of shifted exposures the masks of two exposures
         # overlap and median2d - min2d is large without any cosmic ray
-        seen = np.zeros(t.shape, dtype=np.uint8)
-        for flags in exposure_flags:
-            seen += dilate(flags, params.dilation)
+        seen = exposure_masks.sum(axis=0, dtype=np.uint8)
         evidence |= (seen >= 2) | (seen >= 1) & (t > PAIR_SURE_SIGMA)
     return evidence
 
@@ -552,11 +552,16 @@ def _spread_pairs(det: _Detections, params: CRMaskConfig) -> np.ndarray:
     return det.model_flags.any(axis=0) & (spread > params.mm_pair_sigma)
 
 
-def _mediancr(det: _Detections, params: CRMaskConfig, shape,
-              exposure_flags: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _exposure_masks(exposure_flags: np.ndarray, det: _Detections, dilation: int) -> np.ndarray:
+    """CRMASKk: the detections of every exposure, dilated."""
+    return np.stack([dilate(flags, dilation) & det.dilatable for flags in exposure_flags])
+
+
+def _mediancr(det: _Detections, params: CRMaskConfig, shape, exposure_flags: np.ndarray,
+              exposure_masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, dict]:
     la, mmf = det.of("median", det.stats.median2d)
     codes = np.zeros(shape, dtype=np.int8)
-    pairs = _pairs(det, params, exposure_flags)
+    pairs = _pairs(det, params, exposure_flags, exposure_masks)
     if pairs is not None:
         codes[pairs] = 6
     if mmf is not None:
@@ -673,7 +678,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
         exposure_flags |= model_flags & cleanable
-    mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
+    # aligned exposures: the detections are final, and their masks are evidence of pairs
+    crmasks = _exposure_masks(exposure_flags, det, params.dilation) if model_flags is None else None
+    mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, crmasks)
     if model_flags is not None:
         # a coincidence survives in the median of the back-shifted exposures, so the model of its second
         # exposure contained it: rebuild the scene with the lowest value on MEDIANCR and compare again
@@ -683,9 +690,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         det.model_flags |= _model_flags(stack, models, rnoise_e) & ~static_model
         del scene, models
         exposure_flags |= det.model_flags & cleanable
-        mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags)
+        mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
+        crmasks = _exposure_masks(exposure_flags, det, params.dilation)
     timings["mediancr"] = time.perf_counter() - t1
-    result = CRMaskResult(stats, mediancr, codes, mediancr, np.zeros(stack.shape, bool),
+    result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
                           boundaries, expected, sims, flux_details, counts, timings, noise, bad_rows, bad_cols)
     if review is not None:
@@ -705,7 +713,7 @@ def _la_everywhere(params: CRMaskConfig) -> bool:
 
 def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray,
                   exposure_flags: np.ndarray) -> None:
-    """MEANCRT, CRMASKk, MEANCR and the problematic pixels (in place).
+    """MEANCRT, MEANCR and the problematic pixels (in place; CRMASKk are already in ``result``).
 
     CRMASKk are the dilated detections on exposure k.  The guide restricts
     them to MEANCRT; here MEANCRT instead contains every per-exposure detection
@@ -713,13 +721,8 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     subset of MEANCRT without losing the faint single hits that the mean
     dilutes N times.
     """
-    cleanable, d = det.dilatable, params.dilation
-    any_exposure = np.zeros(stack.shape[1:], dtype=bool)
-    for k, flags in enumerate(exposure_flags):
-        any_exposure |= flags
-        result.crmasks[k] = dilate(flags, d) & cleanable
-    mean_flags = det.union("mean", result.stats.mean2d) | any_exposure
-    result.meancrt = dilate(mean_flags, d) & cleanable | result.mediancr
+    mean_flags = det.union("mean", result.stats.mean2d) | exposure_flags.any(axis=0)
+    result.meancrt = dilate(mean_flags, params.dilation) & det.dilatable | result.mediancr
     meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks).value
     if params.uses_la and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
