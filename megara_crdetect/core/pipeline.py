@@ -309,6 +309,13 @@ def _model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np
     return out
 
 
+def _spread_sigmas(stats: StackStats, noise: np.ndarray) -> np.ndarray:
+    """``(max2d - min2d) / noise``: how far the exposures disagree, in noise sigmas."""
+    out = stats.max2d - stats.min2d
+    out /= noise
+    return out
+
+
 def _static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
 
@@ -318,7 +325,7 @@ def _static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) ->
     every pixel within 2 of a sharp one that agrees (10 sigmas above its
     neighbours), plus a 2-pixel frame at the image border.
     """
-    agree = (stats.max2d - stats.min2d) / noise <= RAW_AGREEMENT_SIGMA
+    agree = _spread_sigmas(stats, noise) <= RAW_AGREEMENT_SIGMA
     sharp = agree & ((stats.median2d - floor) / noise > 10)
     out = agree | dilate(sharp, 2)
     out[:2], out[-2:], out[:, :2], out[:, -2:] = True, True, True, True
@@ -367,9 +374,7 @@ def _bad_lines(stats: StackStats, noise: np.ndarray) -> tuple[np.ndarray, np.nda
     thousands of cosmic rays and "repair" it with another exposure's wrong
     values.
     """
-    wild = stats.max2d - stats.min2d
-    wild /= noise
-    wild = wild > 10
+    wild = _spread_sigmas(stats, noise) > 10
     found = []
     for axis in (1, 0):  # rows (count along x), then columns (count along y)
         count = wild.sum(axis=axis)
@@ -612,7 +617,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     rnoise_e = detector.rnoise_e
     factors, flux_details = _flux_factors(stack, params, rnoise_e)
     raw_range = static = None
-    if params.apply_flux_factor_to == "original" and np.any(factors != 1):
+    normalised = params.apply_flux_factor_to == "original" and bool(np.any(factors != 1))
+    if normalised:
         raw_range = stack.max(axis=0) - stack.min(axis=0)
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
@@ -646,7 +652,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
                                     nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
                                     workers=workers, progress=report, spread=spread,
-                                    raw_factors=factors if raw_range is not None else None)
+                                    raw_factors=factors if normalised else None)
         if np.any(offsets != 0):
             static_model = _static_features(stats, floor, noise)
             model_flags = _model_flags(stack, expected_img, rnoise_e) & ~static_model
@@ -664,7 +670,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
                      "the noise model along most of them): columns %s, rows %s (FITS)",
                      _fits_list(bad_cols), _fits_list(bad_rows))
     dilatable = cleanable
-    if raw_range is not None:
+    if normalised:
         # Detector features (hot pixels, bias structure) do not scale with the transparency: where the raw
         # exposures agree within the noise, the flux-normalised ones disagree only because of the factors.
         # Such pixels are not detections, but the dilation around a cosmic ray still covers them (the
