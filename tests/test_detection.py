@@ -31,7 +31,11 @@ CROSSING = {(80, 199): (0, 400, 0), (80, 200): (24, 24, 0), (80, 201): (400, 0, 
 TRIPLE_EQUAL = {(110, 30): (300, 300, 300)}
 TRIPLE_UNEQUAL = {(110, 60): (900, 500, 100)}
 HOT = [(140, 30), (140, 60), (140, 200)]
-EXACT = {**PAIR_WEAK, **CROSSING, **TRIPLE_EQUAL}  # values set without noise
+#: one exposure 30 e- (5.3 sigma) low, and its mirror image, two exposures 30 e- high: the same
+#: median2d - min2d, but only the second raises the median
+DIP = {(20, 150): (0, -30, 0)}
+PAIR_MIRROR = {(50, 150): (30, 30, 0)}
+EXACT = {**PAIR_WEAK, **CROSSING, **TRIPLE_EQUAL, **DIP, **PAIR_MIRROR}  # values set without noise
 
 
 def scene() -> np.ndarray:
@@ -47,7 +51,8 @@ def make_stack(seed: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     truth = scene()
     stack = np.stack([rng.poisson(truth) + rng.normal(0, RNOISE, SHAPE) for _ in range(3)]).astype(np.float32)
-    for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, CROSSING, TRIPLE_EQUAL, TRIPLE_UNEQUAL):
+    for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, CROSSING, TRIPLE_EQUAL, TRIPLE_UNEQUAL, DIP,
+                  PAIR_MIRROR):
         for (r, c), extra in cases.items():
             if (r, c) in EXACT:
                 stack[:, r, c] = truth[r, c]
@@ -78,7 +83,8 @@ def test_single_hits_are_masked_in_their_exposure_only(result):
         assert not result.crmasks[others, r, c].any()
 
 
-@pytest.mark.parametrize("cases", [PAIR_STRONG, PAIR_ON_LINE, TRIPLE_UNEQUAL], ids=["faint", "sky line", "3-of-3"])
+@pytest.mark.parametrize("cases", [PAIR_STRONG, PAIR_ON_LINE, TRIPLE_UNEQUAL, PAIR_MIRROR],
+                         ids=["faint", "sky line", "3-of-3", "faint 5 sigma"])
 def test_coincident_hits_spoiling_the_median_are_found(result, cases):
     for (r, c) in cases:
         assert result.mediancr[r, c]
@@ -115,7 +121,18 @@ def test_no_false_flags_away_from_the_injected_hits(result):
     for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL, {(80, 200): None}):
         for r, c in cases:
             allowed[r - 1:r + 2, c - 1:c + 2] = True
+    (r, c), = PAIR_MIRROR  # L.A.Cosmic groups it with a noisy neighbour, dilated in turn
+    allowed[r - 2:r + 3, c - 2:c + 3] = True
     assert not (result.mediancr & ~allowed).any()
+
+
+def test_noise_dip_of_one_exposure_is_not_a_cosmic_ray(result, monkeypatch):
+    (r, c), = DIP
+    assert not result.mediancr[r - 1:r + 2, c - 1:c + 2].any()
+    # the diagram alone flags it (same median2d - min2d as PAIR_MIRROR): only the neighbours tell
+    import megara_crdetect.core.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "noise_dips", lambda flagged, *args: np.zeros_like(flagged))
+    assert _code(run(), r, c) == "MM"
 
 
 def test_la_group_is_confirmed_by_its_brightest_pixel_only():

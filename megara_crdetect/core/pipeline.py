@@ -31,7 +31,9 @@ Order of operations
    ``la_everywhere``).  MEDIANCR = confirmed LA flags | MM flags | pairs |
    pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel in some
    exposure's detections whose median2d - min2d exceeds ``mm_pair_sigma`` (the
-   second hit of a coincidence; see :func:`_pairs`); an optional review
+   second hit of a coincidence; see :func:`_pairs`), less isolated MM or
+   pair pixels where min2d dipped rather than median2d rose
+   (:func:`~megara_crdetect.core.dips.noise_dips`); an optional review
    callback may remove cosmic-ray groups.  With flux factors divided out of
    the originals, a detection needs raw exposures that disagree, but the
    dilation does not.
@@ -56,6 +58,7 @@ from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
 from .combine import combine, problematic_pixels
+from .dips import noise_dips
 from .fluxfactor import fit_flux_factors
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
@@ -575,6 +578,7 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape, exposure_flags: np.
         codes[la] = np.where(codes[la] == 2, 4, 3)
     if det.static is not None:
         codes[det.static] = 0
+    codes[noise_dips(codes > 0, det.stats, det.noise) & ((codes == 2) | (codes == 6))] = 0
     for x, y in params.pixels_to_be_flagged_as_cr:
         codes[y - 1, x - 1] = 5
     flagged = codes > 0
