@@ -182,6 +182,39 @@ def test_hot_pixel_under_a_scaled_scene_is_not_a_cosmic_ray():
     assert res.mediancr.sum() <= 100  # the cosmic ray, its dilation and a few noise detections (5 sets)
 
 
+def test_equal_hits_in_every_exposure_next_to_unequal_ones_are_not_a_hot_pixel(monkeypatch):
+    """A cosmic ray in all three exposures with equal raw deposits at its core fits f_k * S + H there,
+    like a hot pixel; its neighbour, hit unequally, does not."""
+    import megara_crdetect.core.pipeline as pipeline
+    rng = np.random.default_rng(8)
+    factors = np.array([0.8, 1.0, 1.2], np.float32)
+    truth = factors[:, None, None] * np.full(SHAPE, 2000.0)
+    stack = (rng.poisson(truth) + rng.normal(0, RNOISE, truth.shape)).astype(np.float32)
+    core, edge = (100, 60), (100, 61)
+    stack[:, core[0], core[1]] += 3000.0  # normalised median2d - min2d = 600 e-, 13 sigma
+    stack[:, edge[0], edge[1]] += np.array([300.0, 0.0, 900.0], np.float32)
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=5, flux_factor=factors.tolist())
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert _code(res, *core) == "MM"
+    monkeypatch.setattr(pipeline, "STATIC_BUSY_CHI2", np.inf)  # the neighbour not looked at
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert not res.mediancr[core]
+
+
+def test_crossing_tracks_under_flux_factors_make_a_pair_where_the_raw_exposures_agree():
+    """The grazed pixel of CROSSING with factors 0.8/1.0/1.2: raw values 40/44/24 e- agree within 5
+    sigma (not a detection of its own), normalised 50/44/20 make a pair."""
+    rng = np.random.default_rng(10)
+    factors = np.array([0.8, 1.0, 1.2], np.float32)
+    truth = factors[:, None, None] * np.full(SHAPE, BACKGROUND)
+    stack = (rng.poisson(truth) + rng.normal(0, RNOISE, truth.shape)).astype(np.float32)
+    for (r, c), extra in CROSSING.items():
+        stack[:, r, c] = truth[:, r, c] + np.asarray(extra, np.float32)
+    cfg = CRMaskConfig(crmethod="mm_lacosmic", mm_nsimulations=30, flux_factor=factors.tolist())
+    res = compute_crmasks(stack, cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1)
+    assert _code(res, 80, 200) == "pair"
+
+
 def test_dilation_around_a_cosmic_ray_is_kept_under_flux_factors():
     """The edge of a cosmic ray on a faint scene agrees in the raw exposures; it is dilated all the same."""
     rng = np.random.default_rng(9)

@@ -35,8 +35,8 @@ Order of operations
    pair pixels where min2d dipped rather than median2d rose
    (:func:`~megara_crdetect.core.dips.noise_dips`); an optional review
    callback may remove cosmic-ray groups.  With flux factors divided out of
-   the originals, a detection needs raw exposures that disagree, but the
-   dilation does not.
+   the originals, a detection needs raw exposures that disagree, but a pair
+   and the dilation do not.
 6. CRMASKk = the dilated detections on exposure k; MEANCRT = dilated detections
    on mean2d and on every exposure, plus MEDIANCR (so CRMASKk stays inside
    MEANCRT without the guide's restriction hiding faint single hits);
@@ -96,6 +96,8 @@ BAD_LINE_FRACTION = 0.2
 BAD_LINE_MIN = 50
 #: Static excess (noise sigmas) of a hot pixel under a scene scaled by flux factors.
 STATIC_SIGMA_FLUX = 10.0
+#: chi^2 per degree of freedom of a neighbour that rules out a hot pixel (5 sigma off f_k * S + H)
+STATIC_BUSY_CHI2 = 25.0
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,10 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     noise sigmas above the median of its 8 neighbours; a cosmic ray that
     misses one exposure is not) and its raw values fit a scaled scene plus a
     static offset (least squares per pixel, chi per degree of freedom < 4);
-    a cosmic ray leaves a large residual.  Returned dilated by one pixel.
+    a cosmic ray leaves a large residual, on its core (where the deposits of a
+    cosmic ray hitting every exposure may be about equal) or on a neighbour
+    (``STATIC_BUSY_CHI2``; the core is then not static).  Returned dilated
+    by one pixel.
     """
     f = factors.astype(np.float32)
     fc = f - f.mean()
@@ -362,7 +367,10 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     chi2 /= np.float32(max(raw.shape[0] - 2, 1)) * noise * noise
     low = raw.min(axis=0)
     sharp = (low - mm.local_reference(low)) > STATIC_SIGMA_FLUX * noise
-    return dilate(sharp & (chi2 < 16), 1)
+    # the scene around a hot pixel scales too; a neighbour far off the model is a cosmic ray that hit
+    # this place in every exposure, with about equal deposits at its core
+    busy = dilate(chi2 > STATIC_BUSY_CHI2, 1)
+    return dilate(sharp & (chi2 < 16) & ~busy, 1)
 
 
 def _bad_lines(stats: StackStats, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -522,6 +530,10 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
 
     With offsets, a residual detection of exposure k (its own model) is a
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``.
+
+    With flux factors divided out of the originals a pair needs no raw
+    disagreement of its own (unlike a detection): the evidence above already
+    says that an exposure is hit there.
     """
     if exposure_flags is None or params.mm_pair_sigma <= 0 or not params.uses_mm:
         return None
@@ -529,7 +541,7 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, exposure_flags, exposure_masks, t)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
-    return pairs & det.cleanable
+    return pairs & det.dilatable
 
 
 def _pair_evidence(det: _Detections, exposure_flags: np.ndarray, exposure_masks: np.ndarray | None,
