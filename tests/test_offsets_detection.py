@@ -52,3 +52,22 @@ def test_hot_pixels_do_not_move_and_are_not_cosmic_rays(run):
     assert not (res.mediancr & hot & ~cr_near).any()
     # the moving model cannot describe them exactly: a few neighbour effects remain in the exposure masks
     assert (res.crmasks & (hot & ~cr_near)[None]).any(axis=0).sum() <= 0.1 * hot.sum()
+
+
+def test_coincidences_spoiling_the_median_of_shifted_exposures_are_found():
+    """2-of-3 hits with offsets: a coincidence survives the median of the back-shifted exposures, so
+    the common scene must be cleaned before the models are built from it.  With the coincidence left in
+    the scene (models of both hit exposures containing it, spread inflated around it) 99 of these 110
+    pixels were found; now 107."""
+    sim = simulate_exposures((400, 600), 3, offsets=OFFSETS, cr_fraction=0.005, n_coincident=40,
+                             hot_fraction=2e-4, seed=22)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=5, mm_xy_offsets=[list(o) for o in OFFSETS])
+    res = compute_crmasks(stack, cfg, detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+    sig = np.sqrt(np.maximum(sim.truth, 0) + sim.rnoise_e**2)
+    harmful = (np.median(stack, axis=0) - np.median(sim.expected, axis=0)) / sig > 5
+    pairs = harmful & ((sim.cr_deposit > sig).sum(axis=0) == 2)
+    assert pairs.sum() >= 100
+    assert (res.mediancr & pairs).sum() / pairs.sum() >= 0.95
+    far = ~ndimage.binary_dilation((sim.cr_deposit > sig).any(axis=0), np.ones((3, 3), bool), iterations=2)
+    assert (res.mediancr & far).sum() <= 18  # two noise detections, dilated, at most (as before)

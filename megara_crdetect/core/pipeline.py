@@ -24,9 +24,10 @@ Order of operations
    originals --, offsets), one normalised diagram and one boundary per target (median,
    mean, each exposure), flags above the boundary.  With offsets the
    simulated exposures are the common scene (median of the exposures
-   shifted back with cubic splines) shifted to each offset, and each real
-   exposure is also compared with its own expected image (residual above
-   ``MODEL_SIGMA``), away from detector features that do not move.
+   shifted back with cubic splines, cleaned where they disagree) shifted to
+   each offset, and each real exposure is also compared with its own
+   expected image (residual above ``MODEL_SIGMA``), away from detector
+   features that do not move.
 5. Per-exposure detections (MM on exposure k - min2d, and LA there for
    ``la_everywhere``).  MEDIANCR = confirmed LA flags | MM flags | pairs |
    pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel in some
@@ -98,6 +99,10 @@ BAD_LINE_MIN = 50
 STATIC_SIGMA_FLUX = 10.0
 #: chi^2 per degree of freedom of a neighbour that rules out a hot pixel (5 sigma off f_k * S + H)
 STATIC_BUSY_CHI2 = 25.0
+#: Back-shifted exposures whose median exceeds their minimum by this many noise sigmas hold a coincidence.
+SCENE_PAIR_SIGMA = 5.0
+#: Shifted exposures: the detected hits move the median by this many noise sigmas (see _moved_medians).
+MOVED_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,8 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.
 
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
-                     la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+                     la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray,
+                     noise: np.ndarray) -> np.ndarray:
     """Expected signal of each simulated exposure: the common scene, shifted and scaled.
 
     For aligned exposures the scene is median2d.  With offsets it is the
@@ -253,13 +259,16 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     splines: median2d of unaligned exposures mixes their offsets, and linear
     interpolation blurs line flanks; on simulated sets with half-pixel offsets
     the model error exceeds 1 sigma at 0.2 % of the pixels instead of 10 %.
-    Only pixels confirmed by L.A.Cosmic are replaced by min2d (by the lowest
-    shifted exposure).  A threshold on ``median2d - min2d`` would also "clean"
-    every bright pixel whose exposures legitimately differ (flux factors,
-    offsets) and the simulations would then underestimate exactly the spread
-    they are meant to reproduce.
+    Only pixels confirmed by L.A.Cosmic are replaced by min2d (aligned
+    exposures): a threshold on ``median2d - min2d`` would also "clean" every
+    bright pixel whose exposures legitimately differ (flux factors applied
+    to the simulations, offsets) and the simulations would then
+    underestimate exactly the spread they are meant to reproduce.  Shifted
+    back onto a common grid, the exposures no longer differ that way, and
+    there the threshold is used as well (see :func:`_scene`).
     """
-    return _shifted_models(_scene(stats, stack, la_median, offsets), offsets, _model_factors(factors, params))
+    phi = _model_factors(factors, params)
+    return _shifted_models(_scene(stats, stack, la_median, offsets, noise, phi), offsets, phi)
 
 
 def _model_factors(factors: np.ndarray, params: CRMaskConfig) -> np.ndarray:
@@ -267,19 +276,67 @@ def _model_factors(factors: np.ndarray, params: CRMaskConfig) -> np.ndarray:
     return factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
 
 
-def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None,
-           offsets: np.ndarray) -> np.ndarray:
-    """The common scene (see :func:`_expected_images`), the lowest value where ``suspect``."""
-    if np.any(offsets != 0):
-        back = np.stack([shift_image_spline(stack[k], -dx, -dy) for k, (dx, dy) in enumerate(offsets)])
-        clean = median_of_stack(back)
-        if suspect is not None:
-            clean[suspect] = back.min(axis=0)[suspect]
-        del back
-    else:
+def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
+           noise: np.ndarray, phi) -> np.ndarray:
+    """The common scene (see :func:`_expected_images`), cleaned where ``suspect``.
+
+    Aligned exposures: median2d, min2d where ``suspect``.  Shifted exposures:
+    the median of the exposures shifted back onto a common grid (and divided
+    by ``phi``).  A coincidence survives that median and would sit in every
+    model, hiding its own second hit and inflating the expected spread around
+    it; so pixels where the median exceeds the lowest back-shifted value by
+    ``SCENE_PAIR_SIGMA`` are suspect too.  Suspect pixels and their
+    neighbours take the lowest value, raised to the median of the lowest
+    values around it where it is lower: a noise dip of one exposure must not
+    carve a hole into every model.
+    """
+    if not np.any(offsets != 0):
         clean = stats.median2d.copy() if suspect is None else np.where(suspect, stats.min2d, stats.median2d)
+    else:
+        back = np.stack([shift_image_spline(stack[k], -dx, -dy) / np.float32(f)
+                         for k, ((dx, dy), f) in enumerate(zip(offsets, phi))])
+        clean = median_of_stack(back)
+        low = back.min(axis=0)
+        del back
+        spoiled = (clean - low) > SCENE_PAIR_SIGMA * noise
+        suspect = dilate(spoiled if suspect is None else spoiled | suspect, 1)
+        ys, xs = np.nonzero(suspect)
+        clean[ys, xs] = np.maximum(low[ys, xs], _local_median(low, ys, xs))
     np.maximum(clean, 0, out=clean)
     return clean
+
+
+def _static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Detector features that do not move (hot pixels) among ``where``, and the 2 pixels around them.
+
+    Such a feature stands ``STATIC_SIGMA_FLUX`` noise sigmas above the median
+    of its 8 neighbours in every (unaligned) exposure, by the same amount
+    within 5 sigmas (readout and its own Poisson noise); a coincidence of
+    cosmic rays misses an exposure or differs in its deposits.  The cleaned
+    scene (:func:`_scene`) loses a hot pixel on a line flank, whose
+    exposures differ there, and its models then put every exposure far above
+    them: such places cannot tell whether the median moved.
+    """
+    ys, xs = np.nonzero(where)
+    dy, dx = np.mgrid[-1:2, -1:2]
+    ring = (dy.ravel() != 0) | (dx.ravel() != 0)
+    yy = np.clip(ys[:, None] + dy.ravel()[ring], 0, where.shape[0] - 1)
+    xx = np.clip(xs[:, None] + dx.ravel()[ring], 0, where.shape[1] - 1)
+    excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
+    low, high = excess.min(axis=0), excess.max(axis=0)
+    u = noise[ys, xs]
+    core = (low > STATIC_SIGMA_FLUX * u) & (high - low < 5 * np.sqrt(u * u + np.maximum(low, 0)))
+    out = np.zeros(where.shape, dtype=bool)
+    out[ys[core], xs[core]] = True
+    return dilate(out, 2)
+
+
+def _local_median(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Median of the 3x3 box around each pixel (ys, xs), clipped at the image edges."""
+    dy, dx = np.mgrid[-1:2, -1:2]
+    yy = np.clip(ys[:, None] + dy.ravel(), 0, image.shape[0] - 1)
+    xx = np.clip(xs[:, None] + dx.ravel(), 0, image.shape[1] - 1)
+    return np.median(image[yy, xx], axis=1)
 
 
 def _shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
@@ -312,6 +369,23 @@ def _model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np
     # the spline shifts spread a static feature's error over 2 pixels
     out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
     return out
+
+
+def _moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stats: StackStats,
+                   noise: np.ndarray) -> np.ndarray:
+    """Shifted exposures: where the masked hits move the median by more than ``MOVED_SIGMA``.
+
+    On a line flank the exposures differ systematically, and a single hit
+    can move the median to the next exposure's value.  The median with every
+    masked exposure (CRMASKk) replaced by its own model is what the data
+    would give without the hits it is known to hold; median2d minus that,
+    in noise sigmas, is how far they moved it.  A masked exposure that is
+    not hit moves it by its own noise at most.  ``models`` is overwritten.
+    """
+    np.copyto(models, stack, where=~masks)
+    moved = stats.median2d - median_of_stack(models)
+    moved /= noise
+    return moved > MOVED_SIGMA
 
 
 def _spread_sigmas(stats: StackStats, noise: np.ndarray) -> np.ndarray:
@@ -460,6 +534,8 @@ class _Detections:
         self.inflated = noise if inflated is None else inflated
         self.model_flags = model_flags  # (N, ny, nx) residual detections of shifted exposures
         self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
+        self.untrusted_model = None  # shifted exposures: where the shifted model is not trusted
+        self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
 
@@ -529,7 +605,10 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     pass no ``exposure_masks`` (the CRMASKk, see :func:`_exposure_masks`).
 
     With offsets, a residual detection of exposure k (its own model) is a
-    pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``.
+    pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``,
+    and so is every pixel where the masked hits move the median
+    (``det.moved``, see :func:`_moved_medians`); nothing is a pair where the
+    shifted model is not trusted (``det.untrusted_model``).
 
     With flux factors divided out of the originals a pair needs no raw
     disagreement of its own (unlike a detection): the evidence above already
@@ -541,6 +620,10 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, exposure_flags, exposure_masks, t)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
+    if det.moved is not None:
+        pairs |= det.moved
+    if det.untrusted_model is not None:
+        pairs &= ~det.untrusted_model
     return pairs & det.dilatable
 
 
@@ -660,7 +743,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         if "median" in la_flags:
             la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
                               params.la_confirm_sigma, stats.median2d)
-        expected_img = _expected_images(stats, stack, params, la_med, factors, offsets)
+        expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise)
         spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
         inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
         grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
@@ -696,6 +779,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated,
                       model_flags=model_flags, static=static, dilatable=dilatable)
+    if model_flags is not None:
+        det.untrusted_model = static_model
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
@@ -707,13 +792,15 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         # a coincidence survives in the median of the back-shifted exposures, so the model of its second
         # exposure contained it: rebuild the scene with the lowest value on MEDIANCR and compare again
         suspect = mediancr if la_med is None else mediancr | la_med
-        scene = _scene(stats, stack, suspect, offsets)
-        models = _shifted_models(scene, offsets, _model_factors(factors, params))
+        phi = _model_factors(factors, params)
+        models = _shifted_models(_scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
         det.model_flags |= _model_flags(stack, models, rnoise_e) & ~static_model
-        del scene, models
         exposure_flags |= det.model_flags & cleanable
-        mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
         crmasks = _exposure_masks(exposure_flags, det, params.dilation)
+        det.moved = _moved_medians(stack, models, crmasks, stats, noise)
+        det.moved &= ~_static_cores(stack, noise, dilate(det.moved, 2))
+        del models
+        mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
     timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
