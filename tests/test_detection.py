@@ -35,7 +35,10 @@ HOT = [(140, 30), (140, 60), (140, 200)]
 #: median2d - min2d, but only the second raises the median
 DIP = {(20, 150): (0, -30, 0)}
 PAIR_MIRROR = {(50, 150): (30, 30, 0)}
-EXACT = {**PAIR_WEAK, **CROSSING, **TRIPLE_EQUAL, **DIP, **PAIR_MIRROR}  # values set without noise
+#: a 2-of-3 coincidence (200 and 35 e-) whose clean exposure is 25 e- (4.5 sigma) high by noise:
+#: median2d - min2d = 10 e- (1.8 sigma), but median2d stands 35 e- (6 sigma) above the level
+RAISED = {(140, 120): (25, 200, 35)}
+EXACT = {**PAIR_WEAK, **CROSSING, **TRIPLE_EQUAL, **DIP, **PAIR_MIRROR, **RAISED}  # values set without noise
 
 
 def scene() -> np.ndarray:
@@ -52,7 +55,7 @@ def make_stack(seed: int = 3) -> np.ndarray:
     truth = scene()
     stack = np.stack([rng.poisson(truth) + rng.normal(0, RNOISE, SHAPE) for _ in range(3)]).astype(np.float32)
     for cases in (SINGLE, PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, CROSSING, TRIPLE_EQUAL, TRIPLE_UNEQUAL, DIP,
-                  PAIR_MIRROR):
+                  PAIR_MIRROR, RAISED):
         for (r, c), extra in cases.items():
             if (r, c) in EXACT:
                 stack[:, r, c] = truth[r, c]
@@ -118,7 +121,7 @@ def test_hot_pixels_and_identical_hits_are_not_cosmic_rays(result):
 
 def test_no_false_flags_away_from_the_injected_hits(result):
     allowed = np.zeros(SHAPE, bool)
-    for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL, {(80, 200): None}):
+    for cases in (PAIR_STRONG, PAIR_ON_LINE, PAIR_WEAK, TRIPLE_UNEQUAL, RAISED, {(80, 200): None}):
         for r, c in cases:
             allowed[r - 1:r + 2, c - 1:c + 2] = True
     (r, c), = PAIR_MIRROR  # L.A.Cosmic groups it with a noisy neighbour, dilated in turn
@@ -133,6 +136,15 @@ def test_noise_dip_of_one_exposure_is_not_a_cosmic_ray(result, monkeypatch):
     import megara_crdetect.core.pipeline as pipeline
     monkeypatch.setattr(pipeline, "noise_dips", lambda flagged, *args: np.zeros_like(flagged))
     assert _code(run(), r, c) == "MM"
+
+
+def test_coincidence_with_a_high_clean_exposure_is_found_by_its_raised_median(result, monkeypatch):
+    (r, c), = RAISED
+    assert _code(result, r, c) == "pair"
+    assert result.mediancr[r - 1:r + 2, c - 1:c + 2].all()
+    import megara_crdetect.core.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "raised_medians", lambda where, *args: np.zeros_like(where))
+    assert not run().mediancr[r, c]  # median2d - min2d alone does not show it
 
 
 def test_la_group_is_confirmed_by_its_brightest_pixel_only():

@@ -32,9 +32,12 @@ Order of operations
    ``la_everywhere``).  MEDIANCR = confirmed LA flags | MM flags | pairs |
    pixels_to_be_flagged_as_cr, dilated, where a *pair* is a pixel in some
    exposure's detections whose median2d - min2d exceeds ``mm_pair_sigma`` (the
-   second hit of a coincidence; see :func:`_pairs`), less isolated MM or
+   second hit of a coincidence; see :func:`_pairs`) or, for aligned
+   exposures, a pixel in some CRMASKk whose median2d stands above the clean
+   level of its neighbours
+   (:func:`~megara_crdetect.core.locallevel.raised_medians`), less isolated MM or
    pair pixels where min2d dipped rather than median2d rose
-   (:func:`~megara_crdetect.core.dips.noise_dips`); an optional review
+   (:func:`~megara_crdetect.core.locallevel.noise_dips`); an optional review
    callback may remove cosmic-ray groups.  With flux factors divided out of
    the originals, a detection needs raw exposures that disagree, but a pair
    and the dilation do not.
@@ -59,7 +62,7 @@ from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
 from .combine import combine, problematic_pixels
-from .dips import noise_dips
+from .locallevel import noise_dips, raised_medians, typical_spread
 from .fluxfactor import fit_flux_factors
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
@@ -602,7 +605,10 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
 
     The first and third are not used for shifted exposures (next to line
     flanks the masks of two exposures overlap without any cosmic ray), which
-    pass no ``exposure_masks`` (the CRMASKk, see :func:`_exposure_masks`).
+    pass no ``exposure_masks`` (the CRMASKk, see :func:`_exposure_masks`);
+    nor is the raised-median test, which adds, for aligned exposures, the
+    pixels of CRMASKk whose median2d stands above the clean level of their
+    neighbours (:func:`~megara_crdetect.core.locallevel.raised_medians`).
 
     With offsets, a residual detection of exposure k (its own model) is a
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``,
@@ -618,6 +624,9 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
         return None
     t = _normalised(det.stats.median2d, det.stats, det.inflated)
     pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, exposure_flags, exposure_masks, t)
+    if exposure_masks is not None:  # aligned exposures: the neighbours' min2d gives the clean level
+        offset = typical_spread(det.stats, det.noise)
+        pairs |= raised_medians(exposure_masks.any(axis=0), det.stats, det.noise, offset)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
     if det.moved is not None:

@@ -1,10 +1,10 @@
-"""The noise-dip test on hand-made stack statistics."""
+"""The local-level tests (noise dips, raised medians) on hand-made stack statistics."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from megara_crdetect.core.dips import noise_dips
+from megara_crdetect.core.locallevel import noise_dips, raised_medians
 from megara_crdetect.core.stack import StackStats
 
 SIGMA = 5.0
@@ -45,3 +45,40 @@ def test_groups_edges_and_busy_neighbourhoods_are_never_dips():
     assert not noise_dips(grouped, stats, noise).any()  # a group of two pixels
     busy = stats_on_gradient({dip: (0, -6 * SIGMA, 0)}, {(3, 3): (0, 0, 6 * SIGMA)})
     assert not noise_dips(candidates, busy, noise)[dip]  # a hit next to it: the level is not trusted
+
+
+def stats_of(stack):
+    s = np.sort(stack, axis=0)
+    return StackStats(min2d=s[0], max2d=s[-1], median2d=s[1], mean2d=stack.mean(axis=0))
+
+
+def line_stack(shape=(9, 9)):
+    """Three equal exposures of a sharp line along the columns (peak 2000 e- at column 4)."""
+    x = np.arange(shape[1])[None, :]
+    scene = 20.0 + 2000.0 * np.exp(-0.5 * ((x - 4) / 0.8) ** 2) * np.ones((shape[0], 1))
+    return np.stack([scene] * 3).astype(np.float32)
+
+
+def test_raised_median_is_found_where_median2d_minus_min2d_is_small():
+    stack = line_stack()
+    # on the line peak, sharp across the line but level along it: 2-of-3, the clean exposure high by noise
+    stack[:, 4, 4] += np.array([4.5, 36.0, 6.0], np.float32) * SIGMA
+    stats = stats_of(stack)
+    noise = np.full(stack.shape[1:], SIGMA, np.float32)
+    where = np.ones(stack.shape[1:], bool)
+    out = raised_medians(where, stats, noise, offset=0.0)
+    assert out[4, 4]
+    assert out.sum() == 1  # the rest of the line is not raised
+    assert not raised_medians(where & ~out, stats, noise, offset=0.0).any()  # only where told to look
+
+
+def test_hot_pixels_and_clusters_are_not_raised_medians():
+    stack = line_stack()
+    stack[:, 2, 1] += 100 * SIGMA  # a hot pixel: the same in every exposure
+    stack[:, 6, 1] += 100 * SIGMA  # a cluster of two
+    stack[:, 7, 2] += 100 * SIGMA
+    noise = np.full(stack.shape[1:], SIGMA, np.float32)
+    where = np.ones(stack.shape[1:], bool)
+    assert not raised_medians(where, stats_of(stack), noise, offset=0.0).any()
+    stack[:, 2, 1] += np.array([0.0, 10.0, 20.0], np.float32) * SIGMA  # hit in all three, unequally
+    assert raised_medians(where, stats_of(stack), noise, offset=0.0)[2, 1]

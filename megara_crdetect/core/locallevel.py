@@ -1,0 +1,148 @@
+"""The local level around a pixel, from its neighbours: noise dips and raised medians.
+
+Both functions judge a pixel of an aligned stack against the level its eight
+neighbours give, where the per-pixel diagram (median2d - min2d) cannot.
+
+Noise dips
+----------
+Isolated pixels where median2d - min2d is large because min2d is low.  The MM diagram of the median measures ``median2d - min2d``.  A pixel hit in
+two of three exposures raises ``median2d``; a pixel where one exposure falls
+a few sigmas below its level by noise lowers ``min2d`` and gives the same
+diagram value.  The diagram cannot tell them apart (the simulations reproduce
+the dips, and the boundary lets about one per column through), but the
+neighbours can: a cosmic-ray pair puts ``median2d`` further above the local
+level than ``min2d`` falls below it; a dip does the opposite.
+
+Only single-pixel detections whose eight neighbours lie inside the image and
+are quiet (the exposures agree there within ``QUIET_SIGMA`` noise sigmas, so
+no cosmic ray raises them) are judged.  The local level is the median of the
+four means of opposite neighbours (the linear interpolations through the
+pixel along the row, the column and both diagonals), which follows a
+gradient or a line flank where the plain median of the neighbours would not.
+
+Raised medians
+--------------
+Where an exposure is known to be hit, the median may be spoiled although
+median2d - min2d is small: a 2-of-3 coincidence whose clean exposure is high
+by noise, or a coincidence in all exposures (min2d is spoiled too).  min2d of
+the neighbours is clean wherever not every exposure is hit there, so the
+highest of the four means of opposite neighbours' min2d (along the flattest
+line through the pixel: along a sky line or a trace it follows the line), plus
+the typical median2d - min2d of the image, is the level a clean median would
+have.  median2d more than ``RAISED_SIGMA`` noise sigmas above it is raised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .masks import keep_groups_with, label_groups
+from .stack import StackStats
+
+__all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "noise_dips", "raised_medians"]
+
+#: A neighbourhood is quiet when (max2d - min2d) / noise stays below this at every neighbour.
+QUIET_SIGMA = 5.0
+
+#: median2d above the local level of a clean median, in noise sigmas, for a raised median
+RAISED_SIGMA = 5.0
+#: exposures agree within this many noise sigmas on a hot pixel
+AGREE_SIGMA = 5.0
+
+#: neighbour k and neighbour 7 - k are opposite through the pixel
+_NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
+               quiet_sigma: float = QUIET_SIGMA) -> np.ndarray:
+    """Candidates that are noise dips of ``min2d`` rather than raised medians.
+
+    Parameters
+    ----------
+    candidates : ndarray of bool, shape (ny, nx)
+        Pixels flagged on the median; groups of more than one pixel
+        (8-connected) are never dips.
+    stats : StackStats
+        Stack statistics (``median2d``, ``min2d``, ``max2d``).
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma (electrons).
+    quiet_sigma : float
+        Largest ``(max2d - min2d) / noise`` of a quiet neighbour.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        Isolated candidates in a quiet neighbourhood whose ``median2d`` stands
+        less above the local level than ``min2d`` falls below it.
+    """
+    labels, n = label_groups(candidates)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    single = candidates & (sizes[labels] == 1)
+    single[[0, -1], :] = False
+    single[:, [0, -1]] = False
+    ys, xs = np.nonzero(single)
+    out = np.zeros(candidates.shape, dtype=bool)
+    if ys.size == 0:
+        return out
+    yy, xx = ys[:, None] + _NEIGHBOURS[:, 0], xs[:, None] + _NEIGHBOURS[:, 1]
+    around = stats.median2d[yy, xx]
+    level = np.median(0.5 * (around[:, :4] + around[:, :3:-1]), axis=1)
+    spread = (stats.max2d[yy, xx] - stats.min2d[yy, xx]) / noise[yy, xx]
+    quiet = spread.max(axis=1) < quiet_sigma
+    median, low = stats.median2d[ys, xs], stats.min2d[ys, xs]
+    dip = quiet & (median - level < level - low)
+    out[ys[dip], xs[dip]] = True
+    return out
+
+
+def _inner(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the True pixels of ``mask`` that have 8 neighbours."""
+    inner = mask.copy()
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    return np.nonzero(inner)
+
+
+def typical_spread(stats: StackStats, noise: np.ndarray, step: int = 7) -> float:
+    """Median of (median2d - min2d) / noise over every ``step``-th pixel (the noise-only offset)."""
+    sub = (slice(None, None, step), slice(None, None, step))
+    return float(np.median((stats.median2d[sub] - stats.min2d[sub]) / noise[sub]))
+
+
+def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offset: float,
+                   raised_sigma: float = RAISED_SIGMA) -> np.ndarray:
+    """Pixels of ``where`` whose median2d stands above the clean level of their neighbours.
+
+    Parameters
+    ----------
+    where : ndarray of bool, shape (ny, nx)
+        Pixels to judge (where some exposure is known to be hit).
+    stats : StackStats
+        Stack statistics of aligned exposures (``median2d``, ``min2d``, ``max2d``).
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma (electrons); the median of the
+        neighbours' is used.
+    offset : float
+        Typical ``(median2d - min2d) / noise`` of noise (:func:`typical_spread`).
+    raised_sigma : float
+        Excess over the level, in noise sigmas.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        Raised pixels, in groups (8-connected) where the exposures of at
+        least one pixel differ by more than ``AGREE_SIGMA``: hot pixels and
+        their clusters are as sharp in min2d, but identical in every exposure.
+    """
+    ys, xs = _inner(where)
+    out = np.zeros(where.shape, dtype=bool)
+    if ys.size == 0:
+        return out
+    yy, xx = ys[:, None] + _NEIGHBOURS[:, 0], xs[:, None] + _NEIGHBOURS[:, 1]
+    low = stats.min2d[yy, xx]
+    level = (0.5 * (low[:, :4] + low[:, :3:-1])).max(axis=1)
+    u = np.median(noise[yy, xx], axis=1)  # the pixel's own noise scale follows its (possibly hit) min2d
+    level += np.float32(offset) * u
+    hit = stats.median2d[ys, xs] - level > raised_sigma * u
+    out[ys[hit], xs[hit]] = True
+    return keep_groups_with(out, out & (stats.max2d - stats.min2d > AGREE_SIGMA * noise))
