@@ -692,6 +692,92 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape, exposure_flags: np.
     return mask, codes, counts
 
 
+@dataclass
+class _MMStage:
+    """What the MMcosmic stage hands on (defaults: MMcosmic not run)."""
+
+    inflated: np.ndarray  # noise inflated by the expected spread of unequal exposures
+    boundaries: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)  # false MM detections expected from noise, per diagram
+    sims: mm.SimulatedDiagrams | None = None
+    la_med: np.ndarray | None = None  # L.A.Cosmic detections on median2d, confirmed
+    model_flags: np.ndarray | None = None  # shifted exposures: residuals against their own model
+    static_model: np.ndarray | None = None  # shifted exposures: where the shifted model is not trusted
+
+
+def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
+              workers, progress) -> _MMStage:
+    """Simulated diagrams, boundaries and (with offsets) the residual detections of every exposure."""
+    n = stack.shape[0]
+    la_med = None
+    if "median" in la_flags:
+        la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
+                          params.la_confirm_sigma, stats.median2d)
+    expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise)
+    spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
+    inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
+    grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
+    report = (lambda d, t: progress("simulations", d, t)) if progress else None
+    sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
+                                nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
+                                workers=workers, progress=report, spread=spread,
+                                raw_factors=factors if normalised else None)
+    out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
+    if np.any(offsets != 0):
+        out.static_model = _static_features(stats, floor, noise)
+        out.model_flags = _model_flags(stack, expected_img, rnoise_e) & ~out.static_model
+    del expected_img, spread
+    out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
+    _log.info("expected false MM detections from noise alone: %s",
+              ", ".join(f"{k} {v:.2f}" for k, v in out.expected.items()))
+    return out
+
+
+def _detection_map(cleanable: np.ndarray, bad_rows: np.ndarray, bad_cols: np.ndarray,
+                   raw_range: np.ndarray | None, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where detections may be made and where dilation may reach (both without defective lines).
+
+    With flux factors divided out of the originals (``raw_range`` given, the
+    raw max - min): detector features (hot pixels, bias structure) do not
+    scale with the transparency, so where the raw exposures agree within
+    ``RAW_AGREEMENT_SIGMA`` the normalised ones disagree only because of the
+    factors.  Such pixels are not detections, but the dilation around a
+    cosmic ray still covers them (the edge of an event hit in every exposure
+    agrees in the raw exposures as well).
+    """
+    if bad_rows.size or bad_cols.size:
+        cleanable[bad_rows, :] = False
+        cleanable[:, bad_cols] = False
+        _log.warning("left out of the detection as defective detector lines (exposures disagree far beyond "
+                     "the noise model along most of them): columns %s, rows %s (FITS)",
+                     _fits_list(bad_cols), _fits_list(bad_rows))
+    if raw_range is None:
+        return cleanable, cleanable
+    raw_range /= noise
+    return cleanable & (raw_range > RAW_AGREEMENT_SIGMA), cleanable
+
+
+def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarray, exposure_flags: np.ndarray,
+                         factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Shifted exposures, once MEDIANCR is known: compare with cleaner models, find moved medians.
+
+    A coincidence that survived the scene's cleaning is in ``suspect``
+    (MEDIANCR and confirmed L.A.Cosmic detections): the scene is rebuilt
+    with those cleaned too, every exposure is compared with its model again
+    (``exposure_flags`` and ``det.model_flags`` grow in place) and
+    ``det.moved`` is set (see :func:`_moved_medians`).  Returns the CRMASKk.
+    """
+    params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
+    phi = _model_factors(factors, params)
+    models = _shifted_models(_scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
+    det.model_flags |= _model_flags(stack, models, rnoise_e) & ~det.untrusted_model
+    exposure_flags |= det.model_flags & det.cleanable
+    crmasks = _exposure_masks(exposure_flags, det, params.dilation)
+    det.moved = _moved_medians(stack, models, crmasks, stats, noise)
+    det.moved &= ~_static_cores(stack, noise, dilate(det.moved, 2))
+    return crmasks
+
+
 def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
                     workers: int | None = None, progress: Progress | None = None,
                     review: Callable[[CRMaskResult], np.ndarray] | None = None) -> CRMaskResult:
@@ -744,76 +830,38 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
         timings["lacosmic"] = time.perf_counter() - t1
 
-    boundaries, expected, sims, inflated, model_flags, la_med = {}, {}, None, noise, None, None
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
+    mms = _MMStage(inflated=noise)
     if params.uses_mm:
         t1 = time.perf_counter()
-        la_med = None
-        if "median" in la_flags:
-            la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
-                              params.la_confirm_sigma, stats.median2d)
-        expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise)
-        spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
-        inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
-        grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
-        report = (lambda d, t: progress("simulations", d, t)) if progress else None
-        sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
-                                    nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
-                                    workers=workers, progress=report, spread=spread,
-                                    raw_factors=factors if normalised else None)
-        if np.any(offsets != 0):
-            static_model = _static_features(stats, floor, noise)
-            model_flags = _model_flags(stack, expected_img, rnoise_e) & ~static_model
-        del expected_img, floor, spread
-        boundaries, expected = _mm_boundaries(sims, params, rnoise_e)
+        mms = _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
+                        workers, progress)
         timings["mmcosmic"] = time.perf_counter() - t1
-        _log.info("expected false MM detections from noise alone: %s",
-                  ", ".join(f"{k} {v:.2f}" for k, v in expected.items()))
+    del floor
 
-    bad_rows, bad_cols = _bad_lines(stats, inflated)
-    if bad_rows.size or bad_cols.size:
-        cleanable[bad_rows, :] = False
-        cleanable[:, bad_cols] = False
-        _log.warning("left out of the detection as defective detector lines (exposures disagree far beyond "
-                     "the noise model along most of them): columns %s, rows %s (FITS)",
-                     _fits_list(bad_cols), _fits_list(bad_rows))
-    dilatable = cleanable
-    if normalised:
-        # Detector features (hot pixels, bias structure) do not scale with the transparency: where the raw
-        # exposures agree within the noise, the flux-normalised ones disagree only because of the factors.
-        # Such pixels are not detections, but the dilation around a cosmic ray still covers them (the
-        # edge of an event hit in every exposure agrees in the raw exposures as well).
-        raw_range /= noise
-        cleanable = cleanable & (raw_range > RAW_AGREEMENT_SIGMA)
-        del raw_range
-    det = _Detections(stats, noise, params, detector, la_flags, boundaries, cleanable, sims, inflated,
-                      model_flags=model_flags, static=static, dilatable=dilatable)
-    if model_flags is not None:
-        det.untrusted_model = static_model
+    bad_rows, bad_cols = _bad_lines(stats, mms.inflated)
+    cleanable, dilatable = _detection_map(cleanable, bad_rows, bad_cols, raw_range, noise)
+    del raw_range
+    det = _Detections(stats, noise, params, detector, la_flags, mms.boundaries, cleanable, mms.sims, mms.inflated,
+                      model_flags=mms.model_flags, static=static, dilatable=dilatable)
+    det.untrusted_model = mms.static_model
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
-    if model_flags is not None:  # shifted exposures: residuals against their own model count as detections
-        exposure_flags |= model_flags & cleanable
+    shifted = mms.model_flags is not None
+    if shifted:  # residuals against their own model count as detections
+        exposure_flags |= mms.model_flags & cleanable
     # aligned exposures: the detections are final, and their masks are evidence of pairs
-    crmasks = _exposure_masks(exposure_flags, det, params.dilation) if model_flags is None else None
+    crmasks = None if shifted else _exposure_masks(exposure_flags, det, params.dilation)
     mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, crmasks)
-    if model_flags is not None:
-        # a coincidence survives in the median of the back-shifted exposures, so the model of its second
-        # exposure contained it: rebuild the scene with the lowest value on MEDIANCR and compare again
-        suspect = mediancr if la_med is None else mediancr | la_med
-        phi = _model_factors(factors, params)
-        models = _shifted_models(_scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
-        det.model_flags |= _model_flags(stack, models, rnoise_e) & ~static_model
-        exposure_flags |= det.model_flags & cleanable
-        crmasks = _exposure_masks(exposure_flags, det, params.dilation)
-        det.moved = _moved_medians(stack, models, crmasks, stats, noise)
-        det.moved &= ~_static_cores(stack, noise, dilate(det.moved, 2))
-        del models
+    if shifted:
+        suspect = mediancr if mms.la_med is None else mediancr | mms.la_med
+        crmasks = _shifted_second_pass(det, stack, suspect, exposure_flags, factors, offsets)
         mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
     timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
-                          boundaries, expected, sims, flux_details, counts, timings, noise, bad_rows, bad_cols)
+                          mms.boundaries, mms.expected, mms.sims, flux_details, counts, timings, noise,
+                          bad_rows, bad_cols)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
