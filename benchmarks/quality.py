@@ -8,6 +8,10 @@ side, the figures defined in issue 3:
 * truth = mean of the noise-free exposures; sigma = sqrt(truth + rnoise^2) (e-);
 * residuals = pixels where combined - truth > 5 sigma, where for shifted exposures
   "truth" is the same combination (same masks) of the noise-free exposures;
+  ``residuals_mediancr_cleanmin`` compares mediancr instead with the lowest noise-free
+  value among the exposures the cosmic rays left clean (< 1 sigma) on MEDIANCR: with
+  offsets, the noise-free minimum of all exposures is often that of the exposure the
+  cosmic ray hit, which no repair from the data can give (identical for aligned sets);
 * oracle = per pixel, mean of the exposures whose CR deposit is < 1 sigma (their
   minimum where none);
 * robust noise = 1.4826 * MAD of (combined - truth) / sigma;
@@ -80,6 +84,17 @@ def noise_free_combination(sim, masks, name: str) -> np.ndarray:
                    meancrt=masks.meancrt, crmasks=masks.crmasks, meancr_mask=masks.meancr).value
 
 
+def clean_minimum(sim, sig) -> np.ndarray:
+    """Per pixel, the lowest noise-free (normalised) value of the exposures with CR deposit < 1 sigma.
+
+    Where every exposure is hit, the lowest of all.
+    """
+    expected = expected_normalised(sim)
+    clean = sim.cr_deposit < sig[None]
+    lowest_clean = np.where(clean, expected, np.inf).min(axis=0)
+    return np.where(clean.any(axis=0), lowest_clean, expected.min(axis=0)).astype(np.float32)
+
+
 def metrics(sim, outdir: Path, *, oracle: dict, truth, sig, cr_any, harmful) -> dict:
     out = {}
     masks = read_crmasks(outdir / "crmasks.fits", sim.exposures.shape[0], sim.exposures.shape[1:])
@@ -103,6 +118,10 @@ def metrics(sim, outdir: Path, *, oracle: dict, truth, sig, cr_any, harmful) -> 
         z = (value - noise_free_combination(sim, masks, name)) / sig
         out[f"residuals_{name}"] = int((z > 5).sum())
         out[f"noise_{name}"] = float(1.4826 * np.median(np.abs(z - np.median(z))))
+        if name == "mediancr":
+            nf = combine(expected_normalised(sim), name, rnoise_e=sim.rnoise_e, mediancr=masks.mediancr,
+                         replacement=clean_minimum(sim, sig)).value
+            out["residuals_mediancr_cleanmin"] = int(((value - nf) / sig > 5).sum())
     return out
 
 
@@ -141,23 +160,28 @@ def check_bars(ours: dict, oracle: dict) -> list[str]:
          f"{ours['far_false_flags']} px = {ours['far_false_fraction']:.2e}"),
         ("hot pixels not flagged", ours["hot_pixels_flagged"] == 0, f"{ours['hot_pixels_flagged']}"),
     ]
-    return [f"  [{'PASS' if ok else 'FAIL'}] {text}: {value}" for text, ok, value in rows]
+    lines = [f"  [{'PASS' if ok else 'FAIL'}] {text}: {value}" for text, ok, value in rows]
+    if "residuals_mediancr_cleanmin" in ours and ours["residuals_mediancr_cleanmin"] != ours["residuals_mediancr"]:
+        lines.append(f"  [INFO] mediancr residuals against the lowest clean noise-free exposure: "
+                     f"{ours['residuals_mediancr_cleanmin']} (bar {3 * oracle['residuals'] + 5})")
+    return lines
 
 
 def print_table(oracle: dict, results: dict) -> None:
     names = list(results)
     keys = ["status", "wall_s", "peak_rss_mb", "mediancr_pixels", "recall_harmful", "recall_harmful_some",
             "recall_harmful_every", "harmful_hit_in_every_exposure", "far_false_flags",
-            "hot_pixels_flagged"] + [f"residuals_{c}" for c in COMBOS] + [f"noise_{c}" for c in COMBOS]
+            "hot_pixels_flagged"] + [f"residuals_{c}" for c in COMBOS] + ["residuals_mediancr_cleanmin"] + [
+            f"noise_{c}" for c in COMBOS]
     print(f"oracle: residuals {oracle['residuals']}, robust noise {oracle['noise']:.4f}; "
           f"harmful pixels (plain median) {oracle['harmful_pixels']}")
-    print(f"{'figure':24s}" + "".join(f"{n:>16s}" for n in names))
+    print(f"{'figure':28s}" + "".join(f"{n:>16s}" for n in names))
     for key in keys:
         cells = []
         for n in names:
             v = results[n].get(key)
             cells.append(f"{'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v):>16}")
-        print(f"{key:24s}" + "".join(cells))
+        print(f"{key:28s}" + "".join(cells))
     if "ref" in results and "ours" in results:
         r, o = results["ref"], results["ours"]
         print(f"ratios ours/reference: wall {o['wall_s'] / r['wall_s']:.3f}"
