@@ -39,7 +39,7 @@ import numpy as np
 from .masks import keep_groups_with, label_groups
 from .stack import StackStats
 
-__all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "noise_dips", "raised_medians"]
+__all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "typical_spread"]
 
 #: A neighbourhood is quiet when (max2d - min2d) / noise stays below this at every neighbour.
 QUIET_SIGMA = 5.0
@@ -51,6 +51,22 @@ AGREE_SIGMA = 5.0
 
 #: neighbour k and neighbour 7 - k are opposite through the pixel
 _NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+_BOX = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+
+
+def neighbour_index(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], *,
+                    centre: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices, shape (m, 8), of the 8 neighbours of the pixels (ys, xs).
+
+    Neighbour k and neighbour 7 - k are opposite through the pixel.  With
+    ``centre`` the 3x3 box, shape (m, 9), pixel included.  Indices are
+    clipped at the image edges (the edge pixel stands in for the missing
+    neighbours).
+    """
+    step = _BOX if centre else _NEIGHBOURS
+    yy = np.clip(ys[:, None] + step[:, 0], 0, shape[0] - 1)
+    xx = np.clip(xs[:, None] + step[:, 1], 0, shape[1] - 1)
+    return yy, xx
 
 
 def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
@@ -84,7 +100,7 @@ def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
     out = np.zeros(candidates.shape, dtype=bool)
     if ys.size == 0:
         return out
-    yy, xx = ys[:, None] + _NEIGHBOURS[:, 0], xs[:, None] + _NEIGHBOURS[:, 1]
+    yy, xx = neighbour_index(ys, xs, candidates.shape)
     around = stats.median2d[yy, xx]
     level = np.median(0.5 * (around[:, :4] + around[:, :3:-1]), axis=1)
     spread = (stats.max2d[yy, xx] - stats.min2d[yy, xx]) / noise[yy, xx]
@@ -138,7 +154,7 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
     out = np.zeros(where.shape, dtype=bool)
     if ys.size == 0:
         return out
-    yy, xx = ys[:, None] + _NEIGHBOURS[:, 0], xs[:, None] + _NEIGHBOURS[:, 1]
+    yy, xx = neighbour_index(ys, xs, where.shape)
     low = stats.min2d[yy, xx]
     level = (0.5 * (low[:, :4] + low[:, :3:-1])).max(axis=1)
     u = np.median(noise[yy, xx], axis=1)  # the pixel's own noise scale follows its (possibly hit) min2d

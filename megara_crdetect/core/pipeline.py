@@ -62,7 +62,7 @@ from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
 from .combine import combine, problematic_pixels
-from .locallevel import noise_dips, raised_medians, typical_spread
+from .locallevel import neighbour_index, noise_dips, raised_medians, typical_spread
 from .fluxfactor import fit_flux_factors
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
@@ -321,10 +321,7 @@ def _static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np
     them: such places cannot tell whether the median moved.
     """
     ys, xs = np.nonzero(where)
-    dy, dx = np.mgrid[-1:2, -1:2]
-    ring = (dy.ravel() != 0) | (dx.ravel() != 0)
-    yy = np.clip(ys[:, None] + dy.ravel()[ring], 0, where.shape[0] - 1)
-    xx = np.clip(xs[:, None] + dx.ravel()[ring], 0, where.shape[1] - 1)
+    yy, xx = neighbour_index(ys, xs, where.shape)
     excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
     low, high = excess.min(axis=0), excess.max(axis=0)
     u = noise[ys, xs]
@@ -336,9 +333,7 @@ def _static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np
 
 def _local_median(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Median of the 3x3 box around each pixel (ys, xs), clipped at the image edges."""
-    dy, dx = np.mgrid[-1:2, -1:2]
-    yy = np.clip(ys[:, None] + dy.ravel(), 0, image.shape[0] - 1)
-    xx = np.clip(xs[:, None] + dx.ravel(), 0, image.shape[1] - 1)
+    yy, xx = neighbour_index(ys, xs, image.shape, centre=True)
     return np.median(image[yy, xx], axis=1)
 
 
