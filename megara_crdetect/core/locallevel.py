@@ -5,8 +5,9 @@ neighbours give, where the per-pixel diagram (median2d - min2d) cannot.
 
 Noise dips
 ----------
-Isolated pixels where median2d - min2d is large because min2d is low.  The MM diagram of the median measures ``median2d - min2d``.  A pixel hit in
-two of three exposures raises ``median2d``; a pixel where one exposure falls
+Isolated pixels where median2d - min2d is large because min2d is low.  The MM
+diagram of the median measures ``median2d - min2d``.  A pixel hit in two of
+three exposures raises ``median2d``; a pixel where one exposure falls
 a few sigmas below its level by noise lowers ``min2d`` and gives the same
 diagram value.  The diagram cannot tell them apart (the simulations reproduce
 the dips, and the boundary lets about one per column through), but the
@@ -37,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from .masks import keep_groups_with, label_groups
-from .stack import StackStats
+from .stack import AGREEMENT_SIGMA, StackStats
 
 __all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "typical_spread"]
 
@@ -46,8 +47,6 @@ QUIET_SIGMA = 5.0
 
 #: median2d above the local level of a clean median, in noise sigmas, for a raised median
 RAISED_SIGMA = 5.0
-#: exposures agree within this many noise sigmas on a hot pixel
-AGREE_SIGMA = 5.0
 
 #: neighbour k and neighbour 7 - k are opposite through the pixel
 _NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
@@ -147,7 +146,7 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
     -------
     ndarray of bool, shape (ny, nx)
         Raised pixels, in groups (8-connected) where the exposures of at
-        least one pixel differ by more than ``AGREE_SIGMA``: hot pixels and
+        least one pixel differ by more than ``AGREEMENT_SIGMA``: hot pixels and
         their clusters are as sharp in min2d, but identical in every exposure.
     """
     ys, xs = _inner(where)
@@ -161,4 +160,4 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
     level += np.float32(offset) * u
     hit = stats.median2d[ys, xs] - level > raised_sigma * u
     out[ys[hit], xs[hit]] = True
-    return keep_groups_with(out, out & (stats.max2d - stats.min2d > AGREE_SIGMA * noise))
+    return keep_groups_with(out, out & (stats.max2d - stats.min2d > AGREEMENT_SIGMA * noise))

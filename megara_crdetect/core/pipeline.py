@@ -61,13 +61,14 @@ from scipy import ndimage
 from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
 from . import mmdiagram as mm
+from . import shiftmodel as sm
 from .combine import combine, problematic_pixels
-from .locallevel import neighbour_index, noise_dips, raised_medians, typical_spread
 from .fluxfactor import fit_flux_factors
+from .locallevel import noise_dips, raised_medians, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
-from .offsets import measure_offsets, shift_image_spline
-from .stack import StackStats, median_of_stack, stack_statistics
+from .offsets import measure_offsets
+from .stack import AGREEMENT_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
 
 __all__ = ["Detector", "CRMaskResult", "compute_crmasks", "apply_crmasks", "COMBINATIONS", "CODES"]
 
@@ -79,7 +80,7 @@ CODES = {0: "none", 1: "dilation", 2: "MM", 3: "LA", 4: "MM+LA", 5: "user", 6: "
 Progress = Callable[[str, int, int], None]
 #: With ``apply_flux_factor_to: original``, pixels whose raw exposures span less than this many noise
 #: sigmas cannot be flagged (a feature identical in every raw exposure is not a cosmic ray).
-RAW_AGREEMENT_SIGMA = 5.0
+RAW_AGREEMENT_SIGMA = AGREEMENT_SIGMA
 #: An L.A.Cosmic detection is confirmed where its disagreement exceeds what this fraction of the simulated
 #: pixels of its column reach (and ``la_confirm_sigma``).
 CONFIRM_FRACTION = 1e-4
@@ -88,12 +89,6 @@ PAIR_TOP_SIGMA = 4.0
 #: ... unless median2d - min2d exceeds this many (noise alone: 1.3e-5 of the pixels, measured on
 #: the simulated sets; together with an exposure's detection, well below 1e-6).
 PAIR_SURE_SIGMA = 5.0
-#: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
-MODEL_SIGMA = 5.0
-#: ... where the model (median of three shifted exposures) adds this factor to the noise of one exposure.
-MODEL_NOISE_FACTOR = 1.2
-#: ... unless every exposure lies this far above its model (a static feature).
-STATIC_SIGMA = 3.0
 #: A row or column with more than this fraction (and BAD_LINE_MIN) of its pixels disagreeing beyond
 #: 10 noise sigmas is a defective detector line, not cosmic rays.
 BAD_LINE_FRACTION = 0.2
@@ -102,10 +97,6 @@ BAD_LINE_MIN = 50
 STATIC_SIGMA_FLUX = 10.0
 #: chi^2 per degree of freedom of a neighbour that rules out a hot pixel (5 sigma off f_k * S + H)
 STATIC_BUSY_CHI2 = 25.0
-#: Back-shifted exposures whose median exceeds their minimum by this many noise sigmas hold a coincidence.
-SCENE_PAIR_SIGMA = 5.0
-#: Shifted exposures: the detected hits move the median by this many noise sigmas (see _moved_medians).
-MOVED_SIGMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -268,145 +259,15 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     to the simulations, offsets) and the simulations would then
     underestimate exactly the spread they are meant to reproduce.  Shifted
     back onto a common grid, the exposures no longer differ that way, and
-    there the threshold is used as well (see :func:`_scene`).
+    there the threshold is used as well (see :func:`~megara_crdetect.core.shiftmodel.scene`).
     """
     phi = _model_factors(factors, params)
-    return _shifted_models(_scene(stats, stack, la_median, offsets, noise, phi), offsets, phi)
+    return sm.shifted_models(sm.scene(stats, stack, la_median, offsets, noise, phi), offsets, phi)
 
 
 def _model_factors(factors: np.ndarray, params: CRMaskConfig) -> np.ndarray:
     """Factors applied to the modelled exposures: the flux factors only when applied to the simulations."""
     return factors if params.apply_flux_factor_to == "simulated" else np.ones(len(factors))
-
-
-def _scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
-           noise: np.ndarray, phi) -> np.ndarray:
-    """The common scene (see :func:`_expected_images`), cleaned where ``suspect``.
-
-    Aligned exposures: median2d, min2d where ``suspect``.  Shifted exposures:
-    the median of the exposures shifted back onto a common grid (and divided
-    by ``phi``).  A coincidence survives that median and would sit in every
-    model, hiding its own second hit and inflating the expected spread around
-    it; so pixels where the median exceeds the lowest back-shifted value by
-    ``SCENE_PAIR_SIGMA`` are suspect too.  Suspect pixels and their
-    neighbours take the lowest value, raised to the median of the lowest
-    values around it where it is lower: a noise dip of one exposure must not
-    carve a hole into every model.
-    """
-    if not np.any(offsets != 0):
-        clean = stats.median2d.copy() if suspect is None else np.where(suspect, stats.min2d, stats.median2d)
-    else:
-        back = np.stack([shift_image_spline(stack[k], -dx, -dy) / np.float32(f)
-                         for k, ((dx, dy), f) in enumerate(zip(offsets, phi))])
-        clean = median_of_stack(back)
-        low = back.min(axis=0)
-        del back
-        spoiled = (clean - low) > SCENE_PAIR_SIGMA * noise
-        suspect = dilate(spoiled if suspect is None else spoiled | suspect, 1)
-        ys, xs = np.nonzero(suspect)
-        clean[ys, xs] = np.maximum(low[ys, xs], _local_median(low, ys, xs))
-    np.maximum(clean, 0, out=clean)
-    return clean
-
-
-def _static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Detector features that do not move (hot pixels) among ``where``, and the 2 pixels around them.
-
-    Such a feature stands ``STATIC_SIGMA_FLUX`` noise sigmas above the median
-    of its 8 neighbours in every (unaligned) exposure, by the same amount
-    within 5 sigmas (readout and its own Poisson noise); a coincidence of
-    cosmic rays misses an exposure or differs in its deposits.  The cleaned
-    scene (:func:`_scene`) loses a hot pixel on a line flank, whose
-    exposures differ there, and its models then put every exposure far above
-    them: such places cannot tell whether the median moved.
-    """
-    ys, xs = np.nonzero(where)
-    yy, xx = neighbour_index(ys, xs, where.shape)
-    excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
-    low, high = excess.min(axis=0), excess.max(axis=0)
-    u = noise[ys, xs]
-    core = (low > STATIC_SIGMA_FLUX * u) & (high - low < 5 * np.sqrt(u * u + np.maximum(low, 0)))
-    out = np.zeros(where.shape, dtype=bool)
-    out[ys[core], xs[core]] = True
-    return dilate(out, 2)
-
-
-def _local_median(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Median of the 3x3 box around each pixel (ys, xs), clipped at the image edges."""
-    yy, xx = neighbour_index(ys, xs, image.shape, centre=True)
-    return np.median(image[yy, xx], axis=1)
-
-
-def _shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
-    """The scene shifted to every exposure's offset and scaled by ``phi``."""
-    out = np.empty((len(offsets),) + clean.shape, dtype=np.float32)
-    for k, ((dx, dy), f) in enumerate(zip(offsets, phi)):
-        out[k] = shift_image_spline(clean, dx, dy) if (dx or dy) else clean
-        out[k] *= np.float32(f)
-    np.maximum(out, 0, out=out)
-    return out
-
-
-def _model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.ndarray:
-    """Pixels of shifted exposures far above their own model (the common scene shifted to them).
-
-    With sub-pixel offsets the exposures differ systematically on every line
-    flank, so ``exposure - min2d`` hides cosmic rays there; the residual of
-    each exposure against its expected image does not.  The model is built
-    from noisy data (a median of three), so its residual has ~1.2 times the
-    noise of one exposure; the level is ``MODEL_SIGMA`` such residual sigmas.
-    Where every exposure lies ``STATIC_SIGMA`` above its model, and within 2
-    pixels of such a place, nothing is flagged: a detector feature that does
-    not move with the scene (hot pixel), which the shifted model smears.
-    """
-    r = np.empty(stack.shape, dtype=np.float32)
-    for k in range(stack.shape[0]):
-        np.subtract(stack[k], expected[k], out=r[k])
-        r[k] /= sigma(expected[k], rnoise_e)
-    out = r > np.float32(MODEL_SIGMA * MODEL_NOISE_FACTOR)
-    # the spline shifts spread a static feature's error over 2 pixels
-    out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
-    return out
-
-
-def _moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stats: StackStats,
-                   noise: np.ndarray) -> np.ndarray:
-    """Shifted exposures: where the masked hits move the median by more than ``MOVED_SIGMA``.
-
-    On a line flank the exposures differ systematically, and a single hit
-    can move the median to the next exposure's value.  The median with every
-    masked exposure (CRMASKk) replaced by its own model is what the data
-    would give without the hits it is known to hold; median2d minus that,
-    in noise sigmas, is how far they moved it.  A masked exposure that is
-    not hit moves it by its own noise at most.  ``models`` is overwritten.
-    """
-    np.copyto(models, stack, where=~masks)
-    moved = stats.median2d - median_of_stack(models)
-    moved /= noise
-    return moved > MOVED_SIGMA
-
-
-def _spread_sigmas(stats: StackStats, noise: np.ndarray) -> np.ndarray:
-    """``(max2d - min2d) / noise``: how far the exposures disagree, in noise sigmas."""
-    out = stats.max2d - stats.min2d
-    out /= noise
-    return out
-
-
-def _static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
-
-    Hot pixels and the like stay put while the scene moves, so the shifted
-    model is wrong on them and, after the spline shifts, on their neighbours:
-    every pixel whose raw exposures agree within ``RAW_AGREEMENT_SIGMA`` and
-    every pixel within 2 of a sharp one that agrees (10 sigmas above its
-    neighbours), plus a 2-pixel frame at the image border.
-    """
-    agree = _spread_sigmas(stats, noise) <= RAW_AGREEMENT_SIGMA
-    sharp = agree & ((stats.median2d - floor) / noise > 10)
-    out = agree | dilate(sharp, 2)
-    out[:2], out[-2:], out[:, :2], out[:, -2:] = True, True, True, True
-    return out
 
 
 def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np.ndarray:
@@ -457,7 +318,7 @@ def _bad_lines(stats: StackStats, noise: np.ndarray) -> tuple[np.ndarray, np.nda
     thousands of cosmic rays and "repair" it with another exposure's wrong
     values.
     """
-    wild = _spread_sigmas(stats, noise) > 10
+    wild = spread_sigmas(stats, noise) > 10
     found = []
     for axis in (1, 0):  # rows (count along x), then columns (count along y)
         count = wild.sum(axis=axis)
@@ -608,7 +469,7 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     With offsets, a residual detection of exposure k (its own model) is a
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``,
     and so is every pixel where the masked hits move the median
-    (``det.moved``, see :func:`_moved_medians`); nothing is a pair where the
+    (``det.moved``, see :func:`~megara_crdetect.core.shiftmodel.moved_medians`); nothing is a pair where the
     shifted model is not trusted (``det.untrusted_model``).
 
     With flux factors divided out of the originals a pair needs no raw
@@ -719,8 +580,8 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 raw_factors=factors if normalised else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
     if np.any(offsets != 0):
-        out.static_model = _static_features(stats, floor, noise)
-        out.model_flags = _model_flags(stack, expected_img, rnoise_e) & ~out.static_model
+        out.static_model = sm.static_features(stats, floor, noise)
+        out.model_flags = sm.model_flags(stack, expected_img, rnoise_e) & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
     _log.info("expected false MM detections from noise alone: %s",
@@ -760,16 +621,16 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     (MEDIANCR and confirmed L.A.Cosmic detections): the scene is rebuilt
     with those cleaned too, every exposure is compared with its model again
     (``exposure_flags`` and ``det.model_flags`` grow in place) and
-    ``det.moved`` is set (see :func:`_moved_medians`).  Returns the CRMASKk.
+    ``det.moved`` is set (see :func:`~megara_crdetect.core.shiftmodel.moved_medians`).  Returns the CRMASKk.
     """
     params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
     phi = _model_factors(factors, params)
-    models = _shifted_models(_scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
-    det.model_flags |= _model_flags(stack, models, rnoise_e) & ~det.untrusted_model
+    models = sm.shifted_models(sm.scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
+    det.model_flags |= sm.model_flags(stack, models, rnoise_e) & ~det.untrusted_model
     exposure_flags |= det.model_flags & det.cleanable
     crmasks = _exposure_masks(exposure_flags, det, params.dilation)
-    det.moved = _moved_medians(stack, models, crmasks, stats, noise)
-    det.moved &= ~_static_cores(stack, noise, dilate(det.moved, 2))
+    det.moved = sm.moved_medians(stack, models, crmasks, stats, noise)
+    det.moved &= ~sm.static_cores(stack, noise, dilate(det.moved, 2))
     return crmasks
 
 

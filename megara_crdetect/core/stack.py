@@ -73,3 +73,15 @@ def stack_statistics(stack: np.ndarray, *, n_coincidences: int = 2) -> StackStat
         median2d=median_of_stack(stack),
         mean2d=stack.mean(axis=0, dtype=np.float32),
     )
+
+
+#: Exposures that differ by less than this many noise sigmas agree: a feature identical in every
+#: exposure (hot pixel, bias structure) is not a cosmic ray.
+AGREEMENT_SIGMA = 5.0
+
+
+def spread_sigmas(stats: StackStats, noise: np.ndarray) -> np.ndarray:
+    """``(max2d - min2d) / noise``: how far the exposures disagree, in noise sigmas."""
+    out = stats.max2d - stats.min2d
+    out /= noise
+    return out

@@ -1,0 +1,205 @@
+"""The model of shifted exposures: a common scene, shifted to each exposure, and what it tells.
+
+With sub-pixel offsets the exposures differ systematically on every line
+flank, so ``exposure - min2d`` is a weak statistic there.  Each exposure is
+instead compared with its own expected image: the common scene (the median
+of the exposures shifted back onto one grid with cubic splines, cleaned
+where they disagree) shifted to the exposure's offset.  Pure functions on
+arrays; :mod:`megara_crdetect.core.pipeline` decides where they are used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .locallevel import neighbour_index
+from .masks import dilate
+from .noise import sigma
+from .offsets import shift_image_spline
+from .stack import AGREEMENT_SIGMA, StackStats, median_of_stack, spread_sigmas
+
+__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_CORE_SIGMA",
+           "STATIC_SIGMA", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
+           "static_features"]
+
+#: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
+MODEL_SIGMA = 5.0
+#: ... where the model (median of three shifted exposures) adds this factor to the noise of one exposure.
+MODEL_NOISE_FACTOR = 1.2
+#: ... unless every exposure lies this far above its model (a static feature).
+STATIC_SIGMA = 3.0
+#: Back-shifted exposures whose median exceeds their minimum by this many noise sigmas hold a coincidence.
+SCENE_PAIR_SIGMA = 5.0
+#: Shifted exposures: the detected hits move the median by this many noise sigmas (see moved_medians).
+MOVED_SIGMA = 3.0
+#: A hot pixel stands this many noise sigmas above the median of its 8 neighbours in every exposure.
+STATIC_CORE_SIGMA = 10.0
+
+
+def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
+          noise: np.ndarray, phi) -> np.ndarray:
+    """The common scene of the exposures, cleaned where ``suspect``.
+
+    Aligned exposures: median2d, min2d where ``suspect``.  Shifted exposures:
+    the median of the exposures shifted back onto a common grid (and divided
+    by ``phi``).  A coincidence survives that median and would sit in every
+    model, hiding its own second hit and inflating the expected spread around
+    it; so pixels where the median exceeds the lowest back-shifted value by
+    ``SCENE_PAIR_SIGMA`` are suspect too.  Suspect pixels and their
+    neighbours take the lowest value, raised to the median of the lowest
+    values around it where it is lower: a noise dip of one exposure must not
+    carve a hole into every model.
+
+    Parameters
+    ----------
+    stats : StackStats
+        Statistics of the (unaligned) stack.
+    stack : ndarray, shape (N, ny, nx)
+        Exposures (electrons; flux-normalised when the factors were divided out).
+    suspect : ndarray of bool or None
+        Pixels known to hold cosmic rays (MEDIANCR, confirmed L.A.Cosmic).
+    offsets : ndarray, shape (N, 2)
+        (dx, dy) of every exposure, pixels.
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma.
+    phi : sequence of float
+        Factors of the modelled exposures (1 unless flux factors are applied to the simulations).
+
+    Returns
+    -------
+    ndarray, shape (ny, nx), float32
+        The scene, clipped at 0.
+    """
+    if not np.any(offsets != 0):
+        clean = stats.median2d.copy() if suspect is None else np.where(suspect, stats.min2d, stats.median2d)
+    else:
+        back = np.stack([shift_image_spline(stack[k], -dx, -dy) / np.float32(f)
+                         for k, ((dx, dy), f) in enumerate(zip(offsets, phi))])
+        clean = median_of_stack(back)
+        low = back.min(axis=0)
+        del back
+        spoiled = (clean - low) > SCENE_PAIR_SIGMA * noise
+        suspect = dilate(spoiled if suspect is None else spoiled | suspect, 1)
+        ys, xs = np.nonzero(suspect)
+        clean[ys, xs] = np.maximum(low[ys, xs], _local_median(low, ys, xs))
+    np.maximum(clean, 0, out=clean)
+    return clean
+
+
+def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Detector features that do not move (hot pixels) among ``where``, and the 2 pixels around them.
+
+    Such a feature stands ``STATIC_CORE_SIGMA`` noise sigmas above the median
+    of its 8 neighbours in every (unaligned) exposure, by the same amount
+    within 5 sigmas (readout and its own Poisson noise); a coincidence of
+    cosmic rays misses an exposure or differs in its deposits.  The cleaned
+    scene (:func:`scene`) loses a hot pixel on a line flank, whose
+    exposures differ there, and its models then put every exposure far above
+    them: such places cannot tell whether the median moved.
+    """
+    ys, xs = np.nonzero(where)
+    yy, xx = neighbour_index(ys, xs, where.shape)
+    excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
+    low, high = excess.min(axis=0), excess.max(axis=0)
+    u = noise[ys, xs]
+    core = (low > STATIC_CORE_SIGMA * u) & (high - low < 5 * np.sqrt(u * u + np.maximum(low, 0)))
+    out = np.zeros(where.shape, dtype=bool)
+    out[ys[core], xs[core]] = True
+    return dilate(out, 2)
+
+
+def _local_median(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Median of the 3x3 box around each pixel (ys, xs), clipped at the image edges."""
+    yy, xx = neighbour_index(ys, xs, image.shape, centre=True)
+    return np.median(image[yy, xx], axis=1)
+
+
+def shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
+    """The scene shifted to every exposure's offset and scaled by ``phi``."""
+    out = np.empty((len(offsets),) + clean.shape, dtype=np.float32)
+    for k, ((dx, dy), f) in enumerate(zip(offsets, phi)):
+        out[k] = shift_image_spline(clean, dx, dy) if (dx or dy) else clean
+        out[k] *= np.float32(f)
+    np.maximum(out, 0, out=out)
+    return out
+
+
+def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.ndarray:
+    """Pixels of shifted exposures far above their own model (the common scene shifted to them).
+
+    With sub-pixel offsets the exposures differ systematically on every line
+    flank, so ``exposure - min2d`` hides cosmic rays there; the residual of
+    each exposure against its expected image does not.  The model is built
+    from noisy data (a median of three), so its residual has ~1.2 times the
+    noise of one exposure; the level is ``MODEL_SIGMA`` such residual sigmas.
+    Where every exposure lies ``STATIC_SIGMA`` above its model, and within 2
+    pixels of such a place, nothing is flagged: a detector feature that does
+    not move with the scene (hot pixel), which the shifted model smears.
+
+    Parameters
+    ----------
+    stack, expected : ndarray, shape (N, ny, nx)
+        Exposures and their models (electrons).
+    rnoise_e : float
+        Readout noise, electrons.
+
+    Returns
+    -------
+    ndarray of bool, shape (N, ny, nx)
+    """
+    r = np.empty(stack.shape, dtype=np.float32)
+    for k in range(stack.shape[0]):
+        np.subtract(stack[k], expected[k], out=r[k])
+        r[k] /= sigma(expected[k], rnoise_e)
+    out = r > np.float32(MODEL_SIGMA * MODEL_NOISE_FACTOR)
+    # the spline shifts spread a static feature's error over 2 pixels
+    out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
+    return out
+
+
+def moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stats: StackStats,
+                   noise: np.ndarray) -> np.ndarray:
+    """Shifted exposures: where the masked hits move the median by more than ``MOVED_SIGMA``.
+
+    On a line flank the exposures differ systematically, and a single hit
+    can move the median to the next exposure's value.  The median with every
+    masked exposure (CRMASKk) replaced by its own model is what the data
+    would give without the hits it is known to hold; median2d minus that,
+    in noise sigmas, is how far they moved it.  A masked exposure that is
+    not hit moves it by its own noise at most.
+
+    Parameters
+    ----------
+    stack, models : ndarray, shape (N, ny, nx)
+        Exposures and their models; ``models`` is overwritten.
+    masks : ndarray of bool, shape (N, ny, nx)
+        CRMASKk.
+    stats : StackStats
+        Statistics of the stack (``median2d``).
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+    """
+    np.copyto(models, stack, where=~masks)
+    moved = stats.median2d - median_of_stack(models)
+    moved /= noise
+    return moved > MOVED_SIGMA
+
+
+def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
+
+    Hot pixels and the like stay put while the scene moves, so the shifted
+    model is wrong on them and, after the spline shifts, on their neighbours:
+    every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
+    every pixel within 2 of a sharp one that agrees (10 sigmas above its
+    neighbours), plus a 2-pixel frame at the image border.
+    """
+    agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
+    sharp = agree & ((stats.median2d - floor) / noise > 10)
+    out = agree | dilate(sharp, 2)
+    out[:2], out[-2:], out[:, :2], out[:, -2:] = True, True, True, True
+    return out
