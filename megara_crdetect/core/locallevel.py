@@ -92,22 +92,28 @@ def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
     """
     labels, n = label_groups(candidates)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    single = candidates & (sizes[labels] == 1)
-    single[[0, -1], :] = False
-    single[:, [0, -1]] = False
-    ys, xs = np.nonzero(single)
+    ys, xs = _inner(candidates & (sizes[labels] == 1))
     out = np.zeros(candidates.shape, dtype=bool)
     if ys.size == 0:
         return out
     yy, xx = neighbour_index(ys, xs, candidates.shape)
     around = stats.median2d[yy, xx]
-    level = np.median(0.5 * (around[:, :4] + around[:, :3:-1]), axis=1)
+    level = np.median(_opposite_means(around), axis=1)
     spread = (stats.max2d[yy, xx] - stats.min2d[yy, xx]) / noise[yy, xx]
     quiet = spread.max(axis=1) < quiet_sigma
     median, low = stats.median2d[ys, xs], stats.min2d[ys, xs]
     dip = quiet & (median - level < level - low)
     out[ys[dip], xs[dip]] = True
     return out
+
+
+def _opposite_means(values: np.ndarray) -> np.ndarray:
+    """(m, 4) means of opposite neighbours of (m, 8) values gathered by :func:`neighbour_index`.
+
+    These are the linear interpolations through the pixel along the row, the
+    column and both diagonals.
+    """
+    return 0.5 * (values[:, :4] + values[:, :3:-1])
 
 
 def _inner(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +161,7 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
         return out
     yy, xx = neighbour_index(ys, xs, where.shape)
     low = stats.min2d[yy, xx]
-    level = (0.5 * (low[:, :4] + low[:, :3:-1])).max(axis=1)
+    level = _opposite_means(low).max(axis=1)
     u = np.median(noise[yy, xx], axis=1)  # the pixel's own noise scale follows its (possibly hit) min2d
     level += np.float32(offset) * u
     hit = stats.median2d[ys, xs] - level > raised_sigma * u

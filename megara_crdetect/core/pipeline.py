@@ -68,7 +68,7 @@ from .locallevel import noise_dips, raised_medians, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
 from .offsets import measure_offsets
-from .stack import AGREEMENT_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
+from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
 
 __all__ = ["Detector", "CRMaskResult", "compute_crmasks", "apply_crmasks", "COMBINATIONS", "CODES"]
 
@@ -93,8 +93,6 @@ PAIR_SURE_SIGMA = 5.0
 #: 10 noise sigmas is a defective detector line, not cosmic rays.
 BAD_LINE_FRACTION = 0.2
 BAD_LINE_MIN = 50
-#: Static excess (noise sigmas) of a hot pixel under a scene scaled by flux factors.
-STATIC_SIGMA_FLUX = 10.0
 #: chi^2 per degree of freedom of a neighbour that rules out a hot pixel (5 sigma off f_k * S + H)
 STATIC_BUSY_CHI2 = 25.0
 
@@ -275,7 +273,7 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
 
     With flux factors a hot pixel on a bright scene no longer agrees in the
     raw exposures (the scene under it scales) nor in the normalised ones (its
-    excess does not).  It is sharp in the raw min2d (``STATIC_SIGMA_FLUX``
+    excess does not).  It is sharp in the raw min2d (``HOT_PIXEL_SIGMA``
     noise sigmas above the median of its 8 neighbours; a cosmic ray that
     misses one exposure is not) and its raw values fit a scaled scene plus a
     static offset (least squares per pixel, chi per degree of freedom < 4);
@@ -299,7 +297,7 @@ def _static_offsets(raw: np.ndarray, factors: np.ndarray, rnoise_e: float) -> np
     noise = sigma(xbar, rnoise_e)
     chi2 /= np.float32(max(raw.shape[0] - 2, 1)) * noise * noise
     low = raw.min(axis=0)
-    sharp = (low - mm.local_reference(low)) > STATIC_SIGMA_FLUX * noise
+    sharp = (low - mm.local_reference(low)) > HOT_PIXEL_SIGMA * noise
     # the scene around a hot pixel scales too; a neighbour far off the model is a cosmic ray that hit
     # this place in every exposure, with about equal deposits at its core
     busy = dilate(chi2 > STATIC_BUSY_CHI2, 1)
@@ -386,14 +384,14 @@ class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
-                 inflated=None, *, model_flags=None, static=None, dilatable=None):
+                 inflated=None, *, model_flags=None, static=None, dilatable=None, untrusted_model=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.dilatable = cleanable if dilatable is None else dilatable  # where dilation may reach
         self.inflated = noise if inflated is None else inflated
         self.model_flags = model_flags  # (N, ny, nx) residual detections of shifted exposures
         self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
-        self.untrusted_model = None  # shifted exposures: where the shifted model is not trusted
+        self.untrusted_model = untrusted_model  # shifted exposures: where the shifted model is not trusted
         self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
@@ -699,8 +697,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     cleanable, dilatable = _detection_map(cleanable, bad_rows, bad_cols, raw_range, noise)
     del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, mms.boundaries, cleanable, mms.sims, mms.inflated,
-                      model_flags=mms.model_flags, static=static, dilatable=dilatable)
-    det.untrusted_model = mms.static_model
+                      model_flags=mms.model_flags, static=static, dilatable=dilatable,
+                      untrusted_model=mms.static_model)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     shifted = mms.model_flags is not None

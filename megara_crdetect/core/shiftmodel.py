@@ -16,10 +16,9 @@ from .locallevel import neighbour_index
 from .masks import dilate
 from .noise import sigma
 from .offsets import shift_image_spline
-from .stack import AGREEMENT_SIGMA, StackStats, median_of_stack, spread_sigmas
+from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
-__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_CORE_SIGMA",
-           "STATIC_SIGMA", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
+__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_SIGMA", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
            "static_features"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
@@ -32,8 +31,6 @@ STATIC_SIGMA = 3.0
 SCENE_PAIR_SIGMA = 5.0
 #: Shifted exposures: the detected hits move the median by this many noise sigmas (see moved_medians).
 MOVED_SIGMA = 3.0
-#: A hot pixel stands this many noise sigmas above the median of its 8 neighbours in every exposure.
-STATIC_CORE_SIGMA = 10.0
 
 
 def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
@@ -89,9 +86,9 @@ def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offs
 def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Detector features that do not move (hot pixels) among ``where``, and the 2 pixels around them.
 
-    Such a feature stands ``STATIC_CORE_SIGMA`` noise sigmas above the median
+    Such a feature stands ``HOT_PIXEL_SIGMA`` noise sigmas above the median
     of its 8 neighbours in every (unaligned) exposure, by the same amount
-    within 5 sigmas (readout and its own Poisson noise); a coincidence of
+    within ``AGREEMENT_SIGMA`` (readout and its own Poisson noise); a coincidence of
     cosmic rays misses an exposure or differs in its deposits.  The cleaned
     scene (:func:`scene`) loses a hot pixel on a line flank, whose
     exposures differ there, and its models then put every exposure far above
@@ -102,7 +99,7 @@ def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray) -> np.
     excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
     low, high = excess.min(axis=0), excess.max(axis=0)
     u = noise[ys, xs]
-    core = (low > STATIC_CORE_SIGMA * u) & (high - low < 5 * np.sqrt(u * u + np.maximum(low, 0)))
+    core = (low > HOT_PIXEL_SIGMA * u) & (high - low < AGREEMENT_SIGMA * np.sqrt(u * u + np.maximum(low, 0)))
     out = np.zeros(where.shape, dtype=bool)
     out[ys[core], xs[core]] = True
     return dilate(out, 2)
@@ -195,11 +192,11 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> 
     Hot pixels and the like stay put while the scene moves, so the shifted
     model is wrong on them and, after the spline shifts, on their neighbours:
     every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
-    every pixel within 2 of a sharp one that agrees (10 sigmas above its
-    neighbours), plus a 2-pixel frame at the image border.
+    every pixel within 2 of a sharp one that agrees (``HOT_PIXEL_SIGMA``
+    above its neighbours), plus a 2-pixel frame at the image border.
     """
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
-    sharp = agree & ((stats.median2d - floor) / noise > 10)
+    sharp = agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA)
     out = agree | dilate(sharp, 2)
     out[:2], out[-2:], out[:, :2], out[:, -2:] = True, True, True, True
     return out

@@ -78,6 +78,9 @@ def stack_statistics(stack: np.ndarray, *, n_coincidences: int = 2) -> StackStat
 #: Exposures that differ by less than this many noise sigmas agree: a feature identical in every
 #: exposure (hot pixel, bias structure) is not a cosmic ray.
 AGREEMENT_SIGMA = 5.0
+#: A detector feature that does not move or scale (hot pixel) stands this many noise sigmas above the
+#: median of its 8 neighbours.
+HOT_PIXEL_SIGMA = 10.0
 
 
 def spread_sigmas(stats: StackStats, noise: np.ndarray) -> np.ndarray:
