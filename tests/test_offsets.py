@@ -16,6 +16,9 @@ from megara_crdetect.core.offsets import (
     measure_offsets,
     neighbour_maximum,
     shift_image,
+    shift_image_spline,
+    shift_spline_coefficients,
+    spline_coefficients,
 )
 
 CANONICAL = np.array([(-0.5, 0.5), (0.0, 0.0), (0.5, -0.25)])
@@ -104,6 +107,32 @@ def test_shift_image_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------- helpers
+@pytest.mark.parametrize(("dx", "dy"), [(0.5, -0.25), (-0.507, 0.496), (0.0, 0.3), (14.3, -20.6)])
+def test_spline_shift_matches_scipy_and_moves_content_forward(dx, dy):
+    """The separable float32 spline shift is scipy's order-3 'nearest' shift (edges included)."""
+    img = np.random.default_rng(3).uniform(0, 1000, (120, 97)).astype(np.float32)
+    out = shift_image_spline(img, dx, dy)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    np.testing.assert_allclose(out, ndimage.shift(img, (dy, dx), order=3, mode="nearest"), atol=2e-3)
+    spot = np.zeros((40, 40), np.float32)
+    spot[20, 20] = 1.0
+    moved = shift_image_spline(spot, 2.0, -3.0)  # integer shifts: exact, content to larger x, smaller y
+    assert np.unravel_index(np.argmax(moved), moved.shape) == (17, 22)
+    assert moved[17, 22] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_spline_coefficients_are_reusable_and_their_reach_is_checked():
+    img = np.random.default_rng(4).uniform(0, 10, (50, 60)).astype(np.float32)
+    coeffs = spline_coefficients(img, reach=1.0)
+    for dx, dy in ((0.5, -0.5), (-1.0, 0.25)):
+        np.testing.assert_allclose(shift_spline_coefficients(coeffs, dx, dy, img.shape),
+                                   shift_image_spline(img, dx, dy), atol=1e-4)
+    with pytest.raises(ValueError, match="beyond the reach"):
+        shift_spline_coefficients(coeffs, 0.0, 20.0, img.shape)
+    with pytest.raises(ValueError, match="finite"):
+        shift_spline_coefficients(coeffs, np.nan, 0.0, img.shape)
+
+
 def test_neighbour_maximum_matches_scipy():
     a = np.random.default_rng(1).normal(size=(23, 31)).astype(np.float32)
     ring = np.ones((3, 3), dtype=bool)
