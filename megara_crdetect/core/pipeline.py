@@ -627,6 +627,8 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     det.model_flags |= sm.model_flags(stack, models, rnoise_e) & ~det.untrusted_model
     exposure_flags |= det.model_flags & det.cleanable
     crmasks = _exposure_masks(exposure_flags, det, params.dilation)
+    tracks = sm.faint_tracks(stack, models, crmasks, offsets, phi, rnoise_e) & ~det.untrusted_model & det.cleanable
+    crmasks |= _exposure_masks(tracks, det, params.dilation)
     det.moved = sm.moved_medians(stack, models, crmasks, stats, noise)
     det.moved &= ~sm.static_cores(stack, noise, dilate(det.moved, 2))
     return crmasks

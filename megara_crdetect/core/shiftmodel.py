@@ -10,15 +10,18 @@ arrays; :mod:`megara_crdetect.core.pipeline` decides where they are used.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .locallevel import neighbour_index
-from .masks import dilate
+from .masks import dilate, label_groups
 from .noise import sigma
-from .offsets import shift_image_spline
+from .offsets import shift_image_spline, shift_spline_coefficients, spline_coefficients
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
-__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_SIGMA", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
+__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_SIGMA", "TRACK_LOW",
+           "TRACK_SIGMA", "faint_tracks", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
            "static_features"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
@@ -31,6 +34,10 @@ STATIC_SIGMA = 3.0
 SCENE_PAIR_SIGMA = 5.0
 #: Shifted exposures: the detected hits move the median by this many noise sigmas (see moved_medians).
 MOVED_SIGMA = 3.0
+#: Faint tracks: 8-connected pixels above their leave-one-out model by this many model-noise sigmas ...
+TRACK_LOW = 2.0
+#: ... whose residuals sum to this many sigmas of the sum (see faint_tracks).
+TRACK_SIGMA = 7.5
 
 
 def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
@@ -152,6 +159,79 @@ def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.
     # the spline shifts spread a static feature's error over 2 pixels
     out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
     return out
+
+
+def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offsets: np.ndarray, phi,
+                 rnoise_e: float) -> np.ndarray:
+    """Faint cosmic-ray tracks of shifted exposures: groups of pixels moderately above a model without them.
+
+    The common scene is a median of the exposures, so a faint single hit
+    partly sits in its own model (the exposure at offset (0, 0) is often
+    that median itself, and its residual is then 0).  Here each exposure is
+    compared with the mean of the others, each shifted straight from its
+    offset to the exposure's with one spline interpolation, after its masked
+    pixels (``masks``) were replaced by their models.  That model holds none
+    of the exposure's own hits and has ~``MODEL_NOISE_FACTOR`` times its noise
+    (measured: 1.17 on flat sky, 1.24 on the steepest flanks).  A track is an
+    8-connected group of pixels above ``TRACK_LOW`` such sigmas whose summed
+    residual reaches ``TRACK_SIGMA`` sigmas of the sum, ``sum / sqrt(n)``:
+    tracks of 4-8 sigma per pixel, which no single pixel reveals.  Places
+    where every exposure holds a track (and 2 pixels around) are left out:
+    a hot pixel on a bright, steep source, which the moving model misses.
+
+    Parameters
+    ----------
+    stack, models : ndarray, shape (N, ny, nx)
+        Exposures and their models (electrons).
+    masks : ndarray of bool, shape (N, ny, nx)
+        Pixels known to be hit (CRMASKk).
+    offsets : ndarray, shape (N, 2)
+        (dx, dy) of every exposure, pixels.
+    phi : sequence of float
+        Factors of the modelled exposures.
+    rnoise_e : float
+        Readout noise, electrons.
+
+    Returns
+    -------
+    ndarray of bool, shape (N, ny, nx)
+    """
+    n = stack.shape[0]
+    others = np.zeros(stack.shape, dtype=np.float32)
+    reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
+    for j in range(n):
+        coeffs = spline_coefficients(np.where(masks[j], models[j], stack[j]) / np.float32(phi[j]), reach)
+        for k in range(n):
+            if k != j:
+                dx, dy = offsets[k] - offsets[j]
+                others[k] += shift_spline_coefficients(coeffs, dx, dy, stack.shape[1:])
+        del coeffs
+    out = np.empty(stack.shape, dtype=bool)
+    edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
+    for k in range(n):
+        model = others[k]
+        model *= np.float32(phi[k] / (n - 1))
+        np.maximum(model, 0, out=model)
+        residual = np.subtract(stack[k], model)
+        residual /= sigma(model, rnoise_e)
+        residual /= np.float32(MODEL_NOISE_FACTOR)
+        residual[:edge], residual[-edge:], residual[:, :edge], residual[:, -edge:] = 0, 0, 0, 0
+        out[k] = _significant_groups(residual)
+    # found in every exposure at once: a feature that does not move (hot pixel) the model misses
+    out &= ~dilate(out.all(axis=0), 2)[None]
+    return out
+
+
+def _significant_groups(residual: np.ndarray) -> np.ndarray:
+    """8-connected groups above ``TRACK_LOW`` whose summed residual reaches ``TRACK_SIGMA`` sigmas."""
+    labels, n = label_groups(residual > np.float32(TRACK_LOW))
+    if n == 0:
+        return np.zeros(residual.shape, dtype=bool)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    sums = np.bincount(labels.ravel(), weights=residual.ravel(), minlength=n + 1)
+    keep = sums > TRACK_SIGMA * np.sqrt(counts)
+    keep[0] = False
+    return keep[labels]
 
 
 def moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stats: StackStats,
