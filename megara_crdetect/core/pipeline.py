@@ -618,7 +618,9 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     A coincidence that survived the scene's cleaning is in ``suspect``
     (MEDIANCR and confirmed L.A.Cosmic detections): the scene is rebuilt
     with those cleaned too, every exposure is compared with its model again
-    (``exposure_flags`` and ``det.model_flags`` grow in place) and
+    (``exposure_flags`` and ``det.model_flags`` grow in place), faint tracks
+    found against the other exposures join the CRMASKk
+    (:func:`~megara_crdetect.core.shiftmodel.faint_tracks`) and
     ``det.moved`` is set (see :func:`~megara_crdetect.core.shiftmodel.moved_medians`).  Returns the CRMASKk.
     """
     params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
