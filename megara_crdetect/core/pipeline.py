@@ -384,7 +384,8 @@ class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
-                 inflated=None, *, model_flags=None, static=None, dilatable=None, untrusted_model=None):
+                 inflated=None, *, model_flags=None, static=None, dilatable=None, untrusted_model=None,
+                 untrusted_moved=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.dilatable = cleanable if dilatable is None else dilatable  # where dilation may reach
@@ -392,6 +393,7 @@ class _Detections:
         self.model_flags = model_flags  # (N, ny, nx) residual detections of shifted exposures
         self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
         self.untrusted_model = untrusted_model  # shifted exposures: where the shifted model is not trusted
+        self.untrusted_moved = untrusted_moved  # ... and where the moved-median rule is not trusted either
         self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
@@ -468,7 +470,8 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     pair wherever the exposures' expected spread exceeds ``mm_pair_sigma``,
     and so is every pixel where the masked hits move the median
     (``det.moved``, see :func:`~megara_crdetect.core.shiftmodel.moved_medians`); nothing is a pair where the
-    shifted model is not trusted (``det.untrusted_model``).
+    shifted model is not trusted (``det.untrusted_model``), except a moved
+    median away from sharp static features and the border (``det.untrusted_moved``).
 
     With flux factors divided out of the originals a pair needs no raw
     disagreement of its own (unlike a detection): the evidence above already
@@ -483,10 +486,10 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
         pairs |= raised_medians(exposure_masks.any(axis=0), det.stats, det.noise, offset)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
-    if det.moved is not None:
-        pairs |= det.moved
     if det.untrusted_model is not None:
         pairs &= ~det.untrusted_model
+    if det.moved is not None:
+        pairs |= det.moved & ~det.untrusted_moved
     return pairs & det.dilatable
 
 
@@ -557,6 +560,7 @@ class _MMStage:
     la_med: np.ndarray | None = None  # L.A.Cosmic detections on median2d, confirmed
     model_flags: np.ndarray | None = None  # shifted exposures: residuals against their own model
     static_model: np.ndarray | None = None  # shifted exposures: where the shifted model is not trusted
+    static_moved: np.ndarray | None = None  # ... and where the moved-median rule is not trusted either
 
 
 def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
@@ -578,7 +582,7 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 raw_factors=factors if normalised else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
     if np.any(offsets != 0):
-        out.static_model = sm.static_features(stats, floor, noise)
+        out.static_model, out.static_moved = sm.static_features(stats, floor, noise)
         out.model_flags = sm.model_flags(stack, expected_img, rnoise_e) & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
@@ -702,7 +706,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, mms.boundaries, cleanable, mms.sims, mms.inflated,
                       model_flags=mms.model_flags, static=static, dilatable=dilatable,
-                      untrusted_model=mms.static_model)
+                      untrusted_model=mms.static_model, untrusted_moved=mms.static_moved)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     shifted = mms.model_flags is not None

@@ -266,7 +266,7 @@ def moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stat
     return moved > MOVED_SIGMA
 
 
-def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> np.ndarray:
+def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
 
     Hot pixels and the like stay put while the scene moves, so the shifted
@@ -274,9 +274,18 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> 
     every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
     every pixel within 2 of a sharp one that agrees (``HOT_PIXEL_SIGMA``
     above its neighbours), plus a 2-pixel frame at the image border.
+
+    Returns
+    -------
+    untrusted : ndarray of bool
+        All of these: no residual detection, track or pair there.
+    surroundings : ndarray of bool
+        The sharp features' surroundings and the frame only, where the moved-median
+        rule is not trusted either.  Elsewhere a pixel whose exposures agree is no
+        hot pixel, and the hits known nearby may well have moved its median (a faint
+        hit on a line flank makes the exposures agree by chance).
     """
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
-    sharp = agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA)
-    out = agree | dilate(sharp, 2)
-    out[:2], out[-2:], out[:, :2], out[:, -2:] = True, True, True, True
-    return out
+    surroundings = dilate(agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA), 2)
+    surroundings[:2], surroundings[-2:], surroundings[:, :2], surroundings[:, -2:] = True, True, True, True
+    return agree | surroundings, surroundings
