@@ -11,6 +11,7 @@ arrays; :mod:`megara_crdetect.core.pipeline` decides where they are used.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .offsets import shift_image_spline, shift_spline_coefficients, spline_coeff
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
 __all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_SIGMA", "TRACK_LOW",
-           "TRACK_SIGMA", "faint_tracks", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
+           "TRACK_SIGMA", "LeaveOneOut", "leave_one_out", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
            "static_features"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
@@ -36,7 +37,7 @@ SCENE_PAIR_SIGMA = 5.0
 MOVED_SIGMA = 3.0
 #: Faint tracks: 8-connected pixels above their leave-one-out model by this many model-noise sigmas ...
 TRACK_LOW = 2.0
-#: ... whose residuals sum to this many sigmas of the sum (see faint_tracks).
+#: ... whose residuals sum to this many sigmas of the sum (see leave_one_out).
 TRACK_SIGMA = 7.5
 
 
@@ -161,9 +162,16 @@ def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.
     return out
 
 
-def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offsets: np.ndarray, phi,
-                 rnoise_e: float) -> np.ndarray:
-    """Faint cosmic-ray tracks of shifted exposures: groups of pixels moderately above a model without them.
+class LeaveOneOut(NamedTuple):
+    """Detections of shifted exposures against the mean of the other exposures (see :func:`leave_one_out`)."""
+
+    tracks: np.ndarray  # (N, ny, nx) faint tracks: groups significant as a whole
+    strong: np.ndarray  # (N, ny, nx) single pixels above MODEL_SIGMA
+
+
+def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offsets: np.ndarray, phi,
+                  rnoise_e: float) -> LeaveOneOut:
+    """Faint cosmic-ray tracks of shifted exposures, and single pixels, against a model without them.
 
     The common scene is a median of the exposures, so a faint single hit
     partly sits in its own model (the exposure at offset (0, 0) is often
@@ -178,6 +186,10 @@ def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offse
     tracks of 4-8 sigma per pixel, which no single pixel reveals.  Places
     where every exposure holds a track (and 2 pixels around) are left out:
     a hot pixel on a bright, steep source, which the moving model misses.
+    Single pixels above ``MODEL_SIGMA`` such sigmas confirm a residual
+    detection against the common scene: the two models err in different
+    places (median of back-shifted exposures shifted again, against one
+    direct interpolation), so a model error rarely passes both.
 
     Parameters
     ----------
@@ -194,7 +206,8 @@ def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offse
 
     Returns
     -------
-    ndarray of bool, shape (N, ny, nx)
+    LeaveOneOut
+        ``tracks`` and ``strong``, bool arrays of shape (N, ny, nx).
     """
     n = stack.shape[0]
     others = np.zeros(stack.shape, dtype=np.float32)
@@ -207,6 +220,7 @@ def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offse
                 others[k] += shift_spline_coefficients(coeffs, dx, dy, stack.shape[1:])
         del coeffs
     out = np.empty(stack.shape, dtype=bool)
+    strong = np.empty(stack.shape, dtype=bool)
     edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
     for k in range(n):
         model = others[k]
@@ -217,9 +231,10 @@ def faint_tracks(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offse
         residual /= np.float32(MODEL_NOISE_FACTOR)
         residual[:edge], residual[-edge:], residual[:, :edge], residual[:, -edge:] = 0, 0, 0, 0
         out[k] = _significant_groups(residual)
+        np.greater(residual, np.float32(MODEL_SIGMA), out=strong[k])
     # found in every exposure at once: a feature that does not move (hot pixel) the model misses
     out &= ~dilate(out.all(axis=0), 2)[None]
-    return out
+    return LeaveOneOut(out, strong)
 
 
 def _significant_groups(residual: np.ndarray) -> np.ndarray:
