@@ -396,6 +396,7 @@ class _Detections:
         self.untrusted_moved = untrusted_moved  # ... and where the moved-median rule is not trusted either
         self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.confirmed = None  # shifted exposures: residual detections against the other exposures too
+        self.moved_border = None  # shifted exposures: moved medians on the border frame
         self.threshold_e = params.threshold_e(detector.gain, detector.rnoise_e)
         self.max2d_e = params.mm_minimum_max2d_rnoise * detector.rnoise_e
 
@@ -472,7 +473,8 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     and so is every pixel where the masked hits move the median
     (``det.moved``, see :func:`~megara_crdetect.core.shiftmodel.moved_medians`); nothing is a pair where the
     shifted model is not trusted (``det.untrusted_model``), except a moved
-    median away from sharp static features and the border (``det.untrusted_moved``).
+    median away from sharp static features and the border (``det.untrusted_moved``)
+    and a moved median on the border judged without extrapolation (``det.moved_border``).
 
     With flux factors divided out of the originals a pair needs no raw
     disagreement of its own (unlike a detection): the evidence above already
@@ -491,6 +493,8 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
         pairs &= ~det.untrusted_model
     if det.moved is not None:
         pairs |= det.moved & ~det.untrusted_moved
+        if det.moved_border is not None:
+            pairs |= det.moved_border
     return pairs & det.dilatable
 
 
@@ -630,7 +634,9 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     found against the other exposures join the CRMASKk, ``det.confirmed``
     holds the pixels confirmed against them
     (:func:`~megara_crdetect.core.shiftmodel.leave_one_out`) and
-    ``det.moved`` is set (see :func:`~megara_crdetect.core.shiftmodel.moved_medians`).  Returns the CRMASKk.
+    ``det.moved`` and ``det.moved_border`` are set (see
+    :func:`~megara_crdetect.core.shiftmodel.moved_medians` and
+    :func:`~megara_crdetect.core.shiftmodel.border_moved`).  Returns the CRMASKk.
     """
     params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
     phi = _model_factors(factors, params)
@@ -643,6 +649,8 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     crmasks |= _exposure_masks(loo.tracks & ~det.untrusted_model & det.cleanable, det, params.dilation)
     det.moved = sm.moved_medians(stack, models, crmasks, stats, noise)
     det.moved &= ~sm.static_cores(stack, noise, dilate(det.moved, 2))
+    det.moved_border = sm.border_moved(stack, loo, stats, noise)
+    det.moved_border &= ~sm.static_cores(stack, noise, dilate(det.moved_border, 2))
     return crmasks
 
 

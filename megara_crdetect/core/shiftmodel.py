@@ -21,9 +21,9 @@ from .noise import sigma
 from .offsets import shift_image_spline, shift_spline_coefficients, spline_coefficients
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
-__all__ = ["MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA", "STATIC_SIGMA", "TRACK_LOW",
-           "TRACK_SIGMA", "LeaveOneOut", "leave_one_out", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
-           "static_features"]
+__all__ = ["BORDER", "BORDER_HIT_SIGMA", "MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA",
+           "STATIC_SIGMA", "TRACK_LOW", "TRACK_SIGMA", "LeaveOneOut", "border_moved", "leave_one_out", "model_flags",
+           "moved_medians", "scene", "shifted_models", "static_cores", "static_features"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
 MODEL_SIGMA = 5.0
@@ -35,6 +35,11 @@ STATIC_SIGMA = 3.0
 SCENE_PAIR_SIGMA = 5.0
 #: Shifted exposures: the detected hits move the median by this many noise sigmas (see moved_medians).
 MOVED_SIGMA = 3.0
+#: Width of the border frame where shifted models extrapolate (see leave_one_out, border_moved).
+BORDER = 2
+#: ... where an exposure this far above the other exposures (model sigmas) is hit: near the edge the
+#: edge padding enters the interpolation of a single exposure (5 flagged a bright flank on a test set).
+BORDER_HIT_SIGMA = 7.0
 #: Faint tracks: 8-connected pixels above their leave-one-out model by this many model-noise sigmas ...
 TRACK_LOW = 2.0
 #: ... whose residuals sum to this many sigmas of the sum (see leave_one_out).
@@ -167,6 +172,8 @@ class LeaveOneOut(NamedTuple):
 
     tracks: np.ndarray  # (N, ny, nx) faint tracks: groups significant as a whole
     strong: np.ndarray  # (N, ny, nx) single pixels above MODEL_SIGMA
+    border: tuple[np.ndarray, np.ndarray]  # rows and columns of the pixels of the border frame
+    border_models: np.ndarray  # (N, m) their models from exposures that saw them (NaN: none did)
 
 
 def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offsets: np.ndarray, phi,
@@ -209,16 +216,31 @@ def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offs
     LeaveOneOut
         ``tracks`` and ``strong``, bool arrays of shape (N, ny, nx).
     """
-    n = stack.shape[0]
+    n, ny, nx = stack.shape
     others = np.zeros(stack.shape, dtype=np.float32)
     reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
+    frame = np.zeros((ny, nx), dtype=bool)
+    frame[:BORDER], frame[-BORDER:], frame[:, :BORDER], frame[:, -BORDER:] = True, True, True, True
+    ys, xs = np.nonzero(frame)
+    border_sum, border_count = np.zeros((n, ys.size)), np.zeros((n, ys.size))
+    # the models extrapolate on the border: there the exposures are used as they are
+    inner = np.zeros((ny, nx), dtype=bool)
+    width = BORDER + 3
+    inner[width:-width, width:-width] = True
     for j in range(n):
-        coeffs = spline_coefficients(np.where(masks[j], models[j], stack[j]) / np.float32(phi[j]), reach)
+        coeffs = spline_coefficients(np.where(masks[j] & inner, models[j], stack[j]) / np.float32(phi[j]), reach)
         for k in range(n):
             if k != j:
                 dx, dy = offsets[k] - offsets[j]
-                others[k] += shift_spline_coefficients(coeffs, dx, dy, stack.shape[1:])
+                shifted = shift_spline_coefficients(coeffs, dx, dy, (ny, nx))
+                others[k] += shifted
+                # exposure j saw the content of these pixels: no extrapolation beyond its edge
+                seen = (ys - dy >= 0) & (ys - dy <= ny - 1) & (xs - dx >= 0) & (xs - dx <= nx - 1)
+                border_sum[k] += np.where(seen, shifted[ys, xs], 0.0)
+                border_count[k] += seen
         del coeffs
+    with np.errstate(invalid="ignore", divide="ignore"):
+        border_models = (border_sum / border_count * np.asarray(phi, dtype=float)[:, None]).astype(np.float32)
     out = np.empty(stack.shape, dtype=bool)
     strong = np.empty(stack.shape, dtype=bool)
     edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
@@ -234,7 +256,31 @@ def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offs
         np.greater(residual, np.float32(MODEL_SIGMA), out=strong[k])
     # found in every exposure at once: a feature that does not move (hot pixel) the model misses
     out &= ~dilate(out.all(axis=0), 2)[None]
-    return LeaveOneOut(out, strong)
+    return LeaveOneOut(out, strong, (ys, xs), border_models)
+
+
+def border_moved(stack: np.ndarray, loo: LeaveOneOut, stats: StackStats, noise: np.ndarray) -> np.ndarray:
+    """Moved medians on the border frame, judged with models that do not extrapolate.
+
+    On the outermost ``BORDER`` rows and columns the common scene, shifted
+    back and forth, extrapolates beyond the image: its models are not
+    trusted there, nor are the exposure masks built with them.  There each
+    exposure is compared with the mean of the other exposures that saw the
+    pixel's content (``loo.border_models``, no extrapolation); one that
+    stands ``BORDER_HIT_SIGMA`` model sigmas above it is replaced by it, and a
+    pixel whose median2d exceeds the median of the result by ``MOVED_SIGMA``
+    noise sigmas is a moved median as in :func:`moved_medians`.  An exposure
+    that no other exposure saw there is left as it is.
+    """
+    ys, xs = loo.border
+    values = stack[:, ys, xs]
+    with np.errstate(invalid="ignore"):
+        hit = values - loo.border_models > BORDER_HIT_SIGMA * MODEL_NOISE_FACTOR * noise[ys, xs]
+    values = np.where(hit, loo.border_models, values)
+    moved = (stats.median2d[ys, xs] - np.median(values, axis=0)) / noise[ys, xs] > MOVED_SIGMA
+    out = np.zeros(stack.shape[1:], dtype=bool)
+    out[ys[moved], xs[moved]] = True
+    return out
 
 
 def _significant_groups(residual: np.ndarray) -> np.ndarray:
