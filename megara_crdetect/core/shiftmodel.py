@@ -214,19 +214,53 @@ def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offs
     Returns
     -------
     LeaveOneOut
-        ``tracks`` and ``strong``, bool arrays of shape (N, ny, nx).
+        ``tracks`` and ``strong`` (bool, shape (N, ny, nx)), and the models of
+        the border frame for :func:`border_moved`.
+    """
+    others, border, border_models = _mean_of_others(stack, models, masks, offsets, phi)
+    reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
+    edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
+    tracks = np.empty(stack.shape, dtype=bool)
+    strong = np.empty(stack.shape, dtype=bool)
+    for k in range(stack.shape[0]):
+        residual = np.subtract(stack[k], others[k])
+        residual /= sigma(others[k], rnoise_e)
+        residual /= np.float32(MODEL_NOISE_FACTOR)
+        residual[:edge], residual[-edge:], residual[:, :edge], residual[:, -edge:] = 0, 0, 0, 0
+        tracks[k] = _significant_groups(residual)
+        np.greater(residual, np.float32(MODEL_SIGMA), out=strong[k])
+    # found in every exposure at once: a feature that does not move (hot pixel) the model misses
+    tracks &= ~dilate(tracks.all(axis=0), 2)[None]
+    return LeaveOneOut(tracks, strong, border, border_models)
+
+
+def _mean_of_others(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offsets: np.ndarray,
+                    phi) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Each exposure's model from the others: their mean, each shifted straight to its offset.
+
+    Masked pixels take their models, except within ``BORDER + 3`` pixels of
+    the edge, where the models extrapolate.  On the ``BORDER`` frame a
+    second mean counts only the exposures that saw the pixel's content
+    (their source lies inside the image), NaN where none did.
+
+    Returns
+    -------
+    others : ndarray, shape (N, ny, nx), float32
+        Models from the other exposures, scaled by ``phi``, clipped at 0.
+    border : tuple of ndarray
+        Rows and columns of the frame pixels.
+    border_models : ndarray, shape (N, m), float32
+        Models of the frame pixels without extrapolation.
     """
     n, ny, nx = stack.shape
-    others = np.zeros(stack.shape, dtype=np.float32)
     reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
     frame = np.zeros((ny, nx), dtype=bool)
     frame[:BORDER], frame[-BORDER:], frame[:, :BORDER], frame[:, -BORDER:] = True, True, True, True
     ys, xs = np.nonzero(frame)
-    border_sum, border_count = np.zeros((n, ys.size)), np.zeros((n, ys.size))
-    # the models extrapolate on the border: there the exposures are used as they are
     inner = np.zeros((ny, nx), dtype=bool)
-    width = BORDER + 3
-    inner[width:-width, width:-width] = True
+    inner[BORDER + 3:-BORDER - 3, BORDER + 3:-BORDER - 3] = True
+    others = np.zeros(stack.shape, dtype=np.float32)
+    border_sum, border_count = np.zeros((n, ys.size)), np.zeros((n, ys.size))
     for j in range(n):
         coeffs = spline_coefficients(np.where(masks[j] & inner, models[j], stack[j]) / np.float32(phi[j]), reach)
         for k in range(n):
@@ -234,29 +268,17 @@ def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offs
                 dx, dy = offsets[k] - offsets[j]
                 shifted = shift_spline_coefficients(coeffs, dx, dy, (ny, nx))
                 others[k] += shifted
-                # exposure j saw the content of these pixels: no extrapolation beyond its edge
                 seen = (ys - dy >= 0) & (ys - dy <= ny - 1) & (xs - dx >= 0) & (xs - dx <= nx - 1)
                 border_sum[k] += np.where(seen, shifted[ys, xs], 0.0)
                 border_count[k] += seen
         del coeffs
-    with np.errstate(invalid="ignore", divide="ignore"):
-        border_models = (border_sum / border_count * np.asarray(phi, dtype=float)[:, None]).astype(np.float32)
-    out = np.empty(stack.shape, dtype=bool)
-    strong = np.empty(stack.shape, dtype=bool)
-    edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
+    scale = np.asarray(phi, dtype=np.float64)
     for k in range(n):
-        model = others[k]
-        model *= np.float32(phi[k] / (n - 1))
-        np.maximum(model, 0, out=model)
-        residual = np.subtract(stack[k], model)
-        residual /= sigma(model, rnoise_e)
-        residual /= np.float32(MODEL_NOISE_FACTOR)
-        residual[:edge], residual[-edge:], residual[:, :edge], residual[:, -edge:] = 0, 0, 0, 0
-        out[k] = _significant_groups(residual)
-        np.greater(residual, np.float32(MODEL_SIGMA), out=strong[k])
-    # found in every exposure at once: a feature that does not move (hot pixel) the model misses
-    out &= ~dilate(out.all(axis=0), 2)[None]
-    return LeaveOneOut(out, strong, (ys, xs), border_models)
+        others[k] *= np.float32(scale[k] / (n - 1))
+    np.maximum(others, 0, out=others)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        border_models = (border_sum / border_count * scale[:, None]).astype(np.float32)
+    return others, (ys, xs), border_models
 
 
 def border_moved(stack: np.ndarray, loo: LeaveOneOut, stats: StackStats, noise: np.ndarray) -> np.ndarray:
