@@ -18,7 +18,7 @@ import numpy as np
 from .locallevel import neighbour_index
 from .masks import dilate, label_groups
 from .noise import sigma
-from .offsets import shift_image_spline, shift_spline_coefficients, spline_coefficients
+from .shift import shift_image_spline, shift_spline_coefficients, spline_coefficients
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
 __all__ = ["BORDER", "BORDER_HIT_SIGMA", "MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA",

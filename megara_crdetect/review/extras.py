@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib import colors
 
 from ..core.fluxfactor import image_number_at_median
-from ..core.offsets import shift_image
+from ..core.shift import shift_image
 from ..core.stack import median_of_stack
 from ._plot import count_cmap, display_image, fits_extent, limits
 from .events import ReviewData
