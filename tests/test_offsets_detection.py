@@ -186,3 +186,24 @@ def test_hits_on_the_outermost_rows_and_columns_are_found():
     assert (res.mediancr & spoiled).sum() >= 0.9 * spoiled.sum(), ((res.mediancr & spoiled).sum(), spoiled.sum())
     near = ndimage.binary_dilation(truth.any(axis=0), iterations=2)
     assert not (res.mediancr & frame & ~near).any()
+
+
+def test_five_shifted_exposures():
+    """N = 5 with five different offsets: the leave-one-out model averages four exposures, the
+    median is spoiled by hits in 3 of them.  Measured: every hit above 30 sigma masked in its
+    exposure, 51 of 51 spoiled medians found, nothing flagged away from cosmic rays, no hot pixel."""
+    offsets = ((-0.5, 0.5), (0.0, 0.0), (0.5, -0.25), (0.3, 0.3), (-0.2, -0.4))
+    sim = simulate_exposures((300, 400), 5, offsets=offsets, seed=4, n_coincident=40, cr_fraction=0.005,
+                             hot_fraction=1e-4)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    cfg = CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=5, mm_xy_offsets=[list(o) for o in offsets])
+    res = compute_crmasks(stack, cfg, detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+    sig = _sigma(sim)
+    dep = sim.cr_deposit / sig
+    strong = dep > 30
+    strong[:, :3], strong[:, -3:], strong[:, :, :3], strong[:, :, -3:] = False, False, False, False
+    assert strong.sum() > 100 and (res.crmasks & strong).sum() == strong.sum()
+    spoiled = (np.median(stack, axis=0) - np.median(sim.expected, axis=0)) / sig[1] > 5
+    assert spoiled.sum() >= 40 and (res.mediancr & spoiled).sum() >= 0.98 * spoiled.sum()
+    near = ndimage.binary_dilation((dep > 1).any(axis=0), np.ones((3, 3), bool), iterations=2)
+    assert not (res.mediancr & ~near).any()
