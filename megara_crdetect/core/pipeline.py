@@ -491,10 +491,8 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
         pairs |= _spread_pairs(det, params)
     if det.untrusted_model is not None:
         pairs &= ~det.untrusted_model
-    if det.moved is not None:
-        pairs |= det.moved & ~det.untrusted_moved
-        if det.moved_border is not None:
-            pairs |= det.moved_border
+    if det.moved is not None:  # shifted exposures, second pass: det.moved_border is set as well
+        pairs |= det.moved & ~det.untrusted_moved | det.moved_border
     return pairs & det.dilatable
 
 
@@ -652,9 +650,11 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     det.confirmed = loo.strong
     crmasks |= _exposure_masks(loo.tracks & ~det.untrusted_model & det.cleanable, det, params.dilation)
     det.moved = sm.moved_medians(stack, models, crmasks, stats, noise)
-    det.moved &= ~sm.static_cores(stack, noise, dilate(det.moved, 2))
     det.moved_border = sm.border_moved(stack, loo, stats, noise)
-    det.moved_border &= ~sm.static_cores(stack, noise, dilate(det.moved_border, 2))
+    # one search for hot pixels within 2 pixels of either kind of moved median
+    static = sm.static_cores(stack, noise, dilate(det.moved | det.moved_border, 2))
+    det.moved &= ~static
+    det.moved_border &= ~static
     return crmasks
 
 

@@ -218,8 +218,7 @@ def leave_one_out(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, offs
         the border frame for :func:`border_moved`.
     """
     others, border, border_models = _mean_of_others(stack, models, masks, offsets, phi)
-    reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
-    edge = 2 + math.ceil(reach)  # the spline's support: beyond the image, its edge values stand in
+    edge = 2 + math.ceil(_reach(offsets))  # the spline's support: beyond the image, its edge values stand in
     tracks = np.empty(stack.shape, dtype=bool)
     strong = np.empty(stack.shape, dtype=bool)
     for k in range(stack.shape[0]):
@@ -253,12 +252,9 @@ def _mean_of_others(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, of
         Models of the frame pixels without extrapolation.
     """
     n, ny, nx = stack.shape
-    reach = float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
-    frame = np.zeros((ny, nx), dtype=bool)
-    frame[:BORDER], frame[-BORDER:], frame[:, :BORDER], frame[:, -BORDER:] = True, True, True, True
-    ys, xs = np.nonzero(frame)
-    inner = np.zeros((ny, nx), dtype=bool)
-    inner[BORDER + 3:-BORDER - 3, BORDER + 3:-BORDER - 3] = True
+    reach = _reach(offsets)
+    ys, xs = np.nonzero(_frame((ny, nx), BORDER))
+    inner = ~_frame((ny, nx), BORDER + 3)
     others = np.zeros(stack.shape, dtype=np.float32)
     border_sum, border_count = np.zeros((n, ys.size)), np.zeros((n, ys.size))
     for j in range(n):
@@ -279,6 +275,18 @@ def _mean_of_others(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, of
     with np.errstate(invalid="ignore", divide="ignore"):
         border_models = (border_sum / border_count * scale[:, None]).astype(np.float32)
     return others, (ys, xs), border_models
+
+
+def _reach(offsets: np.ndarray) -> float:
+    """Largest offset between two exposures along either axis (pixels)."""
+    return float(np.abs(offsets[:, None, :] - offsets[None, :, :]).max())
+
+
+def _frame(shape: tuple[int, int], width: int) -> np.ndarray:
+    """Boolean map of the ``width`` outermost rows and columns."""
+    out = np.zeros(shape, dtype=bool)
+    out[:width], out[-width:], out[:, :width], out[:, -width:] = True, True, True, True
+    return out
 
 
 def border_moved(stack: np.ndarray, loo: LeaveOneOut, stats: StackStats, noise: np.ndarray) -> np.ndarray:
@@ -356,7 +364,7 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> 
     model is wrong on them and, after the spline shifts, on their neighbours:
     every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
     every pixel within 2 of a sharp one that agrees (``HOT_PIXEL_SIGMA``
-    above its neighbours), plus a 2-pixel frame at the image border.
+    above its neighbours), plus the ``BORDER`` frame at the image edges.
 
     Returns
     -------
@@ -370,5 +378,5 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray) -> 
     """
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
     surroundings = dilate(agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA), 2)
-    surroundings[:2], surroundings[-2:], surroundings[:, :2], surroundings[:, -2:] = True, True, True, True
+    surroundings |= _frame(surroundings.shape, BORDER)
     return agree | surroundings, surroundings
