@@ -125,10 +125,11 @@ def _local_median(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarr
 
 
 def shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
-    """The scene shifted to every exposure's offset and scaled by ``phi``."""
+    """The scene shifted to every exposure's offset and scaled by ``phi`` (one spline filter for all)."""
     out = np.empty((len(offsets),) + clean.shape, dtype=np.float32)
+    coeffs = spline_coefficients(clean, float(np.abs(offsets).max())) if np.any(offsets != 0) else None
     for k, ((dx, dy), f) in enumerate(zip(offsets, phi)):
-        out[k] = shift_image_spline(clean, dx, dy) if (dx or dy) else clean
+        out[k] = shift_spline_coefficients(coeffs, dx, dy, clean.shape) if (dx or dy) else clean
         out[k] *= np.float32(f)
     np.maximum(out, 0, out=out)
     return out
