@@ -63,8 +63,11 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     """The mask file: primary header (keywords + HISTORY) and one extension per mask.
 
     Extensions: MEDIANCR, MEANCRT, CRMASK1..N, MEANCR (uint8 0/1, ``NPMASKED``),
-    LAMEDIAN (float32, when L.A.Cosmic ran) and RPMEDIAN (table, when pixels
-    are to be replaced by a local median).
+    LAMEDIAN (float32, when L.A.Cosmic ran), CLEANMIN (float32, shifted
+    exposures: the value that repairs MEDIANCR, see
+    :attr:`~megara_crdetect.core.pipeline.CRMaskResult.repair_min`) and
+    RPMEDIAN (table, when pixels are to be replaced by a local median).
+    The images are in electrons, divided by the flux factors.
     """
     primary = fits.PrimaryHDU()
     hdr = primary.header
@@ -92,6 +95,10 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     hdus.append(_mask_hdu(result.meancr, "MEANCR", "Cosmic rays left in the meancr combination"))
     if result.lamedian is not None:
         hdus.append(fits.ImageHDU(result.lamedian.astype(np.float32), name="LAMEDIAN"))
+    if result.repair_min is not None:
+        hdu = fits.ImageHDU(result.repair_min.astype(np.float32), name="CLEANMIN")
+        hdu.header["COMMENT"] = "Minimum of the exposures with their CRMASKk pixels replaced by their models"
+        hdus.append(hdu)
     rp = params.pixels_to_be_replaced_by_local_median
     if rp:
         cols = [fits.Column(name=n, format="K", array=np.array([e[i] for e in rp]))
@@ -153,6 +160,7 @@ class SavedMasks:
     meancr: np.ndarray
     flux_factors: np.ndarray
     lamedian: np.ndarray | None = None
+    repair_min: np.ndarray | None = None
     uuid: str = ""
     local_median: list = field(default_factory=list)
 
@@ -180,12 +188,13 @@ def read_crmasks(path: str | Path, n_images: int, shape: tuple[int, int]) -> Sav
             factors = np.array([hdr.get(f"FLUXF{k}", 1.0) for k in range(1, n_images + 1)], dtype=float)
             meancr = get("MEANCR") if "MEANCR" in names else np.zeros(shape, bool)
             lam = np.asarray(hdul["LAMEDIAN"].data, np.float32) if "LAMEDIAN" in names else None
+            repair = np.asarray(hdul["CLEANMIN"].data, np.float32) if "CLEANMIN" in names else None
             rp = []
             if "RPMEDIAN" in names:
                 t = hdul["RPMEDIAN"].data
                 rp = [tuple(int(v) for v in r) for r in zip(t["X_pixel"], t["Y_pixel"], t["X_width"], t["Y_width"])]
             return SavedMasks(get("MEDIANCR"), get("MEANCRT"),
                               np.stack([get(f"CRMASK{k}") for k in range(1, n_images + 1)]), meancr, factors,
-                              lam, str(hdr.get("UUID", "")), rp)
+                              lam, repair, str(hdr.get("UUID", "")), rp)
     except OSError as exc:
         raise InputError(f"--crmasks '{path.name}': cannot be read as FITS ({exc})") from None

@@ -89,6 +89,28 @@ def test_crmasks_option_reapplies_saved_masks(dataset, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_shifted_exposures_save_their_repair_value_and_reapply_it(tmp_path):
+    """With offsets MEDIANCR is repaired with CLEANMIN (saved in crmasks.fits), not min2d, and
+    ``--crmasks`` gives the same combinations from the file alone."""
+    offsets = ((-0.5, 0.5), (0.0, 0.0), (0.5, -0.25))
+    sim = simulate_exposures((120, 160), 3, seed=4, n_coincident=6, cr_fraction=0.005, offsets=offsets)
+    images = [f.name for f in write_exposures(sim, tmp_path)]
+    params = write_params(tmp_path, images, mm_xy_offsets=[list(o) for o in offsets])
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main([str(params), "--output_dir", str(first), "--no-figures"]) == 0
+    with fits.open(first / "crmasks.fits") as hdul:
+        assert "CLEANMIN" in [h.name for h in hdul]
+        repair = hdul["CLEANMIN"].data
+        med = hdul["MEDIANCR"].data.astype(bool)
+    value = fits.getdata(first / "combined_mediancr.fits")
+    assert med.any()
+    np.testing.assert_array_equal(value[med], repair[med])
+    assert main([str(params), "--output_dir", str(second), "--crmasks", str(first / "crmasks.fits")]) == 0
+    for name in ("mediancr", "meancrt", "meancr"):
+        np.testing.assert_array_equal(fits.getdata(first / f"combined_{name}.fits"),
+                                      fits.getdata(second / f"combined_{name}.fits"))
+
+
 def test_paths_are_relative_to_the_yaml_folder(dataset, tmp_path, monkeypatch):
     _, folder, images = dataset
     params = write_params(folder, images, name="relative.yaml")

@@ -8,7 +8,8 @@ from scipy import ndimage
 
 from megara_crdetect.config import CRMaskConfig
 from megara_crdetect.core import shiftmodel
-from megara_crdetect.core.pipeline import Detector, compute_crmasks
+from megara_crdetect.core.combine import combine
+from megara_crdetect.core.pipeline import Detector, apply_crmasks, compute_crmasks
 from megara_crdetect.core.stack import stack_statistics
 from megara_crdetect.io import to_electrons
 from megara_crdetect.simulate import simulate_exposures
@@ -54,6 +55,36 @@ def test_hot_pixels_do_not_move_and_are_not_cosmic_rays(run):
     assert not (res.mediancr & hot & ~cr_near).any()
     # the moving model cannot describe them exactly: a few neighbour effects remain in the exposure masks
     assert (res.crmasks & (hot & ~cr_near)[None]).any(axis=0).sum() <= 0.1 * hot.sum()
+
+
+def test_mediancr_of_shifted_exposures_is_repaired_with_the_exposures_without_their_hits(run):
+    """On a line flank the exposure a cosmic ray hit may be the lowest one without its hit; min2d is
+    then the next exposure's value, many sigmas higher.  The repair takes the minimum of the exposures
+    with their CRMASKk pixels replaced by their own models: measured 6 repaired pixels more than
+    5 sigma above the same combination of the noise-free exposures, against 28 with min2d."""
+    sim, res = run
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    sig = _sigma(sim).mean(axis=0)
+    noise_free = combine(sim.expected, "mediancr", rnoise_e=sim.rnoise_e, mediancr=res.mediancr).value
+    ours = apply_crmasks(stack, res, "mediancr", rnoise_e=sim.rnoise_e).value
+    plain = combine(stack, "mediancr", rnoise_e=sim.rnoise_e, mediancr=res.mediancr).value
+    high_ours = ((ours - noise_free) / sig > 5) & res.mediancr
+    high_plain = ((plain - noise_free) / sig > 5) & res.mediancr
+    assert high_plain.sum() >= 20
+    assert high_ours.sum() <= 0.4 * high_plain.sum(), (high_ours.sum(), high_plain.sum())
+    assert not ((ours - noise_free) / sig < -5)[res.mediancr].any()  # the models do not dig holes
+    # the repair value is only used on MEDIANCR: elsewhere mediancr is the plain median
+    np.testing.assert_array_equal(ours[~res.mediancr], plain[~res.mediancr])
+
+
+def test_aligned_exposures_are_repaired_with_min2d():
+    sim = simulate_exposures((120, 160), 3, cr_fraction=0.005, n_coincident=6, seed=5)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    res = compute_crmasks(stack, CRMaskConfig(crmethod="mmcosmic", mm_nsimulations=2),
+                          detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+    assert res.repair_min is None and res.mediancr.any()
+    ours = apply_crmasks(stack, res, "mediancr", rnoise_e=sim.rnoise_e).value
+    np.testing.assert_array_equal(ours[res.mediancr], stack.min(axis=0)[res.mediancr])
 
 
 def test_coincidences_spoiling_the_median_of_shifted_exposures_are_found():

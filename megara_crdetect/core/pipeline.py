@@ -126,7 +126,9 @@ class CRMaskResult:
     ``boundaries`` and ``expected_false`` are keyed by diagram name
     (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
     ``bad_columns`` (0-based) are detector lines left out of the detection
-    (see :func:`_bad_lines`).
+    (see :func:`_bad_lines`).  ``repair_min`` (shifted exposures only) is
+    the value that repairs MEDIANCR instead of min2d: the minimum of the
+    exposures with their CRMASKk pixels replaced by their own models.
     """
 
     stats: StackStats
@@ -148,6 +150,7 @@ class CRMaskResult:
     noise: np.ndarray | None = None
     bad_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     bad_columns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    repair_min: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -626,7 +629,7 @@ def _detection_map(cleanable: np.ndarray, bad_rows: np.ndarray, bad_cols: np.nda
 
 
 def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarray, exposure_flags: np.ndarray,
-                         factors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+                         factors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Shifted exposures, once MEDIANCR is known: compare with cleaner models, find moved medians.
 
     A coincidence that survived the scene's cleaning is in ``suspect``
@@ -638,7 +641,10 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     (:func:`~megara_crdetect.core.shiftmodel.leave_one_out`) and
     ``det.moved`` and ``det.moved_border`` are set (see
     :func:`~megara_crdetect.core.shiftmodel.moved_medians` and
-    :func:`~megara_crdetect.core.shiftmodel.border_moved`).  Returns the CRMASKk.
+    :func:`~megara_crdetect.core.shiftmodel.border_moved`).  Returns the
+    CRMASKk and the repair value of MEDIANCR: the minimum of the exposures
+    with their CRMASKk pixels replaced by their own models
+    (:func:`~megara_crdetect.core.shiftmodel.without_hits`).
     """
     params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
     phi = _model_factors(factors, params)
@@ -649,13 +655,18 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     loo = sm.leave_one_out(stack, models, crmasks, offsets, phi, rnoise_e)
     det.confirmed = loo.strong
     crmasks |= _exposure_masks(loo.tracks & ~det.untrusted_model & det.cleanable, det, params.dilation)
-    det.moved = sm.moved_medians(stack, models, crmasks, stats, noise)
+    cleaned = sm.without_hits(stack, models, crmasks)
+    det.moved = sm.moved_medians(cleaned, stats, noise)
+    if np.any(np.asarray(phi) != 1):  # the combinations use the normalised exposures
+        cleaned /= np.asarray(phi, dtype=np.float32)[:, None, None]
+    repair_min = cleaned.min(axis=0)
+    del cleaned, models
     det.moved_border = sm.border_moved(stack, loo, stats, noise)
     # one search for hot pixels within 2 pixels of either kind of moved median
     static = sm.static_cores(stack, noise, dilate(det.moved | det.moved_border, 2))
     det.moved &= ~static
     det.moved_border &= ~static
-    return crmasks
+    return crmasks, repair_min
 
 
 def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
@@ -727,6 +738,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
                       untrusted_model=mms.static_model, untrusted_moved=mms.static_moved)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
+    repair_min = None
     shifted = mms.model_flags is not None
     if shifted:  # residuals against their own model count as detections
         exposure_flags |= mms.model_flags & cleanable
@@ -735,13 +747,13 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, crmasks)
     if shifted:
         suspect = mediancr if mms.la_med is None else mediancr | mms.la_med
-        crmasks = _shifted_second_pass(det, stack, suspect, exposure_flags, factors, offsets)
+        crmasks, repair_min = _shifted_second_pass(det, stack, suspect, exposure_flags, factors, offsets)
         mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
     timings["mediancr"] = time.perf_counter() - t1
     result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
                           mms.boundaries, mms.expected, mms.sims, flux_details, counts, timings, noise,
-                          bad_rows, bad_cols)
+                          bad_rows, bad_cols, repair_min)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
@@ -769,7 +781,8 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     """
     mean_flags = det.union("mean", result.stats.mean2d) | exposure_flags.any(axis=0)
     result.meancrt = dilate(mean_flags, params.dilation) & det.dilatable | result.mediancr
-    meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks).value
+    meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
+                         replacement=result.repair_min).value  # the image apply_crmasks will write
     if params.uses_la and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
         det.la_flags["meancr"] = la["meancr"]
@@ -796,13 +809,15 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
     rnoise_e : float
         Readout noise in electrons (variance model).
     use_lamedian : bool
-        Repair with the L.A.Cosmic-cleaned median instead of min2d.
+        Repair with the L.A.Cosmic-cleaned median instead of min2d (or,
+        for shifted exposures, ``masks.repair_min``).
     local_median : sequence of (X, Y, X_width, Y_width)
         ``pixels_to_be_replaced_by_local_median`` (FITS).
     """
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
-    replacement = None  # the plain minimum of the (flux-normalised) stack
+    # the plain minimum of the (flux-normalised) stack, or that of the exposures without their hits
+    replacement = getattr(masks, "repair_min", None)
     if use_lamedian:
         if masks.lamedian is None:
             raise ValueError("use_lamedian needs the L.A.Cosmic-cleaned median (LAMEDIAN)")

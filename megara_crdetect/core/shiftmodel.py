@@ -23,7 +23,7 @@ from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack
 
 __all__ = ["BORDER", "BORDER_HIT_SIGMA", "MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA",
            "STATIC_SIGMA", "TRACK_LOW", "TRACK_SIGMA", "LeaveOneOut", "border_moved", "leave_one_out", "model_flags",
-           "moved_medians", "scene", "shifted_models", "static_cores", "static_features"]
+           "moved_medians", "scene", "shifted_models", "static_cores", "static_features", "without_hits"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
 MODEL_SIGMA = 5.0
@@ -326,23 +326,33 @@ def _significant_groups(residual: np.ndarray) -> np.ndarray:
     return keep[labels]
 
 
-def moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stats: StackStats,
-                   noise: np.ndarray) -> np.ndarray:
+def without_hits(stack: np.ndarray, models: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The exposures with their known hits (``masks``, CRMASKk) replaced by their own models.
+
+    What the data would be without the cosmic rays they are known to hold:
+    the base of :func:`moved_medians`, and its minimum repairs MEDIANCR
+    (an exposure hit on a line flank may be the lowest one without its hit,
+    which the plain minimum of the others cannot tell).  ``models`` is
+    overwritten and returned.
+    """
+    np.copyto(models, stack, where=~masks)
+    return models
+
+
+def moved_medians(cleaned: np.ndarray, stats: StackStats, noise: np.ndarray) -> np.ndarray:
     """Shifted exposures: where the masked hits move the median by more than ``MOVED_SIGMA``.
 
     On a line flank the exposures differ systematically, and a single hit
-    can move the median to the next exposure's value.  The median with every
-    masked exposure (CRMASKk) replaced by its own model is what the data
-    would give without the hits it is known to hold; median2d minus that,
-    in noise sigmas, is how far they moved it.  A masked exposure that is
-    not hit moves it by its own noise at most.
+    can move the median to the next exposure's value.  The median of the
+    exposures without their known hits (:func:`without_hits`) is what the
+    data would give without them; median2d minus that, in noise sigmas, is
+    how far they moved it.  A masked exposure that is not hit moves it by
+    its own noise at most.
 
     Parameters
     ----------
-    stack, models : ndarray, shape (N, ny, nx)
-        Exposures and their models; ``models`` is overwritten.
-    masks : ndarray of bool, shape (N, ny, nx)
-        CRMASKk.
+    cleaned : ndarray, shape (N, ny, nx)
+        Exposures without their known hits (:func:`without_hits`).
     stats : StackStats
         Statistics of the stack (``median2d``).
     noise : ndarray, shape (ny, nx)
@@ -352,8 +362,7 @@ def moved_medians(stack: np.ndarray, models: np.ndarray, masks: np.ndarray, stat
     -------
     ndarray of bool, shape (ny, nx)
     """
-    np.copyto(models, stack, where=~masks)
-    moved = stats.median2d - median_of_stack(models)
+    moved = stats.median2d - median_of_stack(cleaned)
     moved /= noise
     return moved > MOVED_SIGMA
 

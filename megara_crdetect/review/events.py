@@ -314,8 +314,10 @@ class ReviewData:
         return find_events(self.result.mediancr, self.result.mediancr_codes, self.t, self.margin)
 
     def corrected(self, use_lamedian: bool = False) -> np.ndarray:
-        """median2d with the MEDIANCR pixels repaired (min2d, or the L.A.Cosmic median)."""
-        repl = self.result.lamedian if use_lamedian and self.result.lamedian is not None else self.stats.min2d
+        """median2d with the MEDIANCR pixels repaired (min2d or ``repair_min``, or the L.A.Cosmic median)."""
+        repl = self.stats.min2d if self.result.repair_min is None else self.result.repair_min
+        if use_lamedian and self.result.lamedian is not None:
+            repl = self.result.lamedian
         out = self.stats.median2d.copy()
         m = self.result.mediancr
         out[m] = np.asarray(repl)[m]
