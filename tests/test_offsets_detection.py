@@ -87,6 +87,46 @@ def test_aligned_exposures_are_repaired_with_min2d():
     np.testing.assert_array_equal(ours[res.mediancr], stack.min(axis=0)[res.mediancr])
 
 
+def _with_equal_cores_and_hot_pixels(seed: int):
+    """A shifted set without cosmic rays, plus, on faint sky, 20 events hitting all three exposures
+    with the same 300 e- at their core and wings of their own in each exposure, and 20 hot pixels of
+    300 e- (the same in every exposure, no wings)."""
+    sim = simulate_exposures((300, 400), 3, offsets=OFFSETS, cr_fraction=0.0, n_coincident=0, hot_fraction=0.0,
+                             seed=seed)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    rng = np.random.default_rng(seed)
+    ys, xs = np.nonzero(sim.expected.min(axis=0)[10:-10, 10:-10] < 50)
+    pick = rng.choice(ys.size, 40, replace=False)
+    cores, hot = [], np.zeros(stack.shape[1:], bool)
+    for i, p in enumerate(pick):
+        y, x = ys[p] + 10, xs[p] + 10
+        stack[:, y, x] += 300.0
+        if i < 20:
+            cores.append((y, x))
+            for k in range(3):
+                wings = rng.uniform(0, 150, (3, 3)) * (rng.random((3, 3)) < 0.5)
+                stack[k, y - 1:y + 2, x - 1:x + 2] += wings.astype(np.float32)
+        else:
+            hot[y, x] = True
+    return sim, stack, cores, hot
+
+
+def test_events_with_equal_cores_in_every_exposure_are_not_hot_pixels():
+    """A sharp pixel whose exposures agree is a hot pixel only if its neighbours agree too: a cosmic
+    ray that hit every exposure with about equal deposits at its core carries wings that differ.
+    Measured: 48 of these 60 cores found (38 when agreeing cores vetoed their surroundings, as on
+    the offsets benchmark, where whole 3-of-3 events were missed that way), no hot pixel flagged."""
+    found = flagged_hot = 0
+    for seed in (3, 4, 5):
+        sim, stack, cores, hot = _with_equal_cores_and_hot_pixels(seed)
+        cfg = CRMaskConfig(mm_nsimulations=5, mm_xy_offsets=[list(o) for o in OFFSETS])
+        res = compute_crmasks(stack, cfg, detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+        found += sum(bool(res.mediancr[y, x]) for y, x in cores)
+        flagged_hot += int((res.mediancr & hot).sum())
+    assert found >= 45, found
+    assert flagged_hot == 0
+
+
 def test_coincidences_spoiling_the_median_of_shifted_exposures_are_found():
     """2-of-3 hits with offsets: a coincidence survives the median of the back-shifted exposures, so
     the common scene must be cleaned before the models are built from it.  With the coincidence left in
@@ -159,12 +199,16 @@ def test_moved_medians_are_trusted_where_exposures_agree_away_from_sharp_feature
     stack = rng.normal(100.0, 10.0, (3, 40, 50)).astype(np.float32)
     stack[:, 20, 25] += 500.0  # a hot pixel: sharp, in every exposure alike
     stack[:, 5:15, 30:40] += np.array([0.0, 300.0, 600.0], np.float32)[:, None, None]  # exposures differ
+    stack[:, 32, 15] += 500.0  # the same at the core, but with wings that differ: a cosmic ray
+    stack[0, 31, 14:17] += 400.0
+    stack[1, 33, 14:17] += 400.0
     stats = stack_statistics(stack)
     noise = np.full((40, 50), 20.0, np.float32)  # twice the scatter: the sky agrees everywhere
     floor = np.full((40, 50), 100.0, np.float32)
     untrusted, surroundings = shiftmodel.static_features(stats, floor, noise)
     assert untrusted[30, 10] and not surroundings[30, 10]  # flat sky: exposures agree, no feature
     assert surroundings[18:23, 23:28].all() and not surroundings[17, 25] and not surroundings[20, 28]
+    assert not surroundings[30:35, 13:18].any()
     assert surroundings[:2].all() and surroundings[:, -2:].all() and not surroundings[2:-2, 2:-2][0, 0]
     assert not untrusted[5:15, 30:40].any()  # where they differ, the model is trusted
     assert not (surroundings & ~untrusted).any()

@@ -513,6 +513,13 @@ def _pair_evidence(det: _Detections, exposure_flags: np.ndarray, exposure_masks:
     return evidence
 
 
+def _expected_spread(det: _Detections) -> np.ndarray:
+    """The exposures' expected spread (electrons), from the inflated noise scale."""
+    spread = np.square(det.inflated) - np.square(det.noise)
+    np.maximum(spread, 0, out=spread)
+    return np.sqrt(spread, out=spread)
+
+
 def _spread_pairs(det: _Detections, params: CRMaskConfig) -> np.ndarray:
     """Residual detections of shifted exposures where one hit can move the median.
 
@@ -522,9 +529,7 @@ def _spread_pairs(det: _Detections, params: CRMaskConfig) -> np.ndarray:
     mean of the other exposures (``det.confirmed``): on the full-frame
     offsets set the unconfirmed ones gave about half the far false flags.
     """
-    spread = np.square(det.inflated) - np.square(det.noise)
-    np.maximum(spread, 0, out=spread)
-    np.sqrt(spread, out=spread)
+    spread = _expected_spread(det)
     spread /= det.noise
     flags = det.model_flags if det.confirmed is None else det.model_flags & det.confirmed
     return flags.any(axis=0) & (spread > params.mm_pair_sigma)
@@ -595,7 +600,7 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 raw_factors=factors if normalised else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
     if np.any(offsets != 0):
-        out.static_model, out.static_moved = sm.static_features(stats, floor, noise)
+        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, spread)
         out.model_flags = sm.model_flags(stack, expected_img, rnoise_e) & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
@@ -663,7 +668,7 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     del cleaned, models
     det.moved_border = sm.border_moved(stack, loo, stats, noise)
     # one search for hot pixels within 2 pixels of either kind of moved median
-    static = sm.static_cores(stack, noise, dilate(det.moved | det.moved_border, 2))
+    static = sm.static_cores(stack, noise, dilate(det.moved | det.moved_border, 2), stats, _expected_spread(det))
     det.moved &= ~static
     det.moved_border &= ~static
     return crmasks, repair_min
