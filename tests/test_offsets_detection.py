@@ -10,7 +10,8 @@ from megara_crdetect.config import CRMaskConfig
 from megara_crdetect.core import shiftmodel
 from megara_crdetect.core.combine import combine
 from megara_crdetect.core.pipeline import Detector, apply_crmasks, compute_crmasks
-from megara_crdetect.core.stack import stack_statistics
+from megara_crdetect.core.mmdiagram import noise_floor, noise_scale
+from megara_crdetect.core.stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, spread_sigmas, stack_statistics
 from megara_crdetect.io import to_electrons
 from megara_crdetect.simulate import simulate_exposures
 
@@ -125,6 +126,58 @@ def test_events_with_equal_cores_in_every_exposure_are_not_hot_pixels():
         flagged_hot += int((res.mediancr & hot).sum())
     assert found >= 45, found
     assert flagged_hot == 0
+
+
+def _hits_next_to_line_peaks(seed: int):
+    """A shifted set without cosmic rays, plus single 12-sigma hits on the median exposure of pixels
+    1-2 px from the peak of a line (sharp, exposures agree) where the exposures differ by > 6 sigma."""
+    sim = simulate_exposures((300, 400), 3, offsets=OFFSETS, cr_fraction=0.0, n_coincident=0, hot_fraction=0.0,
+                             seed=seed)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    sig = _sigma(sim)
+    stats = stack_statistics(stack)
+    floor = noise_floor(stats.median2d)
+    noise = noise_scale(stats.min2d, floor, sim.rnoise_e)
+    peaks = (spread_sigmas(stats, noise) <= AGREEMENT_SIGMA) & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA)
+    peaks[:8], peaks[-8:], peaks[:, :8], peaks[:, -8:] = False, False, False, False
+    spread = (sim.expected.max(axis=0) - sim.expected.min(axis=0)) / sig.min(axis=0)
+    ys, xs = np.nonzero(peaks)
+    rng = np.random.default_rng(seed)
+    hits = []
+    for p in rng.permutation(ys.size)[:40]:
+        near = [(ys[p] + dy, xs[p] + dx) for dy in (-2, -1, 1, 2) for dx in (-2, -1, 0, 1, 2)
+                if spread[ys[p] + dy, xs[p] + dx] > 6]
+        if not near:
+            continue
+        y, x = near[rng.integers(len(near))]
+        if any(abs(y - a) < 6 and abs(x - b) < 6 for a, b in hits):
+            continue
+        k = int(np.argsort(sim.expected[:, y, x])[1])
+        stack[k, y, x] += 12 * sig[k, y, x]
+        hits.append((y, x))
+    return sim, stack, hits
+
+
+def test_hits_next_to_line_peaks_are_found():
+    """The peak of a bright line is sharp and its exposures agree, like a hot pixel's; but it moves
+    with the scene, so its models fit it, and it must not veto the moved medians around it (only a
+    feature that stands above its models in every exposure does).  Measured: 102 of 102 such hits
+    found, against 11 when every sharp agreeing pixel vetoed its surroundings; the price is one
+    false moved median (3 pixels) on the flank of the brightest line, against none."""
+    found = total = false = 0
+    for seed in (3, 4, 5):
+        sim, stack, hits = _hits_next_to_line_peaks(seed)
+        cfg = CRMaskConfig(mm_nsimulations=5, mm_xy_offsets=[list(o) for o in OFFSETS])
+        res = compute_crmasks(stack, cfg, detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+        found += sum(bool(res.mediancr[y, x]) for y, x in hits)
+        total += len(hits)
+        near = np.zeros(res.mediancr.shape, bool)
+        for y, x in hits:
+            near[y - 2:y + 3, x - 2:x + 3] = True
+        false += int((res.mediancr & ~near).sum())
+    assert total >= 90
+    assert found >= 0.95 * total, (found, total)
+    assert false <= 9, false  # measured 3: one moved median on the flank of an 11 000 e- line, dilated
 
 
 def test_coincidences_spoiling_the_median_of_shifted_exposures_are_found():

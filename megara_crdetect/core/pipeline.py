@@ -600,8 +600,9 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 raw_factors=factors if normalised else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
     if np.any(offsets != 0):
-        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, spread)
-        out.model_flags = sm.model_flags(stack, expected_img, rnoise_e) & ~out.static_model
+        flags, above = sm.model_flags(stack, expected_img, rnoise_e, with_above=True)
+        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, spread, above)
+        out.model_flags = flags & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
     _log.info("expected false MM detections from noise alone: %s",

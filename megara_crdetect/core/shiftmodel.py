@@ -22,8 +22,9 @@ from .shift import shift_image_spline, shift_spline_coefficients, spline_coeffic
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas
 
 __all__ = ["BORDER", "BORDER_HIT_SIGMA", "MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA",
-           "STATIC_SIGMA", "TRACK_LOW", "TRACK_SIGMA", "LeaveOneOut", "border_moved", "isolated", "leave_one_out", "model_flags",
-           "moved_medians", "scene", "shifted_models", "static_cores", "static_features", "without_hits"]
+           "STATIC_SIGMA", "TRACK_LOW", "TRACK_SIGMA", "WING_COUNT", "LeaveOneOut", "border_moved", "isolated",
+           "leave_one_out", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
+           "static_features", "without_hits"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
 MODEL_SIGMA = 5.0
@@ -159,7 +160,7 @@ def shifted_models(clean: np.ndarray, offsets: np.ndarray, phi) -> np.ndarray:
     return out
 
 
-def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.ndarray:
+def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float, *, with_above: bool = False):
     """Pixels of shifted exposures far above their own model (the common scene shifted to them).
 
     With sub-pixel offsets the exposures differ systematically on every line
@@ -177,10 +178,14 @@ def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.
         Exposures and their models (electrons).
     rnoise_e : float
         Readout noise, electrons.
+    with_above : bool
+        Also return where every exposure stands ``STATIC_SIGMA`` above its
+        model (see :func:`static_features`).
 
     Returns
     -------
     ndarray of bool, shape (N, ny, nx)
+        The flags; with ``with_above``, a tuple (flags, above), ``above`` of shape (ny, nx).
     """
     r = np.empty(stack.shape, dtype=np.float32)
     for k in range(stack.shape[0]):
@@ -188,8 +193,9 @@ def model_flags(stack: np.ndarray, expected: np.ndarray, rnoise_e: float) -> np.
         r[k] /= sigma(expected[k], rnoise_e)
     out = r > np.float32(MODEL_SIGMA * MODEL_NOISE_FACTOR)
     # the spline shifts spread a static feature's error over 2 pixels
-    out &= ~dilate(r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR), 2)[None]
-    return out
+    above = r.min(axis=0) > np.float32(STATIC_SIGMA * MODEL_NOISE_FACTOR)
+    out &= ~dilate(above, 2)[None]
+    return (out, above) if with_above else out
 
 
 class LeaveOneOut(NamedTuple):
@@ -392,16 +398,30 @@ def moved_medians(cleaned: np.ndarray, stats: StackStats, noise: np.ndarray) -> 
 
 
 def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray,
-                    spread: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    spread: np.ndarray | None = None, above: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
 
     Hot pixels and the like stay put while the scene moves, so the shifted
     model is wrong on them and, after the spline shifts, on their neighbours:
     every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
     every pixel within 2 of a sharp one that agrees (``HOT_PIXEL_SIGMA``
-    above the median of its neighbours) and is :func:`isolated` (a 3-of-3
-    cosmic ray with about equal deposits at its core is not), plus the
-    ``BORDER`` frame at the image edges.
+    above the median of its neighbours), is :func:`isolated` (a 3-of-3
+    cosmic ray with about equal deposits at its core is not) and where
+    every exposure stands above its model (``above``, see
+    :func:`model_flags`; the peak of a bright line moves with the scene and
+    its models fit it), plus the ``BORDER`` frame at the image edges.
+
+    Parameters
+    ----------
+    stats : StackStats
+        Statistics of the (unaligned) stack.
+    floor, noise : ndarray, shape (ny, nx)
+        Median of the 8 neighbours' median2d, and the single-exposure noise sigma.
+    spread : ndarray, shape (ny, nx), optional
+        The exposures' expected spread (see :func:`isolated`).
+    above : ndarray of bool, shape (ny, nx), optional
+        Where every exposure stands above its own model (None: not tested).
 
     Returns
     -------
@@ -416,7 +436,10 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray,
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
     sharp = agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA)
     ys, xs = np.nonzero(sharp)
-    sharp[ys, xs] = isolated(stats, noise, spread, ys, xs)
+    keep = isolated(stats, noise, spread, ys, xs)
+    if above is not None:
+        keep &= above[ys, xs]
+    sharp[ys, xs] = keep
     surroundings = dilate(sharp, 2)
     surroundings |= _frame(surroundings.shape, BORDER)
     return agree | surroundings, surroundings
