@@ -245,7 +245,7 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
                      la_median: np.ndarray | None, factors: np.ndarray, offsets: np.ndarray,
-                     noise: np.ndarray) -> np.ndarray:
+                     noise: np.ndarray, static: np.ndarray | None = None) -> np.ndarray:
     """Expected signal of each simulated exposure: the common scene, shifted and scaled.
 
     For aligned exposures the scene is median2d.  With offsets it is the
@@ -261,9 +261,10 @@ def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
     underestimate exactly the spread they are meant to reproduce.  Shifted
     back onto a common grid, the exposures no longer differ that way, and
     there the threshold is used as well (see :func:`~megara_crdetect.core.shiftmodel.scene`).
+    ``static``: detector features left out of the scene (shifted exposures).
     """
     phi = _model_factors(factors, params)
-    return sm.shifted_models(sm.scene(stats, stack, la_median, offsets, noise, phi), offsets, phi)
+    return sm.shifted_models(sm.scene(stats, stack, la_median, offsets, noise, phi, static), offsets, phi)
 
 
 def _model_factors(factors: np.ndarray, params: CRMaskConfig) -> np.ndarray:
@@ -388,7 +389,7 @@ class _Detections:
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
                  inflated=None, *, model_flags=None, static=None, dilatable=None, untrusted_model=None,
-                 untrusted_moved=None):
+                 untrusted_moved=None, static_px=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.dilatable = cleanable if dilatable is None else dilatable  # where dilation may reach
@@ -397,6 +398,7 @@ class _Detections:
         self.static = static  # hot pixels under a scene scaled by flux factors: never MEDIANCR
         self.untrusted_model = untrusted_model  # shifted exposures: where the shifted model is not trusted
         self.untrusted_moved = untrusted_moved  # ... and where the moved-median rule is not trusted either
+        self.static_px = static_px  # shifted exposures: hot pixels, left out of the scene
         self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.confirmed = None  # shifted exposures: residual detections against the other exposures too
         self.moved_border = None  # shifted exposures: moved medians on the border frame
@@ -579,6 +581,7 @@ class _MMStage:
     model_flags: np.ndarray | None = None  # shifted exposures: residuals against their own model
     static_model: np.ndarray | None = None  # shifted exposures: where the shifted model is not trusted
     static_moved: np.ndarray | None = None  # ... and where the moved-median rule is not trusted either
+    static_px: np.ndarray | None = None  # shifted exposures: hot pixels, left out of the scene
 
 
 def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
@@ -591,6 +594,15 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                           params.la_confirm_sigma, stats.median2d)
     expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise)
     spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
+    shifted = bool(np.any(offsets != 0))
+    static_px = flags = above = None
+    if shifted:
+        flags, above = sm.model_flags(stack, expected_img, rnoise_e, with_above=True)
+        static_px = sm.static_pixels(stats, floor, noise, stack, spread, above)
+        if static_px.any():  # hot pixels found: models without them (the spline spreads them around)
+            expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise, static_px)
+            spread = expected_img.max(axis=0) - expected_img.min(axis=0)
+            flags, above = sm.model_flags(stack, expected_img, rnoise_e, with_above=True)
     inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
     grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
     report = (lambda d, t: progress("simulations", d, t)) if progress else None
@@ -598,10 +610,9 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
                                 workers=workers, progress=report, spread=spread,
                                 raw_factors=factors if normalised else None)
-    out = _MMStage(inflated=inflated, sims=sims, la_med=la_med)
-    if np.any(offsets != 0):
-        flags, above = sm.model_flags(stack, expected_img, rnoise_e, with_above=True)
-        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, spread, above)
+    out = _MMStage(inflated=inflated, sims=sims, la_med=la_med, static_px=static_px)
+    if shifted:
+        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, stack, spread, above)
         out.model_flags = flags & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
@@ -654,7 +665,7 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     """
     params, stats, noise, rnoise_e = det.params, det.stats, det.noise, det.detector.rnoise_e
     phi = _model_factors(factors, params)
-    models = sm.shifted_models(sm.scene(stats, stack, suspect, offsets, noise, phi), offsets, phi)
+    models = sm.shifted_models(sm.scene(stats, stack, suspect, offsets, noise, phi, det.static_px), offsets, phi)
     det.model_flags |= sm.model_flags(stack, models, rnoise_e) & ~det.untrusted_model
     exposure_flags |= det.model_flags & det.cleanable
     crmasks = _exposure_masks(exposure_flags, det, params.dilation)
@@ -741,7 +752,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     del raw_range
     det = _Detections(stats, noise, params, detector, la_flags, mms.boundaries, cleanable, mms.sims, mms.inflated,
                       model_flags=mms.model_flags, static=static, dilatable=dilatable,
-                      untrusted_model=mms.static_model, untrusted_moved=mms.static_moved)
+                      untrusted_model=mms.static_model, untrusted_moved=mms.static_moved,
+                      static_px=mms.static_px)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     repair_min = None

@@ -23,8 +23,8 @@ from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack
 
 __all__ = ["BORDER", "BORDER_HIT_SIGMA", "MODEL_NOISE_FACTOR", "MODEL_SIGMA", "MOVED_SIGMA", "SCENE_PAIR_SIGMA",
            "STATIC_SIGMA", "TRACK_LOW", "TRACK_SIGMA", "WING_COUNT", "LeaveOneOut", "border_moved", "isolated",
-           "leave_one_out", "model_flags", "moved_medians", "scene", "shifted_models", "static_cores",
-           "static_features", "without_hits"]
+           "leave_one_out", "model_flags", "moved_medians", "scene", "sharp_in_every_exposure",
+           "shifted_models", "static_cores", "static_features", "static_pixels", "without_hits"]
 
 #: Residual of a shifted exposure against its own model that flags a cosmic ray (model-noise sigmas) ...
 MODEL_SIGMA = 5.0
@@ -50,7 +50,7 @@ TRACK_SIGMA = 7.5
 
 
 def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offsets: np.ndarray,
-          noise: np.ndarray, phi) -> np.ndarray:
+          noise: np.ndarray, phi, static: np.ndarray | None = None) -> np.ndarray:
     """The common scene of the exposures, cleaned where ``suspect``.
 
     Aligned exposures: median2d, min2d where ``suspect``.  Shifted exposures:
@@ -61,7 +61,11 @@ def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offs
     ``SCENE_PAIR_SIGMA`` are suspect too.  Suspect pixels and their
     neighbours take the lowest value, raised to the median of the lowest
     values around it where it is lower: a noise dip of one exposure must not
-    carve a hole into every model.
+    carve a hole into every model.  Detector features that do not move
+    (``static``, see :func:`static_pixels`) are no part of the scene: in
+    every exposure they take the median of their 8 neighbours before the
+    exposures are shifted back (the spline would otherwise spread a hot
+    pixel over the models of its neighbours, 3 and more pixels away).
 
     Parameters
     ----------
@@ -77,6 +81,8 @@ def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offs
         Single-exposure noise sigma.
     phi : sequence of float
         Factors of the modelled exposures (1 unless flux factors are applied to the simulations).
+    static : ndarray of bool, shape (ny, nx), optional
+        Detector features that do not move (shifted exposures only).
 
     Returns
     -------
@@ -86,7 +92,7 @@ def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offs
     if not np.any(offsets != 0):
         clean = stats.median2d.copy() if suspect is None else np.where(suspect, stats.min2d, stats.median2d)
     else:
-        back = np.stack([shift_image_spline(stack[k], -dx, -dy) / np.float32(f)
+        back = np.stack([shift_image_spline(_without_static(stack[k], static), -dx, -dy) / np.float32(f)
                          for k, ((dx, dy), f) in enumerate(zip(offsets, phi))])
         clean = median_of_stack(back)
         low = back.min(axis=0)
@@ -97,6 +103,17 @@ def scene(stats: StackStats, stack: np.ndarray, suspect: np.ndarray | None, offs
         clean[ys, xs] = np.maximum(low[ys, xs], _local_median(low, ys, xs))
     np.maximum(clean, 0, out=clean)
     return clean
+
+
+def _without_static(image: np.ndarray, static: np.ndarray | None) -> np.ndarray:
+    """``image`` with the ``static`` pixels replaced by the median of their 8 neighbours (a copy if any)."""
+    if static is None or not static.any():
+        return image
+    ys, xs = np.nonzero(static)
+    yy, xx = neighbour_index(ys, xs, image.shape)
+    out = image.copy()
+    out[ys, xs] = np.median(image[yy, xx], axis=1)
+    return out
 
 
 def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray, stats: StackStats,
@@ -113,15 +130,27 @@ def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray, stats:
     such places cannot tell whether the median moved.
     """
     ys, xs = np.nonzero(where)
-    yy, xx = neighbour_index(ys, xs, where.shape)
-    excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
-    low, high = excess.min(axis=0), excess.max(axis=0)
-    u = noise[ys, xs]
-    core = (low > HOT_PIXEL_SIGMA * u) & (high - low < AGREEMENT_SIGMA * np.sqrt(u * u + np.maximum(low, 0)))
+    core = sharp_in_every_exposure(stack, noise, ys, xs)
     core[core] = isolated(stats, noise, spread, ys[core], xs[core])
     out = np.zeros(where.shape, dtype=bool)
     out[ys[core], xs[core]] = True
     return dilate(out, 2)
+
+
+def sharp_in_every_exposure(stack: np.ndarray, noise: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Whether the pixels (ys, xs) stand alike above their neighbours in every exposure, as a hot pixel does.
+
+    ``HOT_PIXEL_SIGMA`` noise sigmas above the median of the 8 neighbours
+    in every (unaligned) exposure, by the same amount within
+    ``AGREEMENT_SIGMA`` (readout and its own Poisson noise).  Each exposure
+    against its own neighbours: on a line flank the exposures differ, but
+    a hot pixel's excess over its surroundings does not.
+    """
+    yy, xx = neighbour_index(ys, xs, stack.shape[1:])
+    excess = np.stack([stack[k][ys, xs] - np.median(stack[k][yy, xx], axis=1) for k in range(len(stack))])
+    low, high = excess.min(axis=0), excess.max(axis=0)
+    u = noise[ys, xs]
+    return (low > HOT_PIXEL_SIGMA * u) & (high - low < AGREEMENT_SIGMA * np.sqrt(u * u + np.maximum(low, 0)))
 
 
 def isolated(stats: StackStats, noise: np.ndarray, spread: np.ndarray | None, ys: np.ndarray,
@@ -397,7 +426,7 @@ def moved_medians(cleaned: np.ndarray, stats: StackStats, noise: np.ndarray) -> 
     return moved > MOVED_SIGMA
 
 
-def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray,
+def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray, stack: np.ndarray,
                     spread: np.ndarray | None = None, above: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
@@ -434,12 +463,26 @@ def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray,
         hit on a line flank makes the exposures agree by chance).
     """
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
-    sharp = agree & ((stats.median2d - floor) / noise > HOT_PIXEL_SIGMA)
+    surroundings = dilate(static_pixels(stats, floor, noise, stack, spread, above), 2)
+    surroundings |= _frame(surroundings.shape, BORDER)
+    return agree | surroundings, surroundings
+
+
+def static_pixels(stats: StackStats, floor: np.ndarray, noise: np.ndarray, stack: np.ndarray,
+                  spread: np.ndarray | None = None, above: np.ndarray | None = None) -> np.ndarray:
+    """Detector features that do not move (hot pixels): the cores of :func:`static_features`.
+
+    Sharp in median2d (``HOT_PIXEL_SIGMA`` above the median of its 8
+    neighbours), :func:`sharp_in_every_exposure` (on a line flank too),
+    :func:`isolated` and, when ``above`` is given, above their own models in
+    every exposure (the peak of a bright line is sharp as well, but it
+    moves with the scene and its models fit it).
+    """
+    sharp = (stats.median2d - floor) / noise > HOT_PIXEL_SIGMA
     ys, xs = np.nonzero(sharp)
-    keep = isolated(stats, noise, spread, ys, xs)
+    keep = sharp_in_every_exposure(stack, noise, ys, xs)
+    keep[keep] = isolated(stats, noise, spread, ys[keep], xs[keep])
     if above is not None:
         keep &= above[ys, xs]
     sharp[ys, xs] = keep
-    surroundings = dilate(sharp, 2)
-    surroundings |= _frame(surroundings.shape, BORDER)
-    return agree | surroundings, surroundings
+    return sharp
