@@ -120,11 +120,9 @@ def static_cores(stack: np.ndarray, noise: np.ndarray, where: np.ndarray, stats:
                  spread: np.ndarray | None) -> np.ndarray:
     """Detector features that do not move (hot pixels) among ``where``, and the 2 pixels around them.
 
-    Such a feature stands ``HOT_PIXEL_SIGMA`` noise sigmas above the median
-    of its 8 neighbours in every (unaligned) exposure, by the same amount
-    within ``AGREEMENT_SIGMA`` (readout and its own Poisson noise), and is
-    :func:`isolated`; a coincidence of cosmic rays misses an exposure or
-    differs in its deposits, at its core or around it.  The cleaned scene
+    Such a feature is :func:`sharp_in_every_exposure` and :func:`isolated`;
+    a coincidence of cosmic rays misses an exposure or differs in its
+    deposits, at its core or around it.  The cleaned scene
     (:func:`scene`) loses a hot pixel on a line flank, whose exposures
     differ there, and its models then put every exposure far above them:
     such places cannot tell whether the median moved.
