@@ -292,7 +292,7 @@ def test_moved_medians_are_trusted_where_exposures_agree_away_from_sharp_feature
     stats = stack_statistics(stack)
     noise = np.full((40, 50), 20.0, np.float32)  # twice the scatter: the sky agrees everywhere
     floor = np.full((40, 50), 100.0, np.float32)
-    untrusted, surroundings = shiftmodel.static_features(stats, floor, noise, stack)
+    untrusted, surroundings = shiftmodel.static_features(stats, noise, shiftmodel.static_pixels(stats, floor, noise, stack))
     assert untrusted[30, 10] and not surroundings[30, 10]  # flat sky: exposures agree, no feature
     assert surroundings[18:23, 23:28].all() and not surroundings[17, 25] and not surroundings[20, 28]
     assert not surroundings[30:35, 13:18].any()

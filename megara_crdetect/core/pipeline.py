@@ -603,6 +603,7 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
             expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise, static_px)
             spread = expected_img.max(axis=0) - expected_img.min(axis=0)
             flags, above = sm.model_flags(stack, expected_img, rnoise_e, with_above=True)
+            static_px = sm.static_pixels(stats, floor, noise, stack, spread, above)
     inflated = mm.inflate(noise.copy(), spread) if spread is not None else noise
     grid = mm.make_grid(noise if spread is None else np.stack([noise, inflated]), rnoise_e)
     report = (lambda d, t: progress("simulations", d, t)) if progress else None
@@ -612,7 +613,7 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
                                 raw_factors=factors if normalised else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med, static_px=static_px)
     if shifted:
-        out.static_model, out.static_moved = sm.static_features(stats, floor, noise, stack, spread, above)
+        out.static_model, out.static_moved = sm.static_features(stats, noise, static_px)
         out.model_flags = flags & ~out.static_model
     del expected_img, spread
     out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)

@@ -424,44 +424,36 @@ def moved_medians(cleaned: np.ndarray, stats: StackStats, noise: np.ndarray) -> 
     return moved > MOVED_SIGMA
 
 
-def static_features(stats: StackStats, floor: np.ndarray, noise: np.ndarray, stack: np.ndarray,
-                    spread: np.ndarray | None = None, above: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def static_features(stats: StackStats, noise: np.ndarray, static: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where a model that moves the scene cannot be trusted: detector features and their surroundings.
 
     Hot pixels and the like stay put while the scene moves, so the shifted
     model is wrong on them and, after the spline shifts, on their neighbours:
-    every pixel whose raw exposures agree within ``AGREEMENT_SIGMA`` and
-    every pixel within 2 of a sharp one that agrees (``HOT_PIXEL_SIGMA``
-    above the median of its neighbours), is :func:`isolated` (a 3-of-3
-    cosmic ray with about equal deposits at its core is not) and where
-    every exposure stands above its model (``above``, see
-    :func:`model_flags`; the peak of a bright line moves with the scene and
-    its models fit it), plus the ``BORDER`` frame at the image edges.
+    every pixel whose raw exposures agree within ``AGREEMENT_SIGMA``, every
+    pixel within 2 of a detector feature that does not move (``static``,
+    see :func:`static_pixels`), and the ``BORDER`` frame at the image edges.
 
     Parameters
     ----------
     stats : StackStats
         Statistics of the (unaligned) stack.
-    floor, noise : ndarray, shape (ny, nx)
-        Median of the 8 neighbours' median2d, and the single-exposure noise sigma.
-    spread : ndarray, shape (ny, nx), optional
-        The exposures' expected spread (see :func:`isolated`).
-    above : ndarray of bool, shape (ny, nx), optional
-        Where every exposure stands above its own model (None: not tested).
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma.
+    static : ndarray of bool, shape (ny, nx)
+        Detector features that do not move (:func:`static_pixels`).
 
     Returns
     -------
     untrusted : ndarray of bool
         All of these: no residual detection, track or pair there.
     surroundings : ndarray of bool
-        The sharp features' surroundings and the frame only, where the moved-median
+        The features' surroundings and the frame only, where the moved-median
         rule is not trusted either.  Elsewhere a pixel whose exposures agree is no
         hot pixel, and the hits known nearby may well have moved its median (a faint
         hit on a line flank makes the exposures agree by chance).
     """
     agree = spread_sigmas(stats, noise) <= AGREEMENT_SIGMA
-    surroundings = dilate(static_pixels(stats, floor, noise, stack, spread, above), 2)
+    surroundings = dilate(static, 2)
     surroundings |= _frame(surroundings.shape, BORDER)
     return agree | surroundings, surroundings
 
