@@ -821,8 +821,8 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
     stack : ndarray, shape (N, ny, nx)
         Exposures in electrons, divided by the flux factors.
     masks : CRMaskResult
-        Masks (``mediancr``, ``meancrt``, ``crmasks``, ``meancr``) and, for
-        ``use_lamedian``, ``lamedian``.
+        Masks (``mediancr``, ``meancrt``, ``crmasks``, ``meancr``), ``repair_min``
+        (None: min2d) and, for ``use_lamedian``, ``lamedian``.
     combination : str
         One of :data:`COMBINATIONS`.
     rnoise_e : float
@@ -836,7 +836,7 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
     # the plain minimum of the (flux-normalised) stack, or that of the exposures without their hits
-    replacement = getattr(masks, "repair_min", None)
+    replacement = masks.repair_min
     if use_lamedian:
         if masks.lamedian is None:
             raise ValueError("use_lamedian needs the L.A.Cosmic-cleaned median (LAMEDIAN)")
