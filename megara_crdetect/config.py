@@ -7,7 +7,7 @@ a frozen dataclass: :class:`InputConfig` for the top level of the YAML file
 for L.A.Cosmic and ``mm_*`` for the Median-Minimum method).  Each field
 carries its type ("kind"), default, allowed values or bounds, accepted
 aliases and a one-line description in its metadata.  The command-line shell,
-the numina recipe, the README parameter table and the FITS HISTORY cards are
+the numina recipe, the parameter reference (docs/parameters.md) and the FITS HISTORY cards are
 all generated from these declarations.
 
 Values are normalised on construction (``__post_init__``): YAML ``null`` and
@@ -789,7 +789,7 @@ def _doc_default(spec: ParamSpec) -> str:
 
 
 def schema_markdown() -> str:
-    """The parameter reference as a Markdown table (used in the README)."""
+    """The parameter reference as a Markdown table (docs/parameters.md)."""
     lines = ["| key | default | allowed values | unit | description |",
              "|---|---|---|---|---|"]
     for spec in schema():
