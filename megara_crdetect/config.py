@@ -62,7 +62,7 @@ class ParamSpec:
     kind : str
         Converter used: ``bool``, ``int``, ``float``, ``choice``, ``seed``,
         ``images``, ``regions``, ``region``, ``pixels``, ``replace_pixels``,
-        ``offsets``, ``fixed_points`` or ``flux_factor``.
+        ``offsets``, ``fixed_points``, ``flux_factor`` or ``float_pair``.
     default : object
         Default value (already normalised).
     doc : str
@@ -70,7 +70,7 @@ class ParamSpec:
     section : str
         ``top`` or ``requirements``.
     group : str
-        ``input``, ``general``, ``la`` or ``mm``.
+        ``input``, ``general``, ``la``, ``mm``, ``pc`` (PyCosmic), ``dc`` (deepCR) or ``nn`` (Cosmic-CoNN).
     choices : tuple of str or None
         Allowed values for ``choice`` parameters.
     low, high : float or None
@@ -112,6 +112,8 @@ class ParamSpec:
         bounds = _bounds_text(self)
         if bounds:
             text += f" {bounds}"
+        if self.kind == "float_pair":
+            text += ", or [peak, tail]: two such numbers for a strict and a permissive pass"
         if self.nullable and self.kind not in {"regions", "pixels", "replace_pixels"}:
             text += " or null"
         return text
@@ -131,6 +133,7 @@ _KIND_TEXT = {
     "offsets": "a list with one [dx, dy] pair of numbers per exposure",
     "fixed_points": "a list of [x, y] or [x, y, weight] numbers",
     "flux_factor": "none, auto, a positive number or a list with one positive number per exposure",
+    "float_pair": "a number",
 }
 
 
@@ -228,10 +231,32 @@ def _check_bounds(spec: ParamSpec, raw: Any, value: float) -> None:
         raise _fail(spec, raw, f"must be {_bounds_text(spec)}")
 
 
+def _choice_key(text: str) -> str:
+    return text.strip().lower().replace("-", "_")
+
+
 def _to_choice(spec: ParamSpec, value: Any) -> str:
-    if isinstance(value, str) and value.strip().lower() in spec.choices:
-        return value.strip().lower()
+    if isinstance(value, str):
+        canonical = {_choice_key(c): c for c in spec.choices}.get(_choice_key(value))
+        if canonical is not None:
+            return canonical
     raise _fail(spec, value, f"expected one of {' | '.join(spec.choices)}")
+
+
+def _to_float_pair(spec: ParamSpec, value: Any) -> float | tuple[float, float]:
+    """A number, or a [peak, tail] pair (#16: numina 0.40's two-pass thresholds); equal pair -> one number."""
+    raw = value
+    value = _unstring(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise _fail(spec, raw, "expected one number or a list of two numbers [peak, tail]")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise _fail(spec, raw)
+        peak, tail = (float(v) for v in value)
+        for v in (peak, tail):
+            _check_bounds(spec, raw, v)
+        return peak if peak == tail else (peak, tail)
+    return _to_number(spec, raw, integer=False)
 
 
 def _int_list(spec: ParamSpec, raw: Any, item: Any, length: int) -> tuple[int, ...]:
@@ -392,6 +417,7 @@ _CONVERTERS = {
     "offsets": _to_offsets,
     "fixed_points": _to_fixed_points,
     "flux_factor": _to_flux_factor,
+    "float_pair": _to_float_pair,
 }
 _LIST_KINDS = {"regions", "region", "pixels", "replace_pixels", "offsets", "fixed_points",
                "flux_factor", "seed"}
@@ -410,9 +436,18 @@ def convert(spec: ParamSpec, value: Any) -> Any:
 # the schema itself
 # ---------------------------------------------------------------------------
 
+#: Detection methods: the auxiliary single-image detector alone, MMcosmic alone, or their union (mm_*).
+CRMETHODS = ("lacosmic", "mmcosmic", "mm_lacosmic", "pycosmic", "mm_pycosmic", "deepcr", "mm_deepcr",
+             "conn", "mm_conn")
+#: Auxiliary detectors whose cleaned image can repair MEDIANCR (Cosmic-CoNN returns none).
+CLEANING_METHODS = ("lacosmic", "pycosmic", "deepcr")
+
 _LA = {"group": "la"}
 _MM = {"group": "mm"}
 _TOP = {"section": "top", "group": "input"}
+_PC = {"group": "pc"}
+_DC = {"group": "dc"}
+_NN = {"group": "nn"}
 
 
 class _Validated:
@@ -460,10 +495,12 @@ class CRMaskConfig(_Validated):
 
     # -- general -------------------------------------------------------------
     crmethod: str = param(
-        "mm_lacosmic", "Detection method: L.A.Cosmic, the Median-Minimum diagram, or their union",
-        "choice", choices=("lacosmic", "mmcosmic", "mm_lacosmic"))
+        "mm_lacosmic", "Detection method: an auxiliary single-image detector (L.A.Cosmic, PyCosmic, deepCR, "
+        "Cosmic-CoNN), the Median-Minimum diagram (mmcosmic), or their union (mm_*)",
+        "choice", choices=CRMETHODS)
     use_lamedian: bool = param(
-        False, "Repair MEDIANCR pixels with the L.A.Cosmic-cleaned median instead of the minimum",
+        False, "Repair MEDIANCR pixels with the median cleaned by the auxiliary detector (AUXCLEAN) instead "
+        "of the minimum",
         "bool", aliases=("use_auxmedian",))
     interactive: bool = param(
         False, "Show the diagnostic figures in windows and wait for a key (q continue, x abort)", "bool")
@@ -496,12 +533,12 @@ class CRMaskConfig(_Validated):
     la_gain_apply: bool = param(
         True, "Accepted for compatibility; no effect (data are converted to electrons before L.A.Cosmic)",
         "bool", **_LA)
-    la_sigclip: float = param(5.0, "Laplacian-to-noise limit for cosmic-ray detection", "float",
+    la_sigclip: Any = param(5.0, "Laplacian-to-noise limit for cosmic-ray detection", "float_pair",
                               low=0, low_open=True, **_LA)
-    la_sigfrac: float = param(0.3, "Fractional detection limit for neighbouring pixels", "float",
+    la_sigfrac: Any = param(0.3, "Fractional detection limit for neighbouring pixels", "float_pair",
                               low=0, low_open=True, **_LA)
-    la_objlim: float = param(5.0, "Contrast limit between the Laplacian and the fine-structure image",
-                             "float", low=0, low_open=True, **_LA)
+    la_objlim: Any = param(5.0, "Contrast limit between the Laplacian and the fine-structure image",
+                             "float_pair", low=0, low_open=True, **_LA)
     la_satlevel: float = param(65535.0, "Saturation level of the raw image", "float", low=0, low_open=True,
                                unit="ADU", **_LA)
     la_niter: int = param(4, "Number of L.A.Cosmic iterations", "int", low=1, **_LA)
@@ -558,6 +595,56 @@ class CRMaskConfig(_Validated):
         "exceeds this many noise sigmas: the second hit of a coincidence (3.64: two-sided 1 % point of the "
         "difference of two exposures; 0: off; see Algorithm, item 4)", "float", low=0, **_MM)
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
+    # -- #16: the rest of numina 0.40's parameter set ------------------------------------------------
+    mm_photon_distribution: str = param(
+        "poisson", "Photon noise of the simulated exposures: Poisson, or negative binomial (variance "
+        "lam + lam**2 / mm_nbinom_shape, lam in electrons)", "choice", choices=("poisson", "nbinom"), **_MM)
+    mm_nbinom_shape: float = param(1000.0, "Shape n of the negative binomial (mm_photon_distribution: nbinom)",
+                                   "float", low=0, low_open=True, **_MM)
+    mm_synthetic: str = param(
+        "median", "Expected signal of each simulated exposure: the cleaned median, or the exposure itself "
+        "cleaned (single; aligned exposures without flux factors)", "choice", choices=("median", "single"), **_MM)
+    mm_hist2d_min_neighbors: int = param(
+        0, "Empty every bin of the simulated diagram with fewer non-empty neighbours (of 8) before the "
+        "boundary is computed (0: off)", "int", low=0, high=8, **_MM)
+    mm_ydiag_max: float = param(
+        0.0, "Top of the simulated diagram: simulated pixels with median2d - min2d above it are left out "
+        "(0: no limit)", "float", low=0, unit="ADU", **_MM)
+    mm_dilation: int = param(0, "Dilation of the MM detections before they join the other detections", "int",
+                             low=0, unit="pixel", **_MM)
+    pc_sigma_det: Any = param(5.0, "Detection limit of the Laplacian above the noise (PyCosmic)", "float_pair",
+                              low=0, low_open=True, **_PC)
+    pc_rlim: Any = param(1.2, "Contrast limit: Laplacian over that of the Gaussian-smoothed image",
+                         "float_pair", low=0, low_open=True, **_PC)
+    pc_iterations: int = param(5, "Detection iterations (each on the image cleaned by the previous ones)", "int",
+                               low=1, **_PC)
+    pc_fwhm_gauss_x: float = param(2.5, "FWHM along X of the Gaussian smoothing (instrumental resolution)",
+                                   "float", low=0, low_open=True, unit="pixel", **_PC)
+    pc_fwhm_gauss_y: float = param(2.5, "FWHM along Y of the Gaussian smoothing", "float", low=0, low_open=True,
+                                   unit="pixel", **_PC)
+    pc_replace_box_x: int = param(5, "X size of the median box that replaces a flagged pixel", "int", low=1,
+                                  unit="pixel", **_PC)
+    pc_replace_box_y: int = param(5, "Y size of the median box that replaces a flagged pixel", "int", low=1,
+                                  unit="pixel", **_PC)
+    pc_replace_error: float = param(
+        1e6, "Error PyCosmic gives flagged pixels in its error image (accepted; no error image is written)",
+        "float", **_PC)
+    pc_increase_radius: int = param(0, "Grow the final PyCosmic mask by this many pixels", "int", low=0,
+                                    unit="pixel", **_PC)
+    pc_verbose: bool = param(False, "Log every PyCosmic iteration (at INFO)", "bool", **_PC)
+    dc_mask: str = param("ACS-WFC", "Model of deepCR (shipped with the deepcr package)", "choice",
+                         choices=("ACS-WFC", "WFC3-UVIS"), **_DC)
+    dc_threshold: float = param(0.5, "Probability (deepCR) above which a pixel is a cosmic ray", "float",
+                                low=0, high=1, low_open=True, high_open=True, **_DC)
+    dc_verbose: bool = param(False, "Log the deepCR call (at INFO)", "bool", **_DC)
+    nn_model: str = param("ground_imaging", "Cosmic-CoNN model (shipped with the cosmic-conn package)", "choice",
+                          choices=("ground_imaging", "NRES", "HST_ACS_WFC"), **_NN)
+    nn_threshold: float = param(0.5, "Cosmic-CoNN probability above which a pixel is a cosmic ray", "float",
+                                low=0, high=1, low_open=True, high_open=True, **_NN)
+    nn_verbose: bool = param(False, "Log the Cosmic-CoNN call (at INFO)", "bool", **_NN)
+    dtype: str = param("float32", "Floating type of the combined images written (detection runs in float32)",
+                       "choice", choices=("float32", "float64"))
+    debug: bool = param(False, "Log at DEBUG level (as --log-level DEBUG)", "bool")
 
     def _cross_checks(self) -> None:
         spec = {s.name: s for s in self.specs()}
@@ -573,8 +660,13 @@ class CRMaskConfig(_Validated):
         if self.mm_threshold_rnoise is not None and self.mm_threshold != 0.0:
             raise _fail(spec["mm_threshold_rnoise"], self.mm_threshold_rnoise,
                         "give either mm_threshold or mm_threshold_rnoise, not both")
-        if self.use_lamedian and self.crmethod == "mmcosmic":
-            raise _fail(spec["use_lamedian"], True, "use_lamedian: true needs crmethod lacosmic or mm_lacosmic")
+        if self.use_lamedian and self.aux_method not in CLEANING_METHODS:
+            raise _fail(spec["use_lamedian"], True, "use_lamedian: true needs crmethod lacosmic or mm_lacosmic "
+                        "(or pycosmic, mm_pycosmic, deepcr, mm_deepcr: a detector that returns a cleaned image)")
+        if self.mm_synthetic == "single" and (self.mm_xy_offsets is not None or self.mm_crosscorr_region is not None
+                                              or self.flux_factor is not None):
+            raise _fail(spec["mm_synthetic"], "single", "mm_synthetic: single needs aligned exposures without "
+                        "flux factors (no mm_xy_offsets, mm_crosscorr_region or flux_factor)")
         if self.la_psfsize % 2 == 0:
             raise _fail(spec["la_psfsize"], self.la_psfsize, "must be odd")
 
@@ -582,12 +674,23 @@ class CRMaskConfig(_Validated):
     @property
     def uses_mm(self) -> bool:
         """Whether the Median-Minimum method runs."""
-        return self.crmethod in ("mmcosmic", "mm_lacosmic")
+        return self.crmethod.startswith("mm")
+
+    @property
+    def aux_method(self) -> str | None:
+        """The auxiliary single-image detector (lacosmic, pycosmic, deepcr, conn), None for mmcosmic."""
+        name = self.crmethod.removeprefix("mm_")
+        return None if name == "mmcosmic" else name
+
+    @property
+    def uses_aux(self) -> bool:
+        """Whether an auxiliary single-image detector runs."""
+        return self.aux_method is not None
 
     @property
     def uses_la(self) -> bool:
         """Whether L.A.Cosmic runs."""
-        return self.crmethod in ("lacosmic", "mm_lacosmic")
+        return self.aux_method == "lacosmic"
 
     def coincidences(self, n_images: int) -> int:
         """Number of hits that spoil the median of ``n_images`` exposures."""
@@ -603,7 +706,8 @@ class CRMaskConfig(_Validated):
 
     def history(self) -> list[str]:
         """``name = value`` lines of every parameter, for FITS HISTORY cards."""
-        skip = {"la": not self.uses_la, "mm": not self.uses_mm}
+        skip = {"la": not self.uses_la, "mm": not self.uses_mm, "pc": self.aux_method != "pycosmic",
+                "dc": self.aux_method != "deepcr", "nn": self.aux_method != "conn"}
         return [f"{s.name} = {_history_value(getattr(self, s.name))}"
                 for s in self.specs() if not skip.get(s.group, False)]
 
@@ -619,21 +723,7 @@ def _history_value(value: Any) -> str:
 # ---------------------------------------------------------------------------
 
 # Keys of numina's crmasks (0.40) that this program deliberately does not implement.
-_REFERENCE_ONLY = {
-    **{k: "PyCosmic is not supported" for k in (
-        "pc_sigma_det", "pc_rlim", "pc_iterations", "pc_fwhm_gauss_x", "pc_fwhm_gauss_y",
-        "pc_replace_box_x", "pc_replace_box_y", "pc_replace_error", "pc_increase_radius", "pc_verbose")},
-    **{k: "deepCR/Cosmic-CoNN are not supported" for k in (
-        "dc_mask", "dc_threshold", "dc_verbose", "nn_model", "nn_threshold", "nn_verbose")},
-    "mm_photon_distribution": "the simulations always use Poisson + Gaussian read noise",
-    "mm_nbinom_shape": "the simulations always use Poisson + Gaussian read noise",
-    "mm_synthetic": "the simulations always start from the cleaned median",
-    "mm_hist2d_min_neighbors": "not needed by the normalised diagram",
-    "mm_ydiag_max": "the diagram range is set automatically",
-    "mm_dilation": "use dilation",
-    "dtype": "data are always processed in float32 electrons",
-    "debug": "use --log-level DEBUG",
-}
+_REFERENCE_ONLY: dict[str, str] = {}  # #16: every key of numina 0.40 is now implemented
 
 
 @dataclass(frozen=True)
@@ -845,12 +935,12 @@ def params_yaml(images: Sequence[str], *, inputs: Mapping[str, Any] | None = Non
                      + (f" [{spec.unit}]" if spec.unit else ""))
     lines.append("requirements:")
     heading = {"general": "General", "la": "L.A.Cosmic (van Dokkum 2001) through ccdproc/astroscrappy",
-               "mm": "Median-Minimum diagnostic diagram"}
-    group = None
-    for spec in CRMaskConfig.specs():
-        if spec.group != group:
-            group = spec.group
-            lines.append(f"  # -- {heading[group]} " + "-" * max(1, 60 - len(heading[group])))
-        lines.append(f"  {spec.name}: {_yaml_value(getattr(req, spec.name))}  # {spec.doc}"
-                     + (f" [{spec.unit}]" if spec.unit else ""))
+               "mm": "Median-Minimum diagnostic diagram", "pc": "PyCosmic (Husemann et al. 2012)",
+               "dc": "deepCR (Zhang & Bloom 2020; extra [ml])", "nn": "Cosmic-CoNN (Xu et al. 2023; extra [ml])"}
+    specs = CRMaskConfig.specs()
+    for group in dict.fromkeys(s.group for s in specs):
+        lines.append(f"  # -- {heading[group]} " + "-" * max(1, 60 - len(heading[group])))
+        for spec in (s for s in specs if s.group == group):
+            lines.append(f"  {spec.name}: {_yaml_value(getattr(req, spec.name))}  # {spec.doc}"
+                         + (f" [{spec.unit}]" if spec.unit else ""))
     return "\n".join(lines) + "\n"

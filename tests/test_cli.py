@@ -138,7 +138,7 @@ def bad_cases(folder: Path, images):
     return [
         ("unknown key", req(mm_nsimulation=3), "requirements.mm_nsimulation: unknown key (did you mean 'mm_nsimulations'?)"),
         ("wrong type", req(la_sigclip="abc"), "requirements.la_sigclip = 'abc': expected a number > 0"),
-        ("bad choice", req(crmethod="deepcr"), "expected one of lacosmic | mmcosmic | mm_lacosmic"),
+        ("bad choice", req(crmethod="deepcosmic"), "expected one of lacosmic | mmcosmic | mm_lacosmic"),
         ("out of range", req(dilation=-1), "requirements.dilation = -1: must be >= 0"),
         ("two images", {**ok, "images": images[:2]}, "at least 3 images are needed, got 2"),
         ("missing file", {**ok, "images": images[:2] + ["nothere.fits"]}, "images[2] = 'nothere.fits': file not found"),

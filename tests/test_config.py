@@ -37,7 +37,7 @@ def test_defaults_are_the_guide_example_values():
     ("requirements", "message"),
     [
         ({"mm_nsimulation": 3}, r"requirements\.mm_nsimulation: unknown key \(did you mean 'mm_nsimulations'\?\)"),
-        ({"crmethod": "pycosmic"}, r"crmethod = 'pycosmic': expected one of lacosmic \| mmcosmic \| mm_lacosmic"),
+        ({"crmethod": "astrocosmic"}, r"crmethod = 'astrocosmic': expected one of lacosmic \| mmcosmic \| mm_lacosmic"),
         ({"la_sigclip": "abc"}, r"la_sigclip = 'abc': expected a number > 0"),
         ({"la_sigclip": -1.0}, r"la_sigclip = -1.0: must be > 0"),
         ({"dilation": 1.5}, r"dilation = 1.5: expected an integer >= 0"),
@@ -62,7 +62,16 @@ def test_defaults_are_the_guide_example_values():
         ({"use_lamedian": True, "use_auxmedian": True}, r"given twice"),
         ({"use_lamedian": True, "crmethod": "mmcosmic"}, r"needs crmethod lacosmic or mm_lacosmic"),
         ({"gain": 2.0}, r"requirements\.gain: this key belongs in the top level"),
-        ({"pc_rlim": 1.2}, r"pc_rlim: not supported by megara-crdetect \(PyCosmic"),
+        ({"pc_rlim": [1.2, 1.0, 0.8]}, r"pc_rlim = \[1.2, 1.0, 0.8\]: expected one number or a list of two"),
+        ({"la_sigclip": [5.0, -3.0]}, r"la_sigclip = \[5.0, -3.0\]: must be > 0"),
+        ({"dc_threshold": 1.0}, r"dc_threshold = 1.0: must be > 0 and < 1"),
+        ({"nn_model": "space"}, r"expected one of ground_imaging \| NRES \| HST_ACS_WFC"),
+        ({"mm_hist2d_min_neighbors": 9}, r"mm_hist2d_min_neighbors = 9: must be >= 0 and <= 8"),
+        ({"mm_photon_distribution": "gauss"}, r"expected one of poisson \| nbinom"),
+        ({"mm_nbinom_shape": 0}, r"mm_nbinom_shape = 0: must be > 0"),
+        ({"mm_synthetic": "single", "flux_factor": "auto"}, r"mm_synthetic: single needs aligned exposures"),
+        ({"use_lamedian": True, "crmethod": "mm_conn"}, r"needs crmethod lacosmic or mm_lacosmic"),
+        ({"dtype": "int16"}, r"dtype = 'int16': expected one of float32 \| float64"),
         ({"mm_seed": -3}, r"mm_seed = -3: must be >= 0"),
         ({"maxplots": -2}, r"maxplots = -2: must be >= -1"),
         ({"la_cleantype": "gauss"}, r"expected one of median \| medmask \| meanmask \| idw"),
@@ -175,7 +184,10 @@ def test_history_lists_every_used_parameter():
     assert any(line.startswith("mm_nsimulations = 10") for line in lines)
     assert not any(line.startswith("la_") for line in lines)  # L.A.Cosmic not used
     names = {line.split(" = ")[0] for line in CRMaskConfig().history()}
-    assert names == {s.name for s in CRMaskConfig.specs()}
+    unused = {"pc", "dc", "nn"}  # mm_lacosmic: the other auxiliary detectors are not used
+    assert names == {s.name for s in CRMaskConfig.specs() if s.group not in unused}
+    names = {line.split(" = ")[0] for line in CRMaskConfig(crmethod="pycosmic").history()}
+    assert "pc_sigma_det" in names and not names & {"la_sigclip", "mm_seed", "dc_mask", "nn_model"}
 
 
 def test_every_parameter_is_documented():
