@@ -5,6 +5,13 @@ electrons: it passes ``gain=1`` and the read noise in electrons, so the noise
 model is right whatever the detector gain (the reference passed the read
 noise in ADU). `run_lacosmic_many` runs several images in parallel threads.
 
+Two passes (numina 0.40): ``sigclip``, ``sigfrac`` and ``objlim`` may each be
+a ``(peak, tail)`` pair.  L.A.Cosmic then runs twice on the same (padded)
+image, first with the peak values (strict), then with the tail values
+(permissive); a group of tail detections (8-connected) is kept whole when it
+holds at least one peak detection, and the cleaned image is that of the tail
+pass (`merge_peak_tail`).
+
 Parallelism (astroscrappy 1.3.0, 2-core machine): astroscrappy's median
 filters are C loops parallelised with OpenMP and called without the GIL, and
 its remaining steps are NumPy calls that release the GIL too. A serial run on two
@@ -27,6 +34,8 @@ import numpy as np
 
 __all__ = [
     "CLEANTYPES",
+    "merge_peak_tail",
+    "threshold_passes",
     "FSMODES",
     "PSFMODELS",
     "gaussxy_kernel",
@@ -41,6 +50,28 @@ FSMODES = ("median", "convolve")
 PSFMODELS = ("gauss", "moffat", "gaussx", "gaussy", "gaussxy")
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def threshold_passes(**thresholds) -> list[dict]:
+    """Threshold sets of one or two passes from values that are numbers or ``(peak, tail)`` pairs.
+
+    Returns ``[peak]`` when every value is a single number (or an equal
+    pair), else ``[peak, tail]`` where a single number is used by both passes.
+    """
+    pairs = {k: (v, v) if np.isscalar(v) else (v[0], v[1]) for k, v in thresholds.items()}
+    peak = {k: v[0] for k, v in pairs.items()}
+    tail = {k: v[1] for k, v in pairs.items()}
+    return [peak] if peak == tail else [peak, tail]
+
+
+def merge_peak_tail(peak: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """Tail detections (8-connected groups) that touch a peak detection.
+
+    A peak pixel outside every tail group is dropped (numina 0.40's rule).
+    """
+    from .masks import keep_groups_with
+
+    return keep_groups_with(tail, peak)
 
 
 def _check_odd_size(name: str, size) -> int:
@@ -168,9 +199,9 @@ def run_lacosmic(
     image: np.ndarray,
     *,
     rnoise_e: float,
-    sigclip: float = 5.0,
-    sigfrac: float = 0.3,
-    objlim: float = 5.0,
+    sigclip: float | tuple[float, float] = 5.0,
+    sigfrac: float | tuple[float, float] = 0.3,
+    objlim: float | tuple[float, float] = 5.0,
     satlevel_e: float | None = None,
     niter: int = 4,
     sepmed: bool = True,
@@ -192,9 +223,10 @@ def run_lacosmic(
         Image ``(ny, nx)`` in electrons (bias subtracted, gain applied); finite.
     rnoise_e : float
         Read noise in electrons (>= 0).
-    sigclip, sigfrac, objlim : float, optional
+    sigclip, sigfrac, objlim : float or (float, float), optional
         Laplacian-to-noise limit, neighbour fraction and fine-structure
-        contrast limit (all > 0).
+        contrast limit (all > 0).  A ``(peak, tail)`` pair in any of them
+        runs two passes merged by `merge_peak_tail`.
     satlevel_e : float or None, optional
         Saturation level in electrons; None leaves ccdproc's default (65535).
     niter : int, optional
@@ -248,22 +280,22 @@ def run_lacosmic(
     from ccdproc import cosmicray_lacosmic  # lazy: astropy/ccdproc import is slow
 
     image, padwidth = _check_image(image, padwidth)
-    kwargs = _lacosmic_arguments(
-        {
-            "rnoise_e": rnoise_e, "sigclip": sigclip, "sigfrac": sigfrac,
-            "objlim": objlim, "satlevel_e": satlevel_e, "niter": niter,
-            "sepmed": sepmed, "cleantype": cleantype, "fsmode": fsmode,
-            "psfmodel": psfmodel, "psffwhm_x": psffwhm_x, "psffwhm_y": psffwhm_y,
-            "psfsize": psfsize, "psfbeta": psfbeta, "verbose": verbose,
-        }
-    )
+    options = {
+        "rnoise_e": rnoise_e, "satlevel_e": satlevel_e, "niter": niter,
+        "sepmed": sepmed, "cleantype": cleantype, "fsmode": fsmode,
+        "psfmodel": psfmodel, "psffwhm_x": psffwhm_x, "psffwhm_y": psffwhm_y,
+        "psfsize": psfsize, "psfbeta": psfbeta, "verbose": verbose,
+    }
+    passes = threshold_passes(sigclip=sigclip, sigfrac=sigfrac, objlim=objlim)
     work = np.asarray(image, dtype=np.float32)
     if padwidth:
         work = np.pad(work, padwidth, mode="reflect")
-    cleaned, mask = cosmicray_lacosmic(work, **kwargs)
-    if padwidth:
-        inner = (slice(padwidth, -padwidth), slice(padwidth, -padwidth))
-        cleaned, mask = cleaned[inner], mask[inner]
+    inner = (slice(padwidth, -padwidth), slice(padwidth, -padwidth)) if padwidth else (slice(None),) * 2
+    mask = None
+    for thresholds in passes:  # peak pass, then (two passes) the tail pass, merged once cropped
+        cleaned, found = cosmicray_lacosmic(work, **_lacosmic_arguments({**options, **thresholds}))
+        cleaned, found = cleaned[inner], np.asarray(found[inner], dtype=bool)
+        mask = found if mask is None else merge_peak_tail(mask, found)
     logger.debug("L.A.Cosmic flagged %d pixels", int(np.count_nonzero(mask)))
     return (
         np.ascontiguousarray(mask, dtype=bool),
