@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-coincident", type=int, default=None, help="extra coincident events (default 150 per 3.2 Mpx)")
     p.add_argument("--workdir", type=Path)
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--crmethod", default="mm_lacosmic", help="crmethod of both programs (#16: any of numina 0.40's)")
     p.add_argument("--ours-extra", type=yaml.safe_load, default={}, help="extra requirements for our run (YAML)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     sim = simulate_exposures(shape, 3, seed=args.seed, n_coincident=n_coinc, **SETS[args.set])
-    ours_yaml, ref_yaml = common.write_inputs(sim, workdir, EXTRA[args.set])
+    ours_yaml, ref_yaml = common.write_inputs(sim, workdir, {**EXTRA[args.set], "crmethod": args.crmethod})
     if args.ours_extra:
         doc = yaml.safe_load(ours_yaml.read_text())
         doc["requirements"].update(args.ours_extra)
@@ -234,7 +235,8 @@ def main(argv=None) -> int:
         print("bars of issue 3 (ours):")
         print("\n".join(check_bars(results["ours"], oracle)))
     if args.json:
-        args.json.write_text(json.dumps({"oracle": oracle, "results": results, "shape": shape, "set": args.set},
+        args.json.write_text(json.dumps({"oracle": oracle, "results": results, "shape": shape, "set": args.set,
+                                         "crmethod": args.crmethod},
                                         indent=2))
     return 0
 

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the simulated data and parameters of the guide's example N into --output_dir, "
                         "then run it")
     p.add_argument("--no-figures", action="store_true", help="do not write the diagnostic figures")
+    p.add_argument("--record", action="store_true",
+                   help="also write the console messages into <output_dir>/terminal_output.txt")
+    p.add_argument("--echo", action="store_true", help="print the command line first")
     p.add_argument("--version", action="version", version=f"megara-crdetect {__version__}")
     return p
 
@@ -112,6 +115,8 @@ def _execute(args) -> int:
     else:
         params_path = Path(args.params)
     cfg = parse_run_config(_load_yaml(params_path))
+    if cfg.params.debug:  # numina 0.40's debug: as --log-level DEBUG
+        _log.setLevel(logging.DEBUG)
     _log.info("megara-crdetect %s: %s, crmethod %s", __version__, params_path, cfg.params.crmethod)
     review = None
     if cfg.params.interactive:
@@ -124,10 +129,39 @@ def _execute(args) -> int:
     return 0
 
 
+def _record(args) -> logging.Handler | None:
+    """``--record``: a handler keeping the console messages for ``terminal_output.txt``."""
+    if not args.record:
+        return None
+    import io
+
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _write_record(handler: logging.Handler | None, output_dir: str, status: int) -> None:
+    if handler is None or status != 0:
+        return
+    logging.getLogger().removeHandler(handler)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "terminal_output.txt").write_text(handler.stream.getvalue())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the program; returns the exit status."""
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level)
+    if args.echo:
+        print("$ numina-crmasks " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    record = _record(args)
+    status = _main(args)
+    _write_record(record, args.output_dir, status)
+    return status
+
+
+def _main(args) -> int:
     try:
         return _execute(args)
     except (ConfigError, InputError) as exc:

@@ -63,7 +63,8 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     """The mask file: primary header (keywords + HISTORY) and one extension per mask.
 
     Extensions: MEDIANCR, MEANCRT, CRMASK1..N, MEANCR (uint8 0/1, ``NPMASKED``),
-    LAMEDIAN (float32, when L.A.Cosmic ran), CLEANMIN (float32, shifted
+    AUXCLEAN (float32, the median cleaned by the auxiliary detector: L.A.Cosmic,
+    PyCosmic or deepCR; numina 0.40's name, which megaradrp reads), CLEANMIN (float32, shifted
     exposures: the value that repairs MEDIANCR, see
     :attr:`~megara_crdetect.core.pipeline.CRMaskResult.repair_min`) and
     RPMEDIAN (table, when pixels are to be replaced by a local median).
@@ -94,7 +95,9 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
     hdus += [_mask_hdu(m, f"CRMASK{k}", f"Cosmic rays of exposure {k}") for k, m in enumerate(result.crmasks, 1)]
     hdus.append(_mask_hdu(result.meancr, "MEANCR", "Cosmic rays left in the meancr combination"))
     if result.lamedian is not None:
-        hdus.append(fits.ImageHDU(result.lamedian.astype(np.float32), name="LAMEDIAN"))
+        hdu = fits.ImageHDU(result.lamedian.astype(np.float32), name="AUXCLEAN")
+        hdu.header["COMMENT"] = f"Median cleaned by the auxiliary detector ({params.crmethod})"
+        hdus.append(hdu)
     if result.repair_min is not None:
         hdu = fits.ImageHDU(result.repair_min.astype(np.float32), name="CLEANMIN")
         hdu.header["COMMENT"] = "Minimum of the exposures with their CRMASKk pixels replaced by their models"
@@ -108,16 +111,19 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
 
 
 def combined_hdulist(name: str, combined, *, masks_uuid: str, detector: Detector, images: Sequence[str],
-                     extnum: int = 0, flux_factors: Sequence[float] = ()) -> fits.HDUList:
-    """``combined_<name>.fits``: PRIMARY (value), VARIANCE and MAP (exposures used, int16)."""
-    primary = fits.PrimaryHDU(np.asarray(combined.value, dtype=np.float32))
+                     extnum: int = 0, flux_factors: Sequence[float] = (), dtype: str = "float32") -> fits.HDUList:
+    """``combined_<name>.fits``: PRIMARY (value), VARIANCE and MAP (exposures used, int16).
+
+    ``dtype`` (float32 or float64, numina 0.40's ``dtype``) is the type of the value and variance.
+    """
+    primary = fits.PrimaryHDU(np.asarray(combined.value, dtype=dtype))
     hdr = primary.header
     hdr["COMBINED"] = (name, "Combination method")
     hdr["MASKUUID"] = (masks_uuid, "UUID of the crmasks.fits used")
     _provenance(hdr, detector, images, extnum)
     for k, f in enumerate(flux_factors, 1):
         hdr[f"FLUXF{k}"] = (float(f), f"Exposure {k} was divided by this flux factor")
-    var = fits.ImageHDU(np.asarray(combined.variance, dtype=np.float32), name="VARIANCE")
+    var = fits.ImageHDU(np.asarray(combined.variance, dtype=dtype), name="VARIANCE")
     var.header["BUNIT"] = ("electron2", "Variance of the combined value (noise model)")
     exp_map = fits.ImageHDU(np.asarray(combined.exposure_map, dtype=np.int16), name="MAP")
     exp_map.header["COMMENT"] = "Number of exposures used for each pixel"
@@ -187,7 +193,8 @@ def read_crmasks(path: str | Path, n_images: int, shape: tuple[int, int]) -> Sav
             hdr = hdul[0].header
             factors = np.array([hdr.get(f"FLUXF{k}", 1.0) for k in range(1, n_images + 1)], dtype=float)
             meancr = get("MEANCR") if "MEANCR" in names else np.zeros(shape, bool)
-            lam = np.asarray(hdul["LAMEDIAN"].data, np.float32) if "LAMEDIAN" in names else None
+            aux = next((n for n in ("AUXCLEAN", "LAMEDIAN") if n in names), None)  # LAMEDIAN: older files
+            lam = np.asarray(hdul[aux].data, np.float32) if aux else None
             repair = np.asarray(hdul["CLEANMIN"].data, np.float32) if "CLEANMIN" in names else None
             rp = []
             if "RPMEDIAN" in names:

@@ -62,7 +62,7 @@ def iter_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid:
                                  local_median=cfg.params.pixels_to_be_replaced_by_local_median)
         yield f"combined_{name}.fits", combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
                                                         images=images, extnum=cfg.inputs.extnum,
-                                                        flux_factors=masks.flux_factors)
+                                                        flux_factors=masks.flux_factors, dtype=cfg.params.dtype)
 
 
 def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
@@ -121,6 +121,9 @@ def write_product(stage: OutputStage, name: str, product) -> None:
 
 
 def _load(cfg: RunConfig, base_dir: Path) -> tuple[InputStack, np.ndarray]:
+    from .core.mldetect import check_extra
+
+    check_extra(cfg.params.aux_method)  # #16: a missing [ml] extra is reported before any work
     inputs = read_images(cfg.inputs.images, base_dir=base_dir, extnum=cfg.inputs.extnum)
     check_against_data(cfg.params, inputs.data.shape[1:], inputs.data.shape[0])
     stack = to_electrons(inputs.data, gain=cfg.inputs.gain, bias=cfg.inputs.bias)

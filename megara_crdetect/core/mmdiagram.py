@@ -56,7 +56,7 @@ from .stack import low_mean, median_of_stack
 __all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor", "noise_scale", "make_grid",
            "simulate_diagrams", "inflate",
            "real_histogram", "column_quantile",
-           "boundary_points", "target_names"]
+           "boundary_points", "target_names", "trim_histogram", "single_expectations"]
 
 _log = logging.getLogger(__name__)
 
@@ -255,16 +255,16 @@ def _targets_of(z: np.ndarray, lo: np.ndarray) -> list[np.ndarray]:
 def _simulate_block(expected: np.ndarray, noise: np.ndarray, rows: slice, *, rnoise_e: float, n_low: int,
                     nsim: int, n_check: int, grid: DiagramGrid, seed: np.random.SeedSequence,
                     exact: bool, hist: np.ndarray, spread: np.ndarray | None = None,
-                    raw_factors: np.ndarray | None = None) -> None:
+                    raw_factors: np.ndarray | None = None, nbinom_shape: float | None = None) -> None:
     """Add the histograms of one block of rows to ``hist`` (2, n_targets, ncells).
 
     ``hist[0]`` collects the fitting sets, ``hist[1]`` the check sets.
     """
     rng = np.random.default_rng(seed)
     if raw_factors is None:
-        samplers = [NoiseSampler(lam, rnoise_e, exact=exact) for lam in expected[:, rows]]
+        samplers = [NoiseSampler(lam, rnoise_e, exact=exact, nbinom_shape=nbinom_shape) for lam in expected[:, rows]]
     else:  # draw the raw exposure f_k * E_k with its own noise, then normalise it like the real one
-        samplers = [NoiseSampler(lam * np.float32(f), rnoise_e, exact=exact)
+        samplers = [NoiseSampler(lam * np.float32(f), rnoise_e, exact=exact, nbinom_shape=nbinom_shape)
                     for lam, f in zip(expected[:, rows], raw_factors)]
     n = len(samplers)
     shape = samplers[0].lam.shape
@@ -299,7 +299,8 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
                       grid: DiagramGrid, seed: int | None, n_check: int = 2, block_rows: int = 64,
                       workers: int | None = None, spread: np.ndarray | None = None,
                       raw_factors: np.ndarray | None = None, exact: bool = False,
-                      progress: Callable[[int, int], None] | None = None) -> SimulatedDiagrams:
+                      progress: Callable[[int, int], None] | None = None,
+                      nbinom_shape: float | None = None) -> SimulatedDiagrams:
     """Simulate ``nsim`` sets of exposures and histogram their MM diagrams.
 
     Parameters
@@ -344,6 +345,9 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
         in the real data.
     progress : callable, optional
         Called as ``progress(done, total)`` after every block.
+    nbinom_shape : float, optional
+        Negative-binomial photon noise of this shape (``mm_photon_distribution:
+        nbinom``) instead of Poisson.
 
     Returns
     -------
@@ -369,7 +373,7 @@ def simulate_diagrams(expected: np.ndarray, noise: np.ndarray, *, rnoise_e: floa
                 return hist
             _simulate_block(expected, noise, blocks[i], rnoise_e=rnoise_e, n_low=n_low, nsim=nsim, n_check=n_check,
                             grid=grid, seed=seeds[i], exact=exact, hist=hist, spread=spread,
-                            raw_factors=raw_factors)
+                            raw_factors=raw_factors, nbinom_shape=nbinom_shape)
             with lock:
                 done[0] += 1
                 if progress is not None:
@@ -426,3 +430,65 @@ def boundary_points(hist: np.ndarray, grid: DiagramGrid) -> tuple[np.ndarray, np
     step = grid.t_edges[1] - grid.t_edges[0]
     t = grid.t_edges[j] + frac * step
     return grid.u_centres[keep], t
+
+
+# -- #16: numina 0.40's options of the simulated diagram ---------------------------------------------
+
+
+def trim_histogram(hist: np.ndarray, grid: DiagramGrid, *, min_neighbors: int = 0,
+                   y_max_e: float = 0.0) -> np.ndarray:
+    """A simulated histogram without isolated bins and above a top (numina 0.40's options).
+
+    Parameters
+    ----------
+    hist : ndarray, shape (n_columns, n_rows)
+        Simulated counts.
+    grid : DiagramGrid
+    min_neighbors : int
+        ``mm_hist2d_min_neighbors``: a non-empty bin with fewer non-empty
+        bins among its 8 neighbours (outside = empty) is emptied.
+    y_max_e : float
+        ``mm_ydiag_max`` in electrons: counts of rows whose lower edge
+        ``t * u`` (column centre ``u``) lies above it are left out, as
+        simulated pixels above the top of the reference's diagram are;
+        0 keeps everything.
+
+    Returns
+    -------
+    ndarray
+        ``hist`` itself when nothing is to be done, else a trimmed copy.
+    """
+    if min_neighbors <= 0 and y_max_e <= 0:
+        return hist
+    out = hist.copy()
+    if min_neighbors > 0:
+        filled = hist > 0
+        kernel = np.ones((3, 3), dtype=np.int32)
+        kernel[1, 1] = 0
+        count = ndimage.convolve(filled.astype(np.int32), kernel, mode="constant", cval=0)
+        out[filled & (count < min_neighbors)] = 0
+    if y_max_e > 0:
+        y_low = grid.u_centres[:, None] * grid.t_edges[None, :-1]
+        out[y_low > y_max_e] = 0
+    return out
+
+
+def single_expectations(stack: np.ndarray, stats, noise: np.ndarray,
+                        flagged_median: np.ndarray | None = None, *, limit_sigma: float = 5.0) -> np.ndarray:
+    """Expected signal of each simulated exposure from the exposure itself (``mm_synthetic: single``).
+
+    Each exposure is pre-cleaned: where it stands more than ``limit_sigma``
+    noise sigmas above median2d (a cosmic ray of that exposure) or where the
+    auxiliary detector's confirmed flags on the median lie
+    (``flagged_median``, a bool map), min2d replaces it.  The exposure's own
+    noise is then part of the expectation, as in numina 0.40's single-image
+    simulations.
+    """
+    out = np.empty(stack.shape, dtype=np.float32)
+    for k in range(stack.shape[0]):
+        hit = (stack[k] - stats.median2d) > np.float32(limit_sigma) * noise
+        if flagged_median is not None:
+            hit |= flagged_median
+        out[k] = np.where(hit, stats.min2d, stack[k])
+    np.maximum(out, 0, out=out)
+    return out

@@ -13,6 +13,12 @@ readout noise and faint signal, where the approximation degrades) the pixel is
 drawn exactly.  For the readout noise of MEGARA (3.4 e-) the skewness never
 exceeds 0.11 and the two samplers give the same detection boundary (see the
 tests).
+
+Photon noise may also be negative binomial (numina 0.40's
+``mm_photon_distribution: nbinom``, shape ``n``): mean ``lam``, variance
+``lam + lam**2 / n`` and third cumulant ``lam (1 + lam/n) (1 + 2 lam/n)``; the
+same sampler then uses those moments (and exact negative-binomial deviates
+where the skewness is large).
 """
 
 from __future__ import annotations
@@ -45,16 +51,26 @@ class NoiseSampler:
         Readout noise in electrons.
     exact : bool
         Draw exact Poisson + Gaussian deviates everywhere (slow; reference).
+    nbinom_shape : float, optional
+        Negative-binomial photon noise of this shape instead of Poisson.
     """
 
-    def __init__(self, lam: np.ndarray, rnoise_e: float, *, exact: bool = False):
+    def __init__(self, lam: np.ndarray, rnoise_e: float, *, exact: bool = False,
+                 nbinom_shape: float | None = None):
         self.lam = np.maximum(lam, 0, dtype=np.float32)
         self.rnoise_e = np.float32(rnoise_e)
         self.exact = exact
-        var = self.lam + self.rnoise_e**2
+        self.nbinom_shape = nbinom_shape
+        if nbinom_shape is None:
+            photon_var, kappa3 = self.lam, self.lam
+        else:
+            q = self.lam / np.float32(nbinom_shape)
+            photon_var = self.lam * (1 + q)
+            kappa3 = photon_var * (1 + 2 * q)
+        var = photon_var + self.rnoise_e**2
         self.s = np.sqrt(var)
         with np.errstate(divide="ignore", invalid="ignore"):
-            c = self.lam / (var * self.s * np.float32(6))
+            c = kappa3 / (var * self.s * np.float32(6))
         self.c = np.where(var > 0, c, 0).astype(np.float32)
         # lam + s * (g + c * (g**2 - 1)) = b + g * (s + a * g), with a = s * c and b = lam - a
         self._a = self.s * self.c
@@ -62,10 +78,16 @@ class NoiseSampler:
         hard = self.c > SKEW_LIMIT / 6
         self.hard = np.flatnonzero(hard) if hard.any() else None
 
+    def _photons(self, rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
+        if self.nbinom_shape is None:
+            return rng.poisson(lam)
+        n = float(self.nbinom_shape)
+        return rng.negative_binomial(n, n / (n + lam.astype(np.float64)))
+
     def draw(self, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
         """One noisy exposure (float32), written into ``out`` when given."""
         if self.exact:
-            res = rng.poisson(self.lam).astype(np.float32)
+            res = self._photons(rng, self.lam).astype(np.float32)
             res += rng.standard_normal(self.lam.shape, dtype=np.float32) * self.rnoise_e
             if out is not None:
                 out[...] = res
@@ -79,7 +101,7 @@ class NoiseSampler:
         if self.hard is not None:
             flat = out.reshape(-1)
             lam = self.lam.reshape(-1)[self.hard]
-            flat[self.hard] = rng.poisson(lam) + rng.standard_normal(lam.size, dtype=np.float32) * self.rnoise_e
+            flat[self.hard] = self._photons(rng, lam) + rng.standard_normal(lam.size, dtype=np.float32) * self.rnoise_e
         return out
 
 

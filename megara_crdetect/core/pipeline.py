@@ -210,18 +210,13 @@ def _normalised(target: np.ndarray, stats: StackStats, noise: np.ndarray) -> np.
 
 def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detector: Detector,
                    workers: int | None) -> tuple[dict, np.ndarray | None]:
-    """Raw L.A.Cosmic flags of every target and the cleaned median."""
-    from .lacosmic import run_lacosmic_many
+    """Raw flags of the auxiliary detector (L.A.Cosmic, PyCosmic, deepCR, Cosmic-CoNN; #16) on every
+    target and its cleaned median (None for Cosmic-CoNN)."""
+    from .auxdetect import make_detector, run_many
 
-    kwargs = dict(
-        rnoise_e=detector.rnoise_e, sigclip=params.la_sigclip, sigfrac=params.la_sigfrac,
-        objlim=params.la_objlim, satlevel_e=detector.level_e(params.la_satlevel), niter=params.la_niter,
-        sepmed=params.la_sepmed, cleantype=params.la_cleantype, fsmode=params.la_fsmode,
-        psfmodel=params.la_psfmodel, psffwhm_x=params.la_psffwhm_x, psffwhm_y=params.la_psffwhm_y,
-        psfsize=params.la_psfsize, psfbeta=params.la_psfbeta, padwidth=params.la_padwidth,
-        verbose=params.la_verbose)
+    aux = make_detector(params, rnoise_e=detector.rnoise_e, satlevel_e=detector.level_e(params.la_satlevel))
     names = list(targets)
-    results = run_lacosmic_many([targets[n] for n in names], workers=workers, **kwargs)
+    results = run_many(aux, [targets[n] for n in names], workers=workers)
     flags = {n: r[0] for n, r in zip(names, results)}
     return flags, results[names.index("median")][1] if "median" in names else None
 
@@ -352,12 +347,15 @@ def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, rnoise_
     return np.asarray(measure_offsets(stats.median2d, stack, region=region, rnoise_e=rnoise_e), dtype=float)
 
 
-def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: float) -> tuple[dict, dict]:
+def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: float,
+                   gain: float = 1.0) -> tuple[dict, dict]:
     boundaries, expected = {}, {}
     for name, hist in sims.hist.items():
         if name == "median" and params.mm_boundary_fit == "piecewise":
             b = bd.piecewise_boundary(params.mm_fixed_points_in_boundary, rnoise_e=rnoise_e)
         else:
+            hist = mm.trim_histogram(hist, sims.grid, min_neighbors=params.mm_hist2d_min_neighbors,
+                                     y_max_e=params.mm_ydiag_max * gain)  # #16
             u, t = mm.boundary_points(hist, sims.grid)
             fixed = params.mm_fixed_points_in_boundary if name == "median" else ()
             b = bd.fit_spline_boundary(u, t, rnoise_e=rnoise_e, knots=params.mm_knots_splfit,
@@ -436,7 +434,8 @@ class _Detections:
         b = self.boundaries.get(diagram)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
-                            max2d_e=self.max2d_e) & self.cleanable
+                            max2d_e=self.max2d_e)
+            mmf = dilate(mmf, self.params.mm_dilation) & self.cleanable  # mm_dilation (#16)
         return la, mmf
 
     def union(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> np.ndarray:
@@ -585,7 +584,7 @@ class _MMStage:
 
 
 def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
-              workers, progress) -> _MMStage:
+              workers, progress, gain=1.0) -> _MMStage:
     """Simulated diagrams, boundaries and (with offsets) the residual detections of every exposure."""
     n = stack.shape[0]
     la_med = None
@@ -593,6 +592,8 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
         la_med = _confirm(la_flags["median"], _normalised(stats.median2d, stats, noise),
                           params.la_confirm_sigma, stats.median2d)
     expected_img = _expected_images(stats, stack, params, la_med, factors, offsets, noise)
+    if params.mm_synthetic == "single":  # #16: each simulated exposure from itself, cleaned
+        expected_img = mm.single_expectations(stack, stats, noise, la_med)
     spread = expected_img.max(axis=0) - expected_img.min(axis=0) if _unequal(factors, offsets, params) else None
     shifted = bool(np.any(offsets != 0))
     static_px = flags = above = None
@@ -610,13 +611,15 @@ def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, no
     sims = mm.simulate_diagrams(expected_img, floor, rnoise_e=rnoise_e, n_coincidences=params.coincidences(n),
                                 nsim=params.mm_nsimulations, grid=grid, seed=params.mm_seed,
                                 workers=workers, progress=report, spread=spread,
-                                raw_factors=factors if normalised else None)
+                                raw_factors=factors if normalised else None,
+                                nbinom_shape=params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom"
+                                else None)
     out = _MMStage(inflated=inflated, sims=sims, la_med=la_med, static_px=static_px)
     if shifted:
         out.static_model, out.static_moved = sm.static_features(stats, noise, static_px)
         out.model_flags = flags & ~out.static_model
     del expected_img, spread
-    out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e)
+    out.boundaries, out.expected = _mm_boundaries(sims, params, rnoise_e, gain)
     _log.info("expected false MM detections from noise alone: %s",
               ", ".join(f"{k} {v:.2f}" for k, v in out.expected.items()))
     return out
@@ -733,7 +736,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     timings["statistics"] = time.perf_counter() - t0
 
     la_flags, lamedian = {}, None
-    if params.uses_la:
+    if params.uses_aux:
         t1 = time.perf_counter()
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
@@ -744,7 +747,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     if params.uses_mm:
         t1 = time.perf_counter()
         mms = _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
-                        workers, progress)
+                        workers, progress, detector.gain)
         timings["mmcosmic"] = time.perf_counter() - t1
     del floor
 
@@ -784,8 +787,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
 
 
 def _la_everywhere(params: CRMaskConfig) -> bool:
-    """L.A.Cosmic on every target (always for lacosmic alone, on request for mm_lacosmic)."""
-    return params.crmethod == "lacosmic" or params.la_everywhere
+    """The auxiliary detector on every target (always when it runs alone, on request with MM)."""
+    return not params.uses_mm or params.la_everywhere
 
 
 def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray,
@@ -802,7 +805,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     result.meancrt = dilate(mean_flags, params.dilation) & det.dilatable | result.mediancr
     meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
                          replacement=result.repair_min).value  # the image apply_crmasks will write
-    if params.uses_la and _la_everywhere(params):
+    if params.uses_aux and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
         det.la_flags["meancr"] = la["meancr"]
     result.meancr = det.union("meancr", meancr_img, boundary_name="mean")
@@ -839,7 +842,7 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
     replacement = masks.repair_min
     if use_lamedian:
         if masks.lamedian is None:
-            raise ValueError("use_lamedian needs the L.A.Cosmic-cleaned median (LAMEDIAN)")
+            raise ValueError("use_lamedian needs the median cleaned by the auxiliary detector (AUXCLEAN)")
         replacement = masks.lamedian
     return combine(stack, combination, rnoise_e=rnoise_e, mediancr=masks.mediancr, meancrt=masks.meancrt,
                    crmasks=masks.crmasks, meancr_mask=masks.meancr, replacement=replacement,
