@@ -555,11 +555,12 @@ class CRMaskConfig(_Validated):
     la_psfbeta: float = param(4.765, "Moffat beta (la_psfmodel: moffat)", "float", low=0, low_open=True, **_LA)
     la_verbose: bool = param(False, "Let L.A.Cosmic print its own progress", "bool", **_LA)
     la_confirm_sigma: float = param(
-        4.0, "Keep an L.A.Cosmic detection only where target - min2d exceeds this many noise sigmas "
-        "at the brightest pixel of its group (0: keep all)", "float", low=0, **_LA)
+        4.0, "Keep a detection of the auxiliary detector (L.A.Cosmic, PyCosmic, deepCR, Cosmic-CoNN) only where "
+        "target - min2d exceeds this many noise sigmas at the brightest pixel of its group (0: keep all)", "float",
+        low=0, **_LA)
     la_everywhere: bool = param(
-        False, "With mm_lacosmic, also run L.A.Cosmic on mean2d, every exposure and meancr (as the reference); "
-        "by default it runs on median2d only", "bool", **_LA)
+        False, "With an mm_* method, also run the auxiliary detector on mean2d, every exposure and meancr (as the "
+        "reference); by default it runs on median2d only", "bool", **_LA)
     la_padwidth: int = param(10, "Mirror padding added around the image before L.A.Cosmic", "int",
                              low=0, unit="pixel", **_LA)
     # -- Median-Minimum diagram ------------------------------------------------
@@ -708,8 +709,9 @@ class CRMaskConfig(_Validated):
         """``name = value`` lines of every parameter, for FITS HISTORY cards."""
         skip = {"la": not self.uses_la, "mm": not self.uses_mm, "pc": self.aux_method != "pycosmic",
                 "dc": self.aux_method != "deepcr", "nn": self.aux_method != "conn"}
+        shared = {"la_confirm_sigma", "la_everywhere"} if self.uses_aux else set()  # any auxiliary detector
         return [f"{s.name} = {_history_value(getattr(self, s.name))}"
-                for s in self.specs() if not skip.get(s.group, False)]
+                for s in self.specs() if not skip.get(s.group, False) or s.name in shared]
 
 
 def _history_value(value: Any) -> str:

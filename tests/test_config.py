@@ -187,7 +187,7 @@ def test_history_lists_every_used_parameter():
     unused = {"pc", "dc", "nn"}  # mm_lacosmic: the other auxiliary detectors are not used
     assert names == {s.name for s in CRMaskConfig.specs() if s.group not in unused}
     names = {line.split(" = ")[0] for line in CRMaskConfig(crmethod="pycosmic").history()}
-    assert "pc_sigma_det" in names and not names & {"la_sigclip", "mm_seed", "dc_mask", "nn_model"}
+    assert {"pc_sigma_det", "la_confirm_sigma"} <= names and not names & {"la_sigclip", "mm_seed", "dc_mask", "nn_model"}
 
 
 def test_every_parameter_is_documented():
