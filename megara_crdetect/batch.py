@@ -209,7 +209,8 @@ class Manifest:
             try:
                 loaded = json.loads(self.path.read_text())
             except (OSError, ValueError) as exc:
-                raise InputError(f"'{self.path}' cannot be read ({exc}); move it away to start afresh") from None
+                msg = f"'{self.path}' cannot be read ({exc}); move it away to start afresh"
+                raise InputError(msg) from None
             if not isinstance(loaded, dict) or loaded.get("format") != 1:
                 raise InputError(f"'{self.path}' is not a megara-crdetect batch manifest (format 1)")
             self.data.update(loaded)
@@ -649,8 +650,8 @@ def _record_done(plan: _Plan, rec: dict, options: dict, run_id: str) -> dict:
     return rec
 
 
-def _run_todo(todo, root, manifest, options, rows, run_id, *, reporter, scheduler, workers, threads_per_worker,
-              retries, memory_limit, already) -> bool:
+def _run_todo(todo, root, manifest, options, rows, run_id, *, reporter, scheduler, workers,
+              threads_per_worker, retries, memory_limit, already) -> bool:
     stack = _largest_stack(todo)
     conn = _connect(scheduler, len(todo), stack, workers=workers, threads_per_worker=threads_per_worker,
                     memory_limit=memory_limit, retries=retries)
@@ -739,13 +740,14 @@ def _outcome(fut, plan: _Plan) -> dict:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="numina-crmasks batch",
-        description="Run many observing blocks (OBs), one Dask task each, into OUT/<OB name>/. Re-running the "
-                    "same command skips the OBs already done (see OUT/batch_manifest.json).")
+        description="Run many observing blocks (OBs), one Dask task each, into OUT/<OB name>/. "
+                    "Re-running the same command skips the OBs already done (see OUT/batch_manifest.json).")
     p.add_argument("sources", nargs="*", metavar="PARAMS.yaml|DIR",
                    help="parameter files (OB name: file name without .yaml) or OB folders holding one")
     p.add_argument("--from", dest="from_list", metavar="LIST.txt", action="append", default=[],
                    help="file listing parameter files or OB folders, one a line (# comments)")
-    p.add_argument("--output-root", "--output_root", required=True, metavar="OUT", help="root of the products")
+    p.add_argument("--output-root", "--output_root", required=True, metavar="OUT",
+                   help="root of the products")
     p.add_argument("--scheduler", metavar="ADDRESS", help="existing Dask scheduler (e.g. tcp://host:8786); "
                    "default: a local cluster of processes")
     p.add_argument("--workers", type=_positive, metavar="N",

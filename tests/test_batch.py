@@ -78,17 +78,20 @@ class _DaskProcesses:
     def start(self) -> None:
         sched_file = self.tmp / "scheduler.json"
         self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)], "scheduler.log")
+                     "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+                    "scheduler.log")
         deadline = time.monotonic() + 60
         while not sched_file.exists():
             if time.monotonic() > deadline or self.procs[0].poll() is not None:
-                raise RuntimeError("dask scheduler did not start: " + (self.tmp / "scheduler.log").read_text())
+                log = (self.tmp / "scheduler.log").read_text()
+                raise RuntimeError(f"dask scheduler did not start: {log}")
             time.sleep(0.1)
         time.sleep(0.2)
         self.address = json.loads(sched_file.read_text())["address"]
         for k in range(2):
-            self._spawn(["worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1", "--nthreads", "1",
-                         "--nworkers", "1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+            self._spawn(["worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+                         "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                         "--dashboard-address", "127.0.0.1:0",
                          "--memory-limit", "0", "--local-directory", str(self.tmp / f"w{k}"),
                          "--name", f"w{k}"], f"worker{k}.log")
         with self.client() as client:
@@ -280,7 +283,27 @@ def test_interrupted_batch_rerun_does_only_unfinished(dask_cluster, tmp_path):
     assert second.returncode == 0, second.stderr
     manifest, summary = _manifest(out), _summary(out)
     assert {k for k, v in summary.items() if v["status"] == "skipped"} == first_done
-    assert {k for k, v in summary.items() if v["status"] == "done"} == {f"ob{k}" for k in range(6)} - first_done
+    redone = {k for k, v in summary.items() if v["status"] == "done"}
+    assert redone == {f"ob{k}" for k in range(6)} - first_done
     assert all(manifest[k]["run"] == first_runs[k] for k in first_done)
     assert f"{6 - len(first_done)} to run, {len(first_done)} up to date" in second.stderr
     assert not _staging_left(out)
+
+
+# ---------------------------------------------------------------------------
+# the default: a LocalCluster; interactive forced off
+# ---------------------------------------------------------------------------
+
+
+def test_default_local_cluster_forces_interactive_off(tmp_path, caplog):
+    params = _write_ob(tmp_path / "inter", 7, requirements={"interactive": True})
+    out = tmp_path / "OUT"
+    with caplog.at_level("INFO", logger="megara_crdetect"):
+        result = run_batch([params], out, figures=False)
+    assert [r["status"] for r in result.rows] == ["done"], result.rows
+    text = caplog.text
+    assert "interactive forced off for OB params" in text
+    assert "local Dask cluster: 1 worker process(es) x 1 thread(s)" in text
+    assert "threads per OB: one per core" in text   # alone on the machine: the runner's own threads
+    assert (out / "params" / "crmasks.fits").is_file() and not _staging_left(out)
+    assert _manifest(out)["params"]["config"]["params"]["interactive"] is False
