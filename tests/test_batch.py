@@ -307,3 +307,24 @@ def test_default_local_cluster_forces_interactive_off(tmp_path, caplog):
     assert "threads per OB: one per core" in text   # alone on the machine: the runner's own threads
     assert (out / "params" / "crmasks.fits").is_file() and not _staging_left(out)
     assert _manifest(out)["params"]["config"]["params"]["interactive"] is False
+
+
+def test_list_file_and_ob_names(tmp_path):
+    from megara_crdetect.batch import discover, read_list
+    from megara_crdetect.errors import InputError
+
+    (tmp_path / "n" / "ob1").mkdir(parents=True)
+    (tmp_path / "n" / "ob1" / "p.yaml").write_text("images: []\n")
+    (tmp_path / "n" / "ob2.yml").write_text("images: []\n")
+    listing = tmp_path / "n" / "list.txt"
+    listing.write_text("# night 1\nob1\n\n ob2.yml  # second OB\n")
+    obs = discover(read_list(listing))
+    assert [(o.name, o.params.name) for o in obs] == [("ob1", "p.yaml"), ("ob2", "ob2.yml")]
+    (tmp_path / "n" / "ob1" / "q.yaml").write_text("images: []\n")
+    with pytest.raises(InputError, match=r"OB folder .*ob1': 2 parameter files"):
+        discover([tmp_path / "n" / "ob1"])
+    (tmp_path / "n" / "batch_logs.yaml").write_text("images: []\n")
+    with pytest.raises(InputError, match="the name 'batch_logs' is reserved"):
+        discover([tmp_path / "n" / "batch_logs.yaml"])
+    with pytest.raises(InputError, match="no such parameter file or OB folder"):
+        discover([tmp_path / "nothing.yaml"])
