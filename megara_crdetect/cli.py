@@ -151,6 +151,10 @@ def _write_record(handler: logging.Handler | None, output_dir: str, status: int)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the program; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:  # numina-crmasks batch ... (issue #18): many OBs on Dask
+        from .batch import main as batch_main
+        return batch_main(argv[1:])
     args = _parser().parse_args(argv)
     _configure_logging(args.log_level)
     if args.echo:

@@ -72,8 +72,8 @@ def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid
                                   combinations=combinations))
 
 
-def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None
-           ) -> tuple[CRMaskResult, dict]:
+def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None,
+           workers: int | None = None) -> tuple[CRMaskResult, dict]:
     """Detect and build the mask products in memory.
 
     Parameters
@@ -86,6 +86,8 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
         Names of the exposures (recorded in the headers).
     progress, review : callable, optional
         See :func:`~megara_crdetect.core.pipeline.compute_crmasks`.
+    workers : int, optional
+        Threads of the detection (default: one per core; the batch mode gives 1).
 
     Returns
     -------
@@ -95,7 +97,8 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
         (``mediancr_identified.csv``, ``problematic_pixels.csv``).
     """
     det = detector_of(cfg)
-    result = compute_crmasks(stack_e, cfg.params, detector=det, progress=progress, review=review)
+    result = compute_crmasks(stack_e, cfg.params, detector=det, progress=progress, review=review,
+                             workers=workers)
     _log_summary(result)
     masks = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum)
     return result, {"crmasks.fits": masks,
@@ -132,7 +135,7 @@ def _load(cfg: RunConfig, base_dir: Path) -> tuple[InputStack, np.ndarray]:
 
 def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = ".",
         crmasks_file: str | Path | None = None, progress=None,
-        figures: Callable[..., None] | None = None, review=None) -> RunOutcome:
+        figures: Callable[..., None] | None = None, review=None, workers: int | None = None) -> RunOutcome:
     """Run everything and write the products into ``output_dir`` (all or nothing).
 
     Parameters
@@ -153,6 +156,9 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
     review : callable, optional
         Interactive review of MEDIANCR (see
         :func:`~megara_crdetect.core.pipeline.compute_crmasks`).
+    workers : int, optional
+        Threads of the detection (default: one per core; the batch mode gives 1 when
+        several OBs share a machine).
     """
     t0 = time.perf_counter()
     inputs, stack = _load(cfg, Path(base_dir))
@@ -164,7 +170,8 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             result, uuid = None, masks.uuid
             products = {}
         else:
-            result, products = detect(stack, cfg, images=images, progress=progress, review=review)
+            result, products = detect(stack, cfg, images=images, progress=progress, review=review,
+                                      workers=workers)
             masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
             if figures is not None:
                 figures(result, stack, cfg, stage, progress=progress)
