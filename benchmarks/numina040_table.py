@@ -52,7 +52,9 @@ def table(paths: list[Path]) -> str:
         workdir = path.parent / f"w_{path.stem}"
         for prog, label in (("ours", "ours"), ("ref", "numina 0.40")):
             res = doc["results"].get(prog)
-            lines.append(f"| {doc['set']} | {doc.get('crmethod', 'mm_lacosmic')} | {label} | "
+            shape = tuple(doc.get("shape", (1596, 2016)))
+            where = doc["set"] if shape == (1596, 2016) else f"{doc['set']} ({shape[0]} x {shape[1]})"
+            lines.append(f"| {where} | {doc.get('crmethod', 'mm_lacosmic')} | {label} | "
                          + " | ".join(_cells(res, cpu_seconds(workdir / f"{prog}.log"))) + " |")
     return "\n".join(lines)
 
