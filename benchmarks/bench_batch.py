@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = timed([[cli, "batch", *map(str, folders), "--output-root", str(runs / "batch"), "--no-figures"]],
                   runs / "batch.log")
     print("batch: ", json.dumps(batch), flush=True)
+    if batch["status"] != [0]:
+        print("the batch did not complete: no throughput ratio")
     ratio = serial["wall_s"] / batch["wall_s"]
     n = len(folders)
     print(f"throughput: serial {60 * n / serial['wall_s']:.2f} OB/min, "

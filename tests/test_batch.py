@@ -67,7 +67,12 @@ class _DaskProcesses:
         self.address = ""
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
-        env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2", MPLBACKEND="Agg")
+        config = self.tmp / "dask-config"   # as docs/batch.md advises for megara-crdetect workers
+        config.mkdir(exist_ok=True)
+        (config / "megara.yaml").write_text("distributed:\n  nanny:\n    pre-spawn-environ:\n"
+                                            "      MALLOC_TRIM_THRESHOLD_: null\n")
+        env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="2", MPLBACKEND="Agg",
+                   DASK_CONFIG=str(config))
         fh = (self.tmp / log).open("w")
         self.logs.append(fh)
         proc = subprocess.Popen([str(BIN / "dask"), *args], stdout=fh, stderr=subprocess.STDOUT, env=env,
