@@ -9,12 +9,15 @@ partial product behind.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,39 @@ class InputStack:
         Resolved file names.
     headers : list of astropy.io.fits.Header
         Header of the HDU read from each file.
+    checksums : list of str
+        SHA-256 (hex) of the bytes of each file.
     """
 
     data: np.ndarray
     paths: list[Path]
     headers: list[fits.Header]
+    checksums: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """``images[k] = 'name'`` of every exposure (for messages)."""
+        return [f"images[{k}] = '{p.name}'" for k, p in enumerate(self.paths)]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_data(label: str, hdu, extnum: int) -> np.ndarray:
+    """The data of an image HDU; a truncated or corrupt data unit is an InputError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # astropy warns before failing on a truncated file
+            return np.asarray(hdu.data)
+    except (OSError, ValueError, TypeError, Warning) as exc:
+        raise InputError(f"{label}: HDU {extnum} cannot be read: the file is truncated or corrupt "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Header]:
@@ -59,9 +90,9 @@ def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Hea
             raise InputError(f"extnum = {extnum}: '{path.name}' has only {len(hdul)} HDU(s), "
                              f"numbered 0..{len(hdul) - 1}")
         hdu = hdul[extnum]
-        if hdu.data is None or not hdu.is_image:
+        data = _image_data(label, hdu, extnum) if hdu.is_image else None
+        if data is None or data.ndim == 0:
             raise InputError(f"extnum = {extnum}: HDU {extnum} of '{path.name}' holds no image data")
-        data = np.asarray(hdu.data)
         if data.ndim != 2:
             raise InputError(f"{label}: HDU {extnum} is {data.ndim}-D; a 2-D image is needed")
         return data, hdu.header.copy()
@@ -71,7 +102,8 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
     """Copy ``(label, 2-D array)`` pairs into one float32 stack, one at a time.
 
     Shared by the command line and the numina recipe so that both report a
-    size mismatch or non-finite pixels with the same words.
+    size mismatch with the same words.  Non-finite pixels are kept (they are
+    bad pixels of their exposure, see :mod:`megara_crdetect.badpixels`).
 
     Parameters
     ----------
@@ -86,7 +118,7 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
     Raises
     ------
     InputError
-        Shapes that differ or non-finite pixels.
+        Shapes that differ.
     """
     stack, first = None, None
     for k, (label, data) in enumerate(items):
@@ -96,10 +128,6 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
             raise InputError(f"{label} is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) but {first} is "
                              f"{stack.shape[2]} x {stack.shape[1]}; all {what} must have the same size")
         stack[k] = data
-        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
-        if bad:
-            raise InputError(f"{label}: {bad} pixel(s) are NaN or infinite; replace them (e.g. by the bias "
-                             "level) before running")
     return stack
 
 
@@ -123,8 +151,8 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
     Raises
     ------
     InputError
-        Missing or unreadable file, missing HDU, non 2-D data, shapes that
-        differ, or non-finite pixels (with the file name and how many).
+        Missing, unreadable or truncated file, missing HDU, non 2-D data or
+        shapes that differ (with the file name).
     """
     base = Path(base_dir)
     resolved = [(base / p) if not Path(p).is_absolute() else Path(p) for p in paths]
@@ -137,7 +165,8 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
             _log.debug("read %s [%d]: %s", path, extnum, data.shape)
             yield f"images[{k}] = '{path.name}'", data
 
-    return InputStack(stack_images(items(), len(resolved)), resolved, headers)
+    stack = stack_images(items(), len(resolved))
+    return InputStack(stack, resolved, headers, [file_sha256(p) for p in resolved])
 
 
 def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:

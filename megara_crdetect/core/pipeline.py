@@ -689,7 +689,8 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
 
 def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
                     workers: int | None = None, progress: Progress | None = None,
-                    review: Callable[[CRMaskResult], np.ndarray] | None = None) -> CRMaskResult:
+                    review: Callable[[CRMaskResult], np.ndarray] | None = None,
+                    ignore: np.ndarray | None = None) -> CRMaskResult:
     """Detect the cosmic rays of a stack of exposures.
 
     Parameters
@@ -709,6 +710,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     review : callable, optional
         Called with the partial result once MEDIANCR is known; returns the
         MEDIANCR mask to keep (e.g. after the user rejected some cosmic rays).
+    ignore : ndarray of bool, shape (ny, nx), optional
+        Pixels never flagged, like ``pixels_to_be_ignored_as_cr`` (bad or
+        saturated input; see :mod:`megara_crdetect.badpixels`).
 
     Returns
     -------
@@ -726,6 +730,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
+    if ignore is not None:
+        cleanable &= ~ignore
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
     floor = mm.noise_floor(stats.median2d, workers=workers)
     noise = mm.noise_scale(stats.min2d, floor, rnoise_e)
@@ -813,7 +819,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
 
 
 def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, rnoise_e: float,
-                  use_lamedian: bool = False, local_median=()):
+                  use_lamedian: bool = False, local_median=(), exclude: np.ndarray | None = None):
     """Build one combination from the masks (see :mod:`megara_crdetect.core.combine`).
 
     Parameters
@@ -832,6 +838,8 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         for shifted exposures, ``masks.repair_min``).
     local_median : sequence of (X, Y, X_width, Y_width)
         ``pixels_to_be_replaced_by_local_median`` (FITS).
+    exclude : ndarray of bool, shape (N, ny, nx), optional
+        Bad input values left out of their exposure (see :func:`~megara_crdetect.core.combine.combine`).
     """
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
@@ -843,4 +851,5 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         replacement = masks.lamedian
     return combine(stack, combination, rnoise_e=rnoise_e, mediancr=masks.mediancr, meancrt=masks.meancrt,
                    crmasks=masks.crmasks, meancr_mask=masks.meancr, replacement=replacement,
-                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median])
+                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median],
+                   exclude=exclude)
