@@ -20,7 +20,10 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["BadPixels", "find_bad_pixels"]
+__all__ = ["BadPixels", "find_bad_pixels", "check_levels"]
+
+#: An exposure whose median lies this many read-noise sigmas below zero (after the bias) is suspicious.
+NEGATIVE_LEVEL_SIGMA = 5.0
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +94,8 @@ def find_bad_pixels(stack: np.ndarray, saturation: float, labels: Sequence[str])
         An exposure with no finite pixel, or saturated everywhere.
     """
     n = stack.shape[0]
+    # the stack went through float32 (x - bias) * gain: allow for its rounding (1e-6 ~ 0.07 ADU at 65535)
+    saturation = saturation - abs(saturation) * 1e-6
     nonfinite = np.zeros(stack.shape, dtype=bool)
     saturated = np.zeros(stack.shape, dtype=bool)
     for k in range(n):
@@ -115,3 +120,41 @@ def find_bad_pixels(stack: np.ndarray, saturation: float, labels: Sequence[str])
         _fill(stack, left_out)
         left_out_or_none = left_out
     return BadPixels(left_out_or_none, nonfinite.any(axis=0), saturated.any(axis=0), left_out.all(axis=0))
+
+
+def check_levels(stack: np.ndarray, rnoise_e: float, labels: Sequence[str], *, gain: float = 1.0) -> None:
+    """Refuse constant exposures and warn about exposures far below the bias level.
+
+    The noise model (``max(signal, 0) + rnoise**2``) needs bias-subtracted
+    counts that are >= 0 on average; a frame whose median lies more than
+    :data:`NEGATIVE_LEVEL_SIGMA` read-noise sigmas below zero (wrong ``bias``,
+    a frame already bias-subtracted, a pedestal) makes the exposures disagree
+    everywhere and the detection flag noise.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, ny, nx)
+        Exposures in electrons, bias subtracted (bad pixels already filled).
+    rnoise_e : float
+        Read noise in electrons.
+    labels : sequence of str
+        Names of the exposures.
+    gain : float
+        e-/ADU, to quote the level in ADU.
+
+    Raises
+    ------
+    InputError
+        An exposure with one value everywhere (no noise: not an exposure).
+    """
+    for k, plane in enumerate(stack):
+        lo, hi = float(plane.min()), float(plane.max())
+        if lo == hi:
+            raise InputError(f"{labels[k]}: every pixel has the same value ({lo / gain:g} ADU after the bias); "
+                             "a constant image is not an exposure")
+        level = float(np.median(plane[::3, ::3]))  # a sample is enough for a level
+        if level < -NEGATIVE_LEVEL_SIGMA * max(rnoise_e, 1e-6):
+            _log.warning("%s: the median level is %.1f ADU below the bias level (%.0f read-noise sigmas): "
+                         "check the bias (and that the file is not already bias-subtracted); the noise model "
+                         "expects counts >= 0 and will flag noise as cosmic rays", labels[k], -level / gain,
+                         -level / max(rnoise_e, 1e-6))

@@ -82,10 +82,18 @@ def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Hea
     if not path.exists():
         raise InputError(f"{label}: file not found ({path})")
     try:
-        hdul = fits.open(path, mode="readonly", memmap=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, mode="readonly", memmap=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{label}: cannot be read as FITS ({exc})") from None
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    for w in caught:
+        if "truncated" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with hdul:
+        if truncated:
+            raise InputError(f"{label}: the file is truncated or corrupt ({truncated[0]})")
         if extnum >= len(hdul):
             raise InputError(f"extnum = {extnum}: '{path.name}' has only {len(hdul)} HDU(s), "
                              f"numbered 0..{len(hdul) - 1}")
@@ -188,6 +196,10 @@ def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
     return data
 
 
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 class OutputStage:
     """Write a set of products completely or not at all.
 
@@ -224,12 +236,40 @@ class OutputStage:
         """Where to write the product ``name`` now (inside the staging folder)."""
         return self.directory / name
 
-    def commit(self) -> list[Path]:
-        """Move every staged file into the output directory."""
-        for item in sorted(self._staging.iterdir()):
+    def commit(self, *, own: Sequence[str] = (), keep: Iterable[str | os.PathLike] = ()) -> list[Path]:
+        """Move every staged file into the output directory.
+
+        Parameters
+        ----------
+        own : sequence of str
+            Glob patterns of the files this program writes (e.g.
+            ``combined_*.fits``): a file of the output directory matching one,
+            but not written by this run, is a product of an earlier run and is
+            removed, so that no stale figure or table stays beside the new
+            products.  Files matching no pattern are never touched.
+        keep : iterable of path-like
+            Files never removed (the inputs of this run, e.g. a ``--crmasks``
+            file or a parameter file in the output folder).
+        """
+        staged = sorted(self._staging.iterdir())
+        names = {item.name for item in staged}
+        kept = {Path(p).resolve() for p in keep}
+        replaced = sorted(n for n in names if (self.output_dir / n).exists())
+        stale = sorted(p for p in self.output_dir.iterdir()
+                       if p.name not in names and p.is_file() and p.resolve() not in kept
+                       and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in own))
+        for item in staged:
             target = self.output_dir / item.name
             os.replace(item, target)
             self.written.append(target)
+        for path in stale:
+            path.unlink()
+        if replaced:
+            _log.info("replaced %d earlier file(s) of the same name in %s: %s", len(replaced), self.output_dir,
+                      _names(replaced))
+        if stale:
+            _log.info("removed %d earlier product(s) that this run did not make: %s", len(stale),
+                      _names([p.name for p in stale]))
         return self.written
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -149,7 +149,9 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
         hdr[f"YOFF{k}"] = (round(float(dy), 4), f"[pix] Y content offset of exposure {k}")
     for key, lines in (("BADCOLS", result.bad_columns), ("BADROWS", result.bad_rows)):
         if len(lines):
-            hdr[key] = (",".join(str(int(i) + 1) for i in lines)[:60], "Defective lines left out (FITS)")
+            text = ",".join(str(int(i) + 1) for i in lines)
+            hdr[key] = (text if len(text) <= 40 else text[:36].rsplit(",", 1)[0] + ",...",
+                        "Defective lines (FITS)")
     for name, value in result.expected_false.items():
         tag = _EXPOSURE_TAG.get(name, "E" + name.removeprefix("exposure"))
         hdr[f"MMFP{tag}"] = (round(float(value), 3), f"Expected noise-only MM pixels, {name}")

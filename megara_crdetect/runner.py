@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .badpixels import BadPixels, find_bad_pixels
+from .badpixels import BadPixels, check_levels, find_bad_pixels
+from .errors import InputError
 from .config import RunConfig, check_against_data
 from .core.combine import problematic_pixels
 from .core.pipeline import COMBINATIONS, CRMaskResult, Detector, apply_crmasks, compute_crmasks
 from .dq import DQ_BITS, dq_summary
 from .io import InputStack, OutputStage, read_images, to_electrons
-from .products import (combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
+from .products import (OWN_PRODUCTS, combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
                        read_crmasks)
 
 __all__ = ["RunOutcome", "run", "detector_of", "detect", "iter_combinations", "build_combinations",
@@ -81,11 +82,33 @@ def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid
 
 
 def bad_pixels_of(stack_e: np.ndarray, cfg: RunConfig, labels) -> BadPixels:
-    """The bad input pixels of a stack in electrons (NaN/inf; at or above ``la_satlevel``), filled in place.
+    """Check a stack in electrons and find its bad input pixels (NaN/inf; >= ``la_satlevel``), filled in place.
 
-    See :mod:`megara_crdetect.badpixels`.
+    Also refuses images too small for the method (:func:`check_image_size`)
+    and constant exposures, and warns about levels far below the bias (see
+    :mod:`megara_crdetect.badpixels`).
     """
-    return find_bad_pixels(stack_e, detector_of(cfg).level_e(cfg.params.la_satlevel), labels)
+    check_image_size(cfg, stack_e.shape[1:])
+    bad = find_bad_pixels(stack_e, detector_of(cfg).level_e(cfg.params.la_satlevel), labels)
+    check_levels(stack_e, cfg.rnoise_e, labels, gain=cfg.inputs.gain)
+    return bad
+
+
+def check_image_size(cfg: RunConfig, shape) -> None:
+    """Images must be large enough for L.A.Cosmic when it runs.
+
+    L.A.Cosmic filters with 3 x 3 kernels and pads the image by mirroring
+    ``la_padwidth`` pixels, which needs more than ``la_padwidth`` pixels
+    along each axis.  The Median-Minimum method alone works on any size.
+    """
+    p = cfg.params
+    need = max(3, p.la_padwidth + 1)
+    ny, nx = shape
+    if p.uses_la and min(ny, nx) < need:
+        raise InputError(f"the images are {nx} x {ny} pixels (NAXIS1 x NAXIS2): L.A.Cosmic (crmethod: "
+                         f"{p.crmethod}) needs at least {need} pixels along each axis (3 for its filters and "
+                         f"more than la_padwidth = {p.la_padwidth} for its mirror padding); use crmethod: "
+                         "mmcosmic or a smaller la_padwidth")
 
 
 def _labels(images) -> list[str]:
@@ -199,7 +222,7 @@ def _load(cfg: RunConfig, base_dir: Path) -> tuple[InputStack, np.ndarray, BadPi
 
 def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = ".",
         crmasks_file: str | Path | None = None, progress=None,
-        figures: Callable[..., None] | None = None, review=None) -> RunOutcome:
+        figures: Callable[..., None] | None = None, review=None, keep=()) -> RunOutcome:
     """Run everything and write the products into ``output_dir`` (all or nothing).
 
     Parameters
@@ -220,6 +243,10 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
     review : callable, optional
         Interactive review of MEDIANCR (see
         :func:`~megara_crdetect.core.pipeline.compute_crmasks`).
+    keep : iterable of path-like
+        Files never removed from ``output_dir`` (e.g. the parameter file).
+        Earlier products of ours (:data:`~megara_crdetect.products.OWN_PRODUCTS`)
+        that this run does not write are removed, except the inputs and these.
     """
     t0 = time.perf_counter()
     inputs, stack, bad = _load(cfg, Path(base_dir))
@@ -239,8 +266,10 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
                 figures(result, stack, cfg, stage, progress=progress)
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
                                    dq=run_dq(masks, cfg, bad, stack.shape[1:]), **described)
-        _write_overlapped(stage, itertools.chain(_drain(products), combos))
-        files = stage.commit()
+        total = len(products) + len(COMBINATIONS)
+        _write_overlapped(stage, itertools.chain(_drain(products), combos), progress=progress, total=total)
+        inputs_used = [*inputs.paths, *([crmasks_file] if crmasks_file is not None else []), *keep]
+        files = stage.commit(own=OWN_PRODUCTS, keep=inputs_used)
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
     return RunOutcome(result, files)
 
@@ -251,21 +280,29 @@ def _drain(products: dict):
         yield name, products.pop(name)
 
 
-def _write_overlapped(stage: OutputStage, products) -> None:
+def _write_overlapped(stage: OutputStage, products, *, progress=None, total: int = 0) -> None:
     """Write ``(name, product)`` pairs, each in a thread while the next one is being built.
 
     At most one product waits to be written, so at most two are in memory;
     file output releases the GIL, so building and writing overlap.
+    ``progress("writing products", done, total)`` after each one.
     """
+    report = progress or (lambda *args: None)
+    done = 0
     with ThreadPoolExecutor(1) as pool:
         pending = None
+        report("writing products", 0, total)
         for name, product in products:
             if pending is not None:
                 pending.result()
+                done += 1
+                report("writing products", done, max(total, done))
             pending = pool.submit(write_product, stage, name, product)
             del product
         if pending is not None:
             pending.result()
+            done += 1
+    report("writing products", done, done)
 
 
 def _log_summary(result: CRMaskResult) -> None:

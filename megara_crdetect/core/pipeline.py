@@ -63,7 +63,7 @@ from . import boundary as bd
 from . import mmdiagram as mm
 from . import shiftmodel as sm
 from .combine import combine, problematic_pixels
-from .fluxfactor import fit_flux_factors
+from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
 from .locallevel import noise_dips, raised_medians, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
@@ -183,9 +183,13 @@ def _flux_factors(stack: np.ndarray, params: CRMaskConfig, rnoise_e: float):
     if params.flux_factor is None:
         return np.ones(n), None
     if params.flux_factor == "auto":
-        details = fit_flux_factors(stack, median_of_stack(stack),
-                                   region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
-                                   rnoise_e=rnoise_e)
+        try:
+            details = fit_flux_factors(stack, median_of_stack(stack),
+                                       region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
+                                       rnoise_e=rnoise_e)
+        except TooFewSignificantPixels as exc:  # faint frames: nothing to measure the ratios on
+            _log.warning("flux_factor: auto: %s; the exposures are taken as equivalent (flux factors 1)", exc)
+            return np.ones(n), None
         return np.asarray(details.factors, dtype=float), details
     factors = np.asarray(params.flux_factor, dtype=float)
     return (np.repeat(factors, n) if factors.size == 1 else factors), None
@@ -742,7 +746,11 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     if params.uses_la:
         t1 = time.perf_counter()
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
+        if progress is not None:
+            progress("L.A.Cosmic", 0, 1)
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
+        if progress is not None:
+            progress("L.A.Cosmic", 1, 1)
         timings["lacosmic"] = time.perf_counter() - t1
 
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
