@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from astropy.nddata import bitmask
 
 __all__ = ["DQ_BITS", "DQ_FLAGS", "dq_summary", "combination_dq", "flag_map_of_header", "dq_header_cards"]
 
@@ -33,8 +32,19 @@ DQ_BITS = {
     "LOCAL_MEDIAN": (128, "replaced by the median of its neighbours"),
 }
 
-#: The bits as an astropy flag-name map (``flag_name_map=`` of :mod:`astropy.nddata.bitmask`).
-DQ_FLAGS = bitmask.extend_bit_flag_map("MegaraCrdetectDQ", **{k: v for k, (v, _) in DQ_BITS.items()})
+_FLAGS = []
+
+
+def __getattr__(name: str):
+    """``DQ_FLAGS``: the bits as an astropy flag-name map (``flag_name_map=`` of
+    :mod:`astropy.nddata.bitmask`), built on first use (astropy.nddata takes seconds to import)."""
+    if name != "DQ_FLAGS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _FLAGS:
+        from astropy.nddata import bitmask
+
+        _FLAGS.append(bitmask.extend_bit_flag_map("MegaraCrdetectDQ", **{k: v for k, (v, _) in DQ_BITS.items()}))
+    return _FLAGS[0]
 
 _CR_BIT = np.uint16(DQ_BITS["CR_REPAIRED"][0])
 
