@@ -5,14 +5,17 @@ files into arrays, results into files.  User errors print one line
 ``error: ...`` on stderr and exit with status 2, with nothing written.
 
 Exit status: 0 success, 1 aborted by the user (key ``x``), 2 invalid input,
-3 internal error (run with ``--log-level DEBUG`` to see the traceback).
+3 internal error (run with ``--log-level DEBUG`` to see the traceback), 130
+interrupted (SIGINT), 143 terminated (SIGTERM).  Only status 0 writes products.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,33 +23,25 @@ import yaml
 
 from . import __version__
 from .config import parse_run_config
-from .errors import ConfigError, InputError, UserAbort
+from .errors import ConfigError, InputError, Terminated, UserAbort
+from .progress import ProgressReporter
 
-__all__ = ["main", "TerminalProgress"]
+__all__ = ["main", "ProgressReporter", "EXIT_STATUS"]
 
 _log = logging.getLogger("megara_crdetect")
 
-
-class TerminalProgress:
-    """Progress of long steps: a live counter on a terminal, silent in logs."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def __call__(self, step: str, done: int, total: int) -> None:
-        if not self.live:
-            return
-        end = "\n" if done >= total else ""
-        self.stream.write(f"\r  {step}: {done}/{total} ({100 * done // max(total, 1)}%){end}")
-        self.stream.flush()
+#: Exit status of every outcome (documented in --help and docs/products.md).
+EXIT_STATUS = {"success": 0, "aborted by the user (key x)": 1, "invalid input": 2, "internal error": 3,
+               "interrupted (SIGINT)": 130, "terminated (SIGTERM)": 143}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="numina-crmasks",
         description="Detect and repair cosmic rays that survive the median of N >= 3 exposures "
-                    "(megara-crdetect; the numina reference stays available as python -m numina.array.crmasks).")
+                    "(megara-crdetect; the numina reference stays available as python -m numina.array.crmasks).",
+        epilog="exit status: " + ", ".join(f"{code} {what}" for what, code in EXIT_STATUS.items())
+               + "; nothing is written unless the status is 0 (see docs/products.md).")
     p.add_argument("params", nargs="?", help="YAML parameter file (see the README)")
     p.add_argument("--output_dir", "--output-dir", default=".", help="folder for the products (created)")
     p.add_argument("--log-level", default="INFO", type=str.upper,
@@ -122,8 +117,12 @@ def _execute(args) -> int:
     if cfg.params.interactive:
         from .review.interactive import make_review
         review = make_review(cfg, base_dir=params_path.parent)
-    outcome = run(cfg, base_dir=params_path.parent, output_dir=args.output_dir, crmasks_file=args.crmasks,
-                  progress=TerminalProgress(), figures=_figure_writer(args), review=review)
+    progress = ProgressReporter()
+    try:
+        outcome = run(cfg, base_dir=params_path.parent, output_dir=args.output_dir, crmasks_file=args.crmasks,
+                      progress=progress, figures=_figure_writer(args), review=review, keep=[params_path])
+    finally:
+        progress.close()
     for path in outcome.files:
         _log.debug("wrote %s", path)
     return 0
@@ -149,8 +148,27 @@ def _write_record(handler: logging.Handler | None, output_dir: str, status: int)
     (Path(output_dir) / "terminal_output.txt").write_text(handler.stream.getvalue())
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    """SIGTERM raises :class:`Terminated` in the main thread while the run lasts (so the staging
+    folder is removed on the way out, as with Ctrl-C)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the program; returns the exit status."""
+    """Run the program; returns the exit status (see :data:`EXIT_STATUS`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["batch"]:  # numina-crmasks batch ... (issue #18): many OBs on Dask
         from .batch import main as batch_main
@@ -167,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> int:
     try:
-        return _execute(args)
+        with _sigterm_as_exception():
+            return _execute(args)
     except (ConfigError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -177,6 +196,9 @@ def _main(args) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
     except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback only on request
         _log.debug("internal error", exc_info=True)
         print(f"internal error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "InputError", "UserAbort"]
+__all__ = ["ConfigError", "InputError", "UserAbort", "Terminated"]
 
 
 class ConfigError(ValueError):
@@ -20,3 +20,11 @@ class InputError(ValueError):
 
 class UserAbort(RuntimeError):
     """The user asked to stop (key ``x`` in an interactive figure)."""
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM (e.g. from a batch system); handled like Ctrl-C.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except
+    Exception`` on the way swallows it.
+    """

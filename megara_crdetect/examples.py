@@ -109,6 +109,24 @@ def write_example(number: int, directory: str | Path, *, shape=SHAPE, seed: int 
     return Path(directory) / f"params_example{number}.yaml"
 
 
+def parse_arguments(argv: list[str] | None = None) -> tuple[Path, list[int]]:
+    """The folder and the example numbers (default: all) of :func:`main`'s command line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m megara_crdetect.examples",
+                                     description="Write the simulated data of the guide's examples.")
+    parser.add_argument("directory")
+    # no choices= here: Python 3.11's argparse checks a list default against them and fails
+    parser.add_argument("numbers", nargs="*", type=int, metavar="N",
+                        help=f"examples to write ({', '.join(map(str, EXAMPLES))}; default: all)")
+    args = parser.parse_args(argv)
+    wrong = [n for n in args.numbers if n not in EXAMPLES]
+    if wrong:
+        parser.error(f"invalid example number(s) {', '.join(map(str, wrong))} (choose from "
+                     f"{', '.join(map(str, EXAMPLES))})")
+    return Path(args.directory), list(args.numbers) or sorted(EXAMPLES)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m megara_crdetect.examples DIR [N ...]``: write example data only.
 
@@ -116,15 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     every example given (default: all four); this is the data command of the
     numina observation results in ``obsresults/``.
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m megara_crdetect.examples",
-                                     description="Write the simulated data of the guide's examples.")
-    parser.add_argument("directory")
-    parser.add_argument("numbers", nargs="*", type=int, choices=sorted(EXAMPLES), default=sorted(EXAMPLES))
-    args = parser.parse_args(argv)
-    for number in args.numbers:
-        path = write_example(number, Path(args.directory) / f"example{number}")
+    directory, numbers = parse_arguments(argv)
+    for number in numbers:
+        path = write_example(number, directory / f"example{number}")
         print(f"wrote {path.parent}/fake_1..3.fits and {path.name}")
     return 0
 

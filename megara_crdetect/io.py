@@ -9,12 +9,15 @@ partial product behind.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,39 @@ class InputStack:
         Resolved file names.
     headers : list of astropy.io.fits.Header
         Header of the HDU read from each file.
+    checksums : list of str
+        SHA-256 (hex) of the bytes of each file.
     """
 
     data: np.ndarray
     paths: list[Path]
     headers: list[fits.Header]
+    checksums: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """``images[k] = 'name'`` of every exposure (for messages)."""
+        return [f"images[{k}] = '{p.name}'" for k, p in enumerate(self.paths)]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_data(label: str, hdu, extnum: int) -> np.ndarray:
+    """The data of an image HDU; a truncated or corrupt data unit is an InputError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # astropy warns before failing on a truncated file
+            return np.asarray(hdu.data)
+    except (OSError, ValueError, TypeError, Warning) as exc:
+        raise InputError(f"{label}: HDU {extnum} cannot be read: the file is truncated or corrupt "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Header]:
@@ -51,17 +82,25 @@ def _open_hdu(index: int, path: Path, extnum: int) -> tuple[np.ndarray, fits.Hea
     if not path.exists():
         raise InputError(f"{label}: file not found ({path})")
     try:
-        hdul = fits.open(path, mode="readonly", memmap=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, mode="readonly", memmap=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{label}: cannot be read as FITS ({exc})") from None
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    for w in caught:
+        if "truncated" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with hdul:
+        if truncated:
+            raise InputError(f"{label}: the file is truncated or corrupt ({truncated[0]})")
         if extnum >= len(hdul):
             raise InputError(f"extnum = {extnum}: '{path.name}' has only {len(hdul)} HDU(s), "
                              f"numbered 0..{len(hdul) - 1}")
         hdu = hdul[extnum]
-        if hdu.data is None or not hdu.is_image:
+        data = _image_data(label, hdu, extnum) if hdu.is_image else None
+        if data is None or data.ndim == 0:
             raise InputError(f"extnum = {extnum}: HDU {extnum} of '{path.name}' holds no image data")
-        data = np.asarray(hdu.data)
         if data.ndim != 2:
             raise InputError(f"{label}: HDU {extnum} is {data.ndim}-D; a 2-D image is needed")
         return data, hdu.header.copy()
@@ -71,7 +110,8 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
     """Copy ``(label, 2-D array)`` pairs into one float32 stack, one at a time.
 
     Shared by the command line and the numina recipe so that both report a
-    size mismatch or non-finite pixels with the same words.
+    size mismatch with the same words.  Non-finite pixels are kept (they are
+    bad pixels of their exposure, see :mod:`megara_crdetect.badpixels`).
 
     Parameters
     ----------
@@ -86,7 +126,7 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
     Raises
     ------
     InputError
-        Shapes that differ or non-finite pixels.
+        Shapes that differ.
     """
     stack, first = None, None
     for k, (label, data) in enumerate(items):
@@ -96,10 +136,6 @@ def stack_images(items: Iterable[tuple[str, np.ndarray]], count: int, *, what: s
             raise InputError(f"{label} is {data.shape[1]} x {data.shape[0]} (NAXIS1 x NAXIS2) but {first} is "
                              f"{stack.shape[2]} x {stack.shape[1]}; all {what} must have the same size")
         stack[k] = data
-        bad = int(np.count_nonzero(~np.isfinite(stack[k])))
-        if bad:
-            raise InputError(f"{label}: {bad} pixel(s) are NaN or infinite; replace them (e.g. by the bias "
-                             "level) before running")
     return stack
 
 
@@ -123,8 +159,8 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
     Raises
     ------
     InputError
-        Missing or unreadable file, missing HDU, non 2-D data, shapes that
-        differ, or non-finite pixels (with the file name and how many).
+        Missing, unreadable or truncated file, missing HDU, non 2-D data or
+        shapes that differ (with the file name).
     """
     base = Path(base_dir)
     resolved = [(base / p) if not Path(p).is_absolute() else Path(p) for p in paths]
@@ -137,7 +173,8 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
             _log.debug("read %s [%d]: %s", path, extnum, data.shape)
             yield f"images[{k}] = '{path.name}'", data
 
-    return InputStack(stack_images(items(), len(resolved)), resolved, headers)
+    stack = stack_images(items(), len(resolved))
+    return InputStack(stack, resolved, headers, [file_sha256(p) for p in resolved])
 
 
 def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
@@ -157,6 +194,10 @@ def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
     if gain != 1.0:
         data *= np.float32(gain)
     return data
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class OutputStage:
@@ -195,12 +236,40 @@ class OutputStage:
         """Where to write the product ``name`` now (inside the staging folder)."""
         return self.directory / name
 
-    def commit(self) -> list[Path]:
-        """Move every staged file into the output directory."""
-        for item in sorted(self._staging.iterdir()):
+    def commit(self, *, own: Sequence[str] = (), keep: Iterable[str | os.PathLike] = ()) -> list[Path]:
+        """Move every staged file into the output directory.
+
+        Parameters
+        ----------
+        own : sequence of str
+            Glob patterns of the files this program writes (e.g.
+            ``combined_*.fits``): a file of the output directory matching one,
+            but not written by this run, is a product of an earlier run and is
+            removed, so that no stale figure or table stays beside the new
+            products.  Files matching no pattern are never touched.
+        keep : iterable of path-like
+            Files never removed (the inputs of this run, e.g. a ``--crmasks``
+            file or a parameter file in the output folder).
+        """
+        staged = sorted(self._staging.iterdir())
+        names = {item.name for item in staged}
+        kept = {Path(p).resolve() for p in keep}
+        replaced = sorted(n for n in names if (self.output_dir / n).exists())
+        stale = sorted(p for p in self.output_dir.iterdir()
+                       if p.name not in names and p.is_file() and p.resolve() not in kept
+                       and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in own))
+        for item in staged:
             target = self.output_dir / item.name
             os.replace(item, target)
             self.written.append(target)
+        for path in stale:
+            path.unlink()
+        if replaced:
+            _log.info("replaced %d earlier file(s) of the same name in %s: %s", len(replaced), self.output_dir,
+                      _names(replaced))
+        if stale:
+            _log.info("removed %d earlier product(s) that this run did not make: %s", len(stale),
+                      _names([p.name for p in stale]))
         return self.written
 
     def __exit__(self, exc_type, exc, tb) -> None:

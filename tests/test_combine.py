@@ -273,3 +273,30 @@ def test_problematic_pixels():
     assert np.argwhere(out).tolist() == [[1, 2]]
     with pytest.raises(ValueError, match="crmasks"):
         problematic_pixels(np.zeros((4, 5)))
+
+
+class TestExclude:
+    """Bad input values (NaN, saturated) left out of their exposure in every combination."""
+
+    @pytest.mark.parametrize("name", COMBINATIONS)
+    def test_excluded_values_are_left_out(self, name):
+        stack = make_stack(n=4)
+        exclude = np.zeros(stack.shape, dtype=bool)
+        exclude[1, 3, 4] = exclude[2, 3, 4] = True  # two of four left out
+        exclude[:, 5, 6] = True  # nothing left
+        stack[exclude] = 1e6  # filler values that must not matter
+        none = np.zeros(stack.shape[1:], dtype=bool)
+        res = combine(stack, name, rnoise_e=RN, mediancr=none, meancrt=none, crmasks=np.zeros_like(exclude),
+                      meancr_mask=none, exclude=exclude)
+        kept = stack[[0, 3], 3, 4].astype(np.float64)
+        expect = kept.min() if name == "min" else kept.mean()  # mean == median of two values
+        factor = {"min": min_variance_factor(2), "median": median_variance_factor(2),
+                  "mediancr": median_variance_factor(2)}.get(name, 0.5)
+        assert res.value[3, 4] == pytest.approx(expect, rel=1e-6)
+        assert res.exposure_map[3, 4] == 2
+        assert res.variance[3, 4] == pytest.approx(factor * var1(res.value[3, 4]), rel=1e-5)
+        assert res.value[5, 6] == 0 and res.exposure_map[5, 6] == 0
+        untouched = combine(stack, name, rnoise_e=RN, mediancr=none, meancrt=none,
+                            crmasks=np.zeros_like(exclude), meancr_mask=none)
+        others = ~exclude.any(axis=0)
+        np.testing.assert_array_equal(res.value[others], untouched.value[others])

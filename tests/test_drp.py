@@ -272,14 +272,14 @@ def test_session_runs_the_recipe(datadir, tmp_path, drpmocker, run_config):
         hdr = masks[0].header
         assert (hdr["NUMDRP"], hdr["NUMRNAM"], hdr["NUMPIPE"]) == (INSTRUMENT, "MegaraCrDetection", "default")
         assert hdr["NUMRVER"] == megara_crdetect.__version__ and hdr["CRMETHOD"] == "mmcosmic"
-        assert [h.name for h in masks[1:]] == MASKS
-        assert all(h.data.shape == (200, 300) and h.data.dtype == np.uint8 for h in masks[1:])
+        assert [h.name for h in masks[1:]] == MASKS + ["DQ"]
+        assert all(h.data.shape == (200, 300) and h.data.dtype == np.uint8 for h in masks[1:-1])
         npmasked = masks["MEDIANCR"].header["NPMASKED"]
         assert npmasked == masks["MEDIANCR"].data.sum() and 0 < npmasked < 200 * 300 // 10
         uuid = hdr["UUID"]
     with fits.open(results / "combined_mediancr.fits") as comb:
         assert comb[0].header["MASKUUID"] == uuid and comb[0].header["NUMDRP"] == INSTRUMENT
-        assert [h.name for h in comb] == ["PRIMARY", "VARIANCE", "MAP"]
+        assert [h.name for h in comb] == ["PRIMARY", "VARIANCE", "MAP", "DQ"]
     table = (tmp_path / "obsidob1_work" / "mediancr_identified.csv").read_text().splitlines()
     assert table[0] == "CR_number,X_pixel,Y_pixel,Mask_value,Method"
     assert len(table) - 1 == npmasked  # one row per MEDIANCR pixel
@@ -343,7 +343,7 @@ def test_numina_run_command(datadir, tmp_path):
                    for k in range(3)], "all frames must have the same size"),
     (lambda d, t: [DataFrame(frame=fits.HDUList([fits.PrimaryHDU(np.full((20, 30), np.nan if k else 1.0,
                                                                        np.float32))])) for k in range(3)],
-     "frame2: 600 pixel(s) are NaN or infinite"),
+     "every pixel is NaN or infinite; there is no data to use"),
 ])
 def test_bad_frames_raise_validation_errors(datadir, tmp_path, frames, message):
     recipe = load_drp().get_recipe_object(MODE)

@@ -49,7 +49,7 @@ from megara_crdetect.config import (CRMaskConfig, InputConfig, ParamSpec, RunCon
 from megara_crdetect.config import convert as convert_value
 from megara_crdetect.core.pipeline import COMBINATIONS, CRMaskResult
 from megara_crdetect.errors import ConfigError, InputError, UserAbort
-from megara_crdetect.io import stack_images, to_electrons
+from megara_crdetect.io import file_sha256, stack_images, to_electrons
 from megara_crdetect.runner import build_products
 
 from ..datamodel import MegaraCrDataModel
@@ -275,6 +275,17 @@ def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
     return stack_images(items(), len(frames), what="frames"), names
 
 
+def frame_provenance(frames) -> tuple[list, list[str]]:
+    """Primary headers of the frames and SHA-256 of their files (none when a frame has no file)."""
+    headers = []
+    for frame in frames:
+        with frame.open() as hdul:
+            headers.append(hdul[0].header.copy())
+    files = [getattr(f, "filename", None) for f in frames]
+    on_disk = all(getattr(f, "frame", None) is None and n and os.path.exists(n) for f, n in zip(frames, files))
+    return headers, [file_sha256(Path(n)) for n in files] if on_disk else []
+
+
 # ---------------------------------------------------------------------------
 # the recipe
 # ---------------------------------------------------------------------------
@@ -319,7 +330,7 @@ class MegaraCrDetection(BaseRecipe):
             self.logger.info("%d frames (%s), crmethod %s", len(names), ", ".join(names), params.crmethod)
             check_against_data(params, stack.shape[1:], stack.shape[0])
             products = self._process(to_electrons(stack, gain=cfg.inputs.gain, bias=cfg.inputs.bias),
-                                     cfg, names)
+                                     cfg, names, *frame_provenance(rinput.obresult.frames))
         except (ConfigError, InputError) as exc:
             raise ValidationError(str(exc)) from None
         except UserAbort as exc:  # key x in the interactive review
@@ -328,9 +339,10 @@ class MegaraCrDetection(BaseRecipe):
             self.set_base_headers(hdul[0].header)
         return self.create_result(**products)
 
-    def _process(self, stack_e: np.ndarray, cfg: RunConfig, names: list[str]) -> dict:
+    def _process(self, stack_e: np.ndarray, cfg: RunConfig, names: list[str], headers=(), checksums=()) -> dict:
         """As the command line: detection, masks, tables, combinations (in memory)."""
-        result, products = build_products(stack_e, cfg, images=names, review=self._review(cfg))
+        result, products = build_products(stack_e, cfg, images=names, review=self._review(cfg), headers=headers,
+                                          checksums=checksums)
         self._log_counts(result)
         if self.intermediate_results:  # the CSV tables, as intermediate files (work directory)
             for name, text in products.items():

@@ -223,6 +223,60 @@ def _median(stack: np.ndarray, plain_min: np.ndarray | None = None) -> np.ndarra
     return acc.astype(np.float32)
 
 
+def _estimator_factor(estimator: str, n: np.ndarray) -> np.ndarray:
+    """Variance factor of ``estimator`` (mean, median, min) for ``n`` values (an array; n >= 1)."""
+    out = np.ones(n.shape, dtype=np.float32)
+    for m in np.unique(n):
+        if m >= 1:
+            out[n == m] = {"mean": 1.0 / m, "median": median_variance_factor(int(m)),
+                           "min": min_variance_factor(int(m))}[estimator]
+    return out
+
+
+def _estimators(combination: str, mediancr, meancrt, touched: np.ndarray) -> dict[str, np.ndarray]:
+    """Which plain estimator formed each touched pixel of ``combination`` (replaced pixels excluded)."""
+    if combination in ("mean", "median", "min"):
+        return {combination: np.ones(touched.sum(), dtype=bool)}
+    if combination == "mediancr":
+        return {"median": ~mediancr[touched]}
+    mean_px = ~meancrt[touched]
+    return {"mean": mean_px, "median": ~mean_px & ~mediancr[touched]}
+
+
+def _leave_out(stack, exclude, combination, value, factor, expmap, mediancr=None, meancrt=None) -> np.ndarray:
+    """Recompute, in place, the pixels where some exposures are excluded, from the others.
+
+    Excluded values (bad input: NaN, saturated) are not part of the estimate:
+    the mean, median or minimum of the remaining ``n`` values, with the
+    variance factor of ``n`` values and ``n`` in the exposure map.  Where
+    every exposure is excluded the value is 0 and the map 0.  Pixels
+    replaced by a repair value keep it.  Returns the variance factors (an
+    array, also when ``factor`` was one number).
+    """
+    factor = np.full(value.shape, factor, dtype=np.float32) if np.ndim(factor) == 0 else factor
+    touched = exclude.any(axis=0)
+    if not touched.any():
+        return factor
+    vals = stack[:, touched].astype(np.float64)
+    bad = exclude[:, touched]
+    ngood = (~bad).sum(axis=0).astype(np.int16)
+    vals[bad] = np.nan
+    sub_value, sub_factor, sub_map = value[touched], factor[touched], expmap[touched]
+    for estimator, where in _estimators(combination, mediancr, meancrt, touched).items():
+        where = where & (ngood > 0)
+        if not where.any():
+            continue
+        column = vals[:, where]
+        func = {"mean": np.nanmean, "median": np.nanmedian, "min": np.nanmin}[estimator]
+        sub_value[where] = func(column, axis=0)
+        sub_factor[where] = _estimator_factor(estimator, ngood[where])
+        sub_map[where] = ngood[where]
+    empty = ngood == 0
+    sub_value[empty], sub_factor[empty], sub_map[empty] = 0.0, 1.0, 0
+    value[touched], factor[touched], expmap[touched] = sub_value, sub_factor, sub_map
+    return factor
+
+
 def _finish(value, factor, expmap, rnoise_e: float) -> tuple[np.ndarray, np.ndarray]:
     """Variance = (max(value, 0) + rnoise_e**2) * factor, as float32."""
     var = np.maximum(value, np.float32(0.0))
@@ -310,6 +364,7 @@ def combine(
     meancr_mask: np.ndarray | None = None,
     replacement: np.ndarray | None = None,
     local_median_pixels: Sequence[Sequence[int]] = (),
+    exclude: np.ndarray | None = None,
 ) -> Combined:
     """Combine a stack of exposures, replacing cosmic-ray pixels.
 
@@ -337,6 +392,12 @@ def combine(
         0-based pixels replaced, in order, by the median of the odd-sized box
         centred on them (clipped to the image, centre excluded), taken from the
         image as modified so far. Ignored by ``mean``, ``median`` and ``min``.
+    exclude : numpy.ndarray, optional
+        Values ``(N, ny, nx)`` that are not measurements (bad input: NaN,
+        saturated): left out of every estimate as if the exposure had not
+        been taken there (``n`` in the exposure map counts the others;
+        value 0 and ``n = 0`` where all are excluded).  Their stack values
+        must be finite (any filler).
 
     Returns
     -------
@@ -376,9 +437,16 @@ def combine(
     stack = _check_stack(stack)
     rnoise_e = _check_rnoise(rnoise_e)
     shape2 = stack.shape[1:]
+    if exclude is not None:
+        exclude = _check_mask("exclude", exclude, stack.shape)
+        if not exclude.any():
+            exclude = None
     if combination in ("mean", "median", "min"):
         value, factor, expmap = _simple(stack, combination)
-        var, expmap = _finish(value, factor, np.full(shape2, expmap, dtype=np.int16), rnoise_e)
+        expmap = np.full(shape2, expmap, dtype=np.int16)
+        if exclude is not None:
+            factor = _leave_out(stack, exclude, combination, value, factor, expmap)
+        var, expmap = _finish(value, factor, expmap, rnoise_e)
         return Combined(value, var, expmap)
     boxes = _check_boxes(local_median_pixels, shape2)
     if replacement is not None:
@@ -389,13 +457,22 @@ def combine(
     if combination == "mediancr":
         mask = _check_mask("mediancr", mediancr, shape2)
         value, factor, expmap = _mediancr(stack, mask, replacement)
+        if exclude is not None:
+            _leave_out(stack, exclude, combination, value, factor, expmap, mediancr=mask)
     elif combination == "meancrt":
         mask_med = _check_mask("mediancr", mediancr, shape2)
         mask_mean = _check_mask("meancrt", meancrt, shape2)
         value, factor, expmap = _meancrt(stack, mask_med, mask_mean, replacement)
+        if exclude is not None:
+            _leave_out(stack, exclude, combination, value, factor, expmap, mediancr=mask_med, meancrt=mask_mean)
     else:
         masks = _check_mask("crmasks", crmasks, stack.shape)
+        if exclude is not None:
+            masks = masks | exclude
         value, factor, expmap = _meancr(stack, masks, replacement)
+        if exclude is not None:  # nothing left: not a measurement
+            empty = exclude.all(axis=0)
+            value[empty], expmap[empty] = 0.0, 0
         if combination == "meancr2":
             mask = _check_mask("meancr_mask", meancr_mask, shape2)
             repl = stack.min(axis=0) if replacement is None else replacement

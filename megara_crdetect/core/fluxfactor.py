@@ -19,7 +19,11 @@ import numpy as np
 from megara_crdetect.core.offsets import isolated_peaks, neighbour_maximum
 
 __all__ = ["FluxFactorFit", "estimate_flux_factors", "fit_flux_factors",
-           "image_number_at_median"]
+           "image_number_at_median", "TooFewSignificantPixels"]
+
+
+class TooFewSignificantPixels(ValueError):
+    """The median has too few pixels well above its noise to measure flux ratios (faint frames)."""
 
 _log = logging.getLogger(__name__)
 
@@ -209,7 +213,9 @@ def fit_flux_factors(stack: np.ndarray, median: np.ndarray, *,
     Raises
     ------
     ValueError
-        For bad shapes or options, or fewer than 100 significant pixels.
+        For bad shapes or options.
+    TooFewSignificantPixels
+        Fewer than 100 significant pixels (a ValueError too).
 
     Notes
     -----
@@ -254,8 +260,9 @@ def fit_flux_factors(stack: np.ndarray, median: np.ndarray, *,
     area, core = _flux_area(median, usable, spikes, var_floor, min_snr, int(grow))
     ncore = int(np.count_nonzero(core))
     if ncore < 100:
-        msg = f"only {ncore} significant pixels (min_snr={min_snr}); need >= 100"
-        raise ValueError(msg)
+        msg = (f"only {ncore} significant pixels in the median ({min_snr:g} times above their noise); "
+               "at least 100 are needed to measure flux ratios")
+        raise TooFewSignificantPixels(msg)
     idx = np.flatnonzero(core)[:: max(1, ncore // 1_000_000)]
     flat = stack.reshape(stack.shape[0], -1)
     factors = np.median(flat[:, idx] / median.ravel()[idx], axis=1).astype(np.float64)

@@ -63,7 +63,7 @@ from . import boundary as bd
 from . import mmdiagram as mm
 from . import shiftmodel as sm
 from .combine import combine, problematic_pixels
-from .fluxfactor import fit_flux_factors
+from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
 from .locallevel import noise_dips, raised_medians, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
@@ -183,9 +183,13 @@ def _flux_factors(stack: np.ndarray, params: CRMaskConfig, rnoise_e: float):
     if params.flux_factor is None:
         return np.ones(n), None
     if params.flux_factor == "auto":
-        details = fit_flux_factors(stack, median_of_stack(stack),
-                                   region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
-                                   rnoise_e=rnoise_e)
+        try:
+            details = fit_flux_factors(stack, median_of_stack(stack),
+                                       region_mask=_region_mask(params.flux_factor_regions, stack.shape[1:]),
+                                       rnoise_e=rnoise_e)
+        except TooFewSignificantPixels as exc:  # faint frames: nothing to measure the ratios on
+            _log.warning("flux_factor: auto: %s; the exposures are taken as equivalent (flux factors 1)", exc)
+            return np.ones(n), None
         return np.asarray(details.factors, dtype=float), details
     factors = np.asarray(params.flux_factor, dtype=float)
     return (np.repeat(factors, n) if factors.size == 1 else factors), None
@@ -692,7 +696,8 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
 
 def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
                     workers: int | None = None, progress: Progress | None = None,
-                    review: Callable[[CRMaskResult], np.ndarray] | None = None) -> CRMaskResult:
+                    review: Callable[[CRMaskResult], np.ndarray] | None = None,
+                    ignore: np.ndarray | None = None) -> CRMaskResult:
     """Detect the cosmic rays of a stack of exposures.
 
     Parameters
@@ -712,6 +717,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     review : callable, optional
         Called with the partial result once MEDIANCR is known; returns the
         MEDIANCR mask to keep (e.g. after the user rejected some cosmic rays).
+    ignore : ndarray of bool, shape (ny, nx), optional
+        Pixels never flagged, like ``pixels_to_be_ignored_as_cr`` (bad or
+        saturated input; see :mod:`megara_crdetect.badpixels`).
 
     Returns
     -------
@@ -729,6 +737,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
     cleanable = _fits_to_numpy(params, (ny, nx))
+    if ignore is not None:
+        cleanable &= ~ignore
     stats = stack_statistics(stack, n_coincidences=params.coincidences(n))
     floor = mm.noise_floor(stats.median2d, workers=workers)
     noise = mm.noise_scale(stats.min2d, floor, rnoise_e)
@@ -739,7 +749,11 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     if params.uses_aux:
         t1 = time.perf_counter()
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
+        if progress is not None:
+            progress("L.A.Cosmic", 0, 1)
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
+        if progress is not None:
+            progress("L.A.Cosmic", 1, 1)
         timings["lacosmic"] = time.perf_counter() - t1
 
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
@@ -816,7 +830,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
 
 
 def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, rnoise_e: float,
-                  use_lamedian: bool = False, local_median=()):
+                  use_lamedian: bool = False, local_median=(), exclude: np.ndarray | None = None):
     """Build one combination from the masks (see :mod:`megara_crdetect.core.combine`).
 
     Parameters
@@ -835,6 +849,8 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         for shifted exposures, ``masks.repair_min``).
     local_median : sequence of (X, Y, X_width, Y_width)
         ``pixels_to_be_replaced_by_local_median`` (FITS).
+    exclude : ndarray of bool, shape (N, ny, nx), optional
+        Bad input values left out of their exposure (see :func:`~megara_crdetect.core.combine.combine`).
     """
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
@@ -846,4 +862,5 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         replacement = masks.lamedian
     return combine(stack, combination, rnoise_e=rnoise_e, mediancr=masks.mediancr, meancrt=masks.meancrt,
                    crmasks=masks.crmasks, meancr_mask=masks.meancr, replacement=replacement,
-                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median])
+                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median],
+                   exclude=exclude)
