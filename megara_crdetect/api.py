@@ -47,6 +47,7 @@ FLAG_NO_EXPOSURE = 4
 
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO", "BSCALE",
                "PCOUNT", "GCOUNT", "XTENSION", "EXTNAME", "BUNIT", "CHECKSUM", "DATASUM", "BLANK"}
+_NOT_INHERITED = ("UUID", "CHECKSUM", "DATASUM", *_STRUCTURAL)
 _ELECTRON_UNITS = (u.electron,)
 _ADU_UNITS = (u.adu, u.count, u.dimensionless_unscaled)
 
@@ -298,6 +299,8 @@ class CRMasks:
             flags = self._flags(name)
             mask = (flags & FLAG_CR_LEFT) != 0
         meta = self._headers[0].copy() if self._headers else fits.Header()
+        for key in _NOT_INHERITED:  # identifiers of the first exposure, not of the combination
+            meta.remove(key, ignore_missing=True, remove_all=True)
         for card in hdul[0].header.cards:
             if card.keyword in ("HISTORY", "COMMENT"):
                 meta.add_history(card.value) if card.keyword == "HISTORY" else meta.add_comment(card.value)

@@ -150,6 +150,8 @@ def test_arrays_nddata_and_a_3d_stack_give_the_same_masks(api, frames):
 
 def test_combined_ccddata_round_trips_through_write_and_read(api, tmp_path):
     ccd = api.combine("median")
+    # meta: the first exposure's header (OBJECT, EXPTIME...) without its identifier, plus the product's cards
+    assert ccd.meta["OBJECT"] == "SIMULATED" and "UUID" not in ccd.meta and ccd.meta["NIMAGES"] == 3
     assert isinstance(ccd.uncertainty, VarianceUncertainty) and ccd.uncertainty.unit == u.electron ** 2
     # the plain median keeps the MEDIANCR cosmic rays: masked; mediancr repairs them: flagged, not masked
     assert np.array_equal(ccd.mask, api.mediancr) and ccd.mask.any()
