@@ -226,3 +226,10 @@ def test_help_is_complete_on_its_own():
                   "numina-crmasks --example 1 --output_dir demo", "gain:", "rnoise:", "default: INFO"):
         assert words in text, words
     assert "README" not in text
+    # the parameter file shown in the help is valid
+    from megara_crdetect.config import parse_run_config
+
+    epilog = cli._EPILOG.split("\n\n")[0].splitlines()[1:]
+    document = yaml.safe_load("\n".join(line[2:] for line in epilog
+                                        if not line.lstrip().startswith(("(", "python"))))
+    assert parse_run_config(document).params.flux_factor == "auto"
