@@ -396,6 +396,9 @@ def detect(images: Sequence[Any] | np.ndarray, *, gain: float | u.Quantity | Non
     if electrons and bias not in (None, 0):
         raise ConfigError(f"bias = {bias}: the images are in electron (bias already subtracted); leave bias out")
     cfg = _config([_name(k, item) for k, item in enumerate(items)], gain, rnoise, bias, extnum, params)
+    if cfg.params.interactive:
+        raise ConfigError("requirements.interactive = True: no figure windows in the Python interface; "
+                          "use numina-crmasks, or the review files it writes")
     stack, headers = _load(items, cfg.inputs.extnum)
     check_against_data(cfg.params, stack.shape[1:], stack.shape[0])
     if not electrons:

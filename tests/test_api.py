@@ -180,6 +180,7 @@ def test_combined_ccddata_round_trips_through_write_and_read(api, tmp_path):
     ({"gain": -1.0}, "gain = -1.0: must be > 0"),
     ({"rnoise": 3 * u.s}, "rnoise = 3.0 s: expected a number or a Quantity in adu"),
     ({"pixels_to_be_flagged_as_cr": [[301, 1]]}, "outside the image: needs X <= NAXIS1 = 300"),
+    ({"interactive": True}, "requirements.interactive = True: no figure windows in the Python interface"),
 ])
 def test_bad_keyword_raises_a_one_line_config_error(frames, kwargs, message):
     with pytest.raises(ConfigError) as err:
