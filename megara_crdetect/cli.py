@@ -35,22 +35,62 @@ EXIT_STATUS = {"success": 0, "aborted by the user (key x)": 1, "invalid input": 
                "interrupted (SIGINT)": 130, "terminated (SIGTERM)": 143}
 
 
+_EPILOG = """\
+the parameter file (YAML; four keys are enough, every other key has a default):
+  images: [exp1.fits, exp2.fits, exp3.fits]   # 3 or more, relative to the file's folder
+  gain: 1.25                                   # e-/ADU
+  rnoise: 3.4                                  # readout noise, ADU
+  bias: 0                                      # ADU subtracted first
+  requirements:                                # optional: crmethod, flux_factor, dilation, ...
+    flux_factor: auto
+  (every key: python -m megara_crdetect.config; a commented file with all of them:
+   python -c "from megara_crdetect.config import params_yaml; print(params_yaml(['a.fits','b.fits','c.fits']))")
+
+products (in --output_dir, all in electrons; written only if the whole run succeeds):
+  combined_meancr2.fits    mean of the exposures without their cosmic rays, rest repaired: science
+  combined_mediancr.fits   median with the cosmic rays that survive it repaired: robust
+  combined_<name>.fits     also mean, median, min (no repair), meancrt, meancr; each with VARIANCE, MAP, DQ
+  crmasks.fits             masks MEDIANCR, MEANCRT, CRMASK1..N, MEANCR, DQ (+ AUXCLEAN, CLEANMIN, RPMEDIAN)
+  mediancr_identified.csv  one row per MEDIANCR pixel; problematic_pixels.csv: masked in every exposure
+  figures and review files (unless --no-figures): diagnostic_*.png, mediancr_identified_cr.pdf,
+  mediancr_candidates.csv, mediancr_regions.reg (ds9), review_edits.yaml
+
+exit status:
+  0 success, 1 aborted by the user (key x), 2 invalid input (one line "error: ..."; nothing written),
+  3 internal error (--log-level DEBUG shows the traceback), 130 interrupted (Ctrl-C, SIGINT),
+  143 terminated (SIGTERM); nothing is written unless the status is 0
+
+many parameter files at once, on Dask: numina-crmasks batch --help
+
+examples:
+  numina-crmasks --example 1 --output_dir demo     simulated data of the guide's example 1, then run it
+  numina-crmasks params.yaml --output_dir out      your own data
+  numina-crmasks params.yaml --crmasks out/crmasks.fits --output_dir out2   re-use masks
+
+the numina reference stays available as: python -m numina.array.crmasks params.yaml
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="numina-crmasks",
-        description="Detect and repair cosmic rays that survive the median of N >= 3 exposures "
-                    "(megara-crdetect; the numina reference stays available as python -m numina.array.crmasks).",
-        epilog="exit status: " + ", ".join(f"{code} {what}" for what, code in EXIT_STATUS.items())
-               + "; nothing is written unless the status is 0 (see docs/products.md).")
-    p.add_argument("params", nargs="?", help="YAML parameter file (see the README)")
-    p.add_argument("--output_dir", "--output-dir", default=".", help="folder for the products (created)")
+        prog="numina-crmasks", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        description="Detect and repair the cosmic rays that survive the median of N >= 3 exposures, and "
+                    "those of every exposure (megara-crdetect; also installed as megara-crmasks).")
+    p.add_argument("params", nargs="?", metavar="PARAMS.yaml",
+                   help="YAML parameter file (see 'the parameter file' below)")
+    p.add_argument("--output_dir", "--output-dir", default=".", metavar="D",
+                   help="folder for the products, created if missing (default: the current folder)")
     p.add_argument("--log-level", default="INFO", type=str.upper,
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="logging level")
-    p.add_argument("--crmasks", metavar="FILE", help="re-apply the masks of FILE instead of detecting them")
-    p.add_argument("--example", type=int, choices=[1, 2, 3, 4],
-                   help="write the simulated data and parameters of the guide's example N into --output_dir, "
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="logging level (default: %(default)s)")
+    p.add_argument("--crmasks", metavar="FILE",
+                   help="re-apply the masks of FILE (a crmasks.fits) instead of detecting them")
+    p.add_argument("--example", type=int, choices=[1, 2, 3, 4], metavar="N",
+                   help="write the simulated exposures and params_exampleN.yaml of the guide's example N "
+                        "(1 equivalent, 2 piecewise boundary, 3 flux factors, 4 offsets) into --output_dir, "
                         "then run it")
-    p.add_argument("--no-figures", action="store_true", help="do not write the diagnostic figures")
+    p.add_argument("--no-figures", action="store_true",
+                   help="do not write the diagnostic figures and review files (default: write them)")
     p.add_argument("--record", action="store_true",
                    help="also write the console messages into <output_dir>/terminal_output.txt")
     p.add_argument("--echo", action="store_true", help="print the command line first")

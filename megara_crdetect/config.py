@@ -885,10 +885,15 @@ def schema_markdown() -> str:
     lines = ["| key | default | allowed values | unit | description |",
              "|---|---|---|---|---|"]
     for spec in schema():
-        name = spec.name + "".join(f" (alias `{a}`)" for a in spec.aliases)
-        key = name if spec.section == "top" else f"{name}"
-        lines.append(f"| `{key}` | `{_doc_default(spec)}` | {spec.allowed()} | {spec.unit} | {spec.doc} |")
+        key = f"`{spec.name}`" + "".join(f" (alias `{a}`)" for a in spec.aliases)
+        cells = [key, f"`{_doc_default(spec)}`", spec.allowed(), spec.unit, spec.doc]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: ``|`` escaped (it would split the row, even inside code)."""
+    return text.replace("|", "\\|")
 
 
 if __name__ == "__main__":  # pragma: no cover - documentation helper
