@@ -31,6 +31,7 @@ from astropy.nddata import CCDData, NDData, VarianceUncertainty
 
 from .config import RunConfig, check_against_data, parse_run_config
 from .core.pipeline import COMBINATIONS, CRMaskResult
+from .dq import DQ_BITS, unreliable
 from .errors import ConfigError, InputError
 from .io import OutputStage, read_images, stack_images, to_electrons
 
@@ -38,12 +39,12 @@ __all__ = ["detect", "CRMasks", "FLAG_REPAIRED", "FLAG_CR_LEFT", "FLAG_NO_EXPOSU
 
 _log = logging.getLogger(__name__)
 
-#: ``flags`` bit: the value of this pixel was repaired in this combination (replacement value).
-FLAG_REPAIRED = 1
-#: ``flags`` bit: a detected cosmic ray is still in the value of this combination (also ``mask``).
-FLAG_CR_LEFT = 2
-#: ``flags`` bit: masked in every exposure (``problematic_pixels.csv``).
-FLAG_NO_EXPOSURE = 4
+#: ``flags`` bit (the DQ plane's ``CR_REPAIRED``): a cosmic ray was replaced or left out in this combination.
+FLAG_REPAIRED = DQ_BITS["CR_REPAIRED"][0]
+#: ``flags`` bit (``CR_LEFT``): a detected cosmic ray is still in the value of this combination (also ``mask``).
+FLAG_CR_LEFT = DQ_BITS["CR_LEFT"][0]
+#: ``flags`` bit (``CR_ALL_EXPOSURES``): masked in every exposure (``problematic_pixels.csv``; also ``mask``).
+FLAG_NO_EXPOSURE = DQ_BITS["CR_ALL_EXPOSURES"][0]
 
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO", "BSCALE",
                "PCOUNT", "GCOUNT", "XTENSION", "EXTNAME", "BUNIT", "CHECKSUM", "DATASUM", "BLANK"}
@@ -195,7 +196,9 @@ class CRMasks:
     """
 
     def __init__(self, *, stack_e: np.ndarray, result: CRMaskResult, config: RunConfig, products: dict,
-                 names: Sequence[str], headers: Sequence[fits.Header]):
+                 names: Sequence[str], headers: Sequence[fits.Header], bad=None):
+        from .runner import run_dq
+
         self._stack = stack_e
         self.result = result
         self.config = config
@@ -203,6 +206,8 @@ class CRMasks:
         self._names = list(names)
         self._headers = list(headers)
         self.uuid = products["crmasks.fits"][0].header["UUID"]
+        # what every combination is built with, as the command line builds it: bad pixels, DQ, input headers
+        self._described = dict(bad=bad, dq=run_dq(result, config, bad, stack_e.shape[1:]), headers=self._headers)
 
     mediancr = property(lambda self: self.result.mediancr, doc="MEDIANCR mask (bool, (ny, nx)).")
     meancrt = property(lambda self: self.result.meancrt, doc="MEANCRT mask (bool, (ny, nx)).")
@@ -240,21 +245,8 @@ class CRMasks:
         if name not in COMBINATIONS:
             raise ConfigError(f"combination = {name!r}: expected one of {' | '.join(COMBINATIONS)}")
         (_, hdul), = iter_combinations(self._stack, self.result, self.config, masks_uuid=self.uuid,
-                                       images=self._names, combinations=(name,))
+                                       images=self._names, combinations=(name,), **self._described)
         return hdul
-
-    def _flags(self, name: str) -> np.ndarray:
-        r = self.result
-        repaired = {"mediancr": r.mediancr, "meancrt": r.meancrt, "meancr": r.problematic,
-                    "meancr2": r.meancr | r.problematic}.get(name)
-        left = {"mean": r.meancrt, "median": r.mediancr, "meancr": r.meancr}.get(name)
-        flags = np.zeros(r.mediancr.shape, dtype=np.uint8)
-        if repaired is not None:
-            flags[repaired] |= FLAG_REPAIRED
-        if left is not None:
-            flags[left] |= FLAG_CR_LEFT
-        flags[r.problematic] |= FLAG_NO_EXPOSURE
-        return flags
 
     def combine(self, name: str = "mediancr") -> CCDData:
         """One combination of the exposures as a :class:`~astropy.nddata.CCDData`.
@@ -276,14 +268,12 @@ class CRMasks:
             ``combined_<name>.fits``, electron**2), ``unit`` electron, ``meta``
             the header of the first exposure updated with the product's
             header (``COMBINED``, ``MASKUUID``, ``GAIN``...; the number of
-            exposures used per pixel is :meth:`exposure_map`). ``flags`` and
-            ``mask``: from the product's
-            ``DQ`` plane when it has one (``mask`` = any bit set); otherwise
-            ``flags`` has bits :data:`FLAG_REPAIRED`, :data:`FLAG_CR_LEFT`,
-            :data:`FLAG_NO_EXPOSURE` and ``mask`` marks the pixels where a
-            detected cosmic ray is still in the value (``mean``: MEANCRT,
-            ``median``: MEDIANCR, ``meancr``: MEANCR; nothing for the repaired
-            combinations).
+            exposures used per pixel is :meth:`exposure_map`). ``flags`` is
+            the product's ``DQ`` plane (bits :data:`megara_crdetect.dq.DQ_BITS`,
+            among them :data:`FLAG_REPAIRED`, :data:`FLAG_CR_LEFT`,
+            :data:`FLAG_NO_EXPOSURE`); ``mask`` marks the pixels without a
+            trustworthy value (:data:`megara_crdetect.dq.UNRELIABLE`: a detected
+            cosmic ray still in the value, masked in every exposure, no data).
 
         Raises
         ------
@@ -291,13 +281,8 @@ class CRMasks:
             Unknown combination name.
         """
         hdul = self._hdulist(name)
-        names = [h.name for h in hdul]
-        if "DQ" in names:
-            flags = np.asarray(hdul["DQ"].data)
-            mask = flags != 0
-        else:
-            flags = self._flags(name)
-            mask = (flags & FLAG_CR_LEFT) != 0
+        flags = np.asarray(hdul["DQ"].data)
+        mask = unreliable(flags)
         meta = self._headers[0].copy() if self._headers else fits.Header()
         for key in _NOT_INHERITED:  # identifiers of the first exposure, not of the combination
             meta.remove(key, ignore_missing=True, remove_all=True)
@@ -330,7 +315,7 @@ class CRMasks:
             for name, product in self._products.items():
                 write_product(stage, name, product)
             for name, product in iter_combinations(self._stack, self.result, self.config,
-                                                   masks_uuid=self.uuid, images=self._names):
+                                                   masks_uuid=self.uuid, images=self._names, **self._described):
                 write_product(stage, name, product)
             return stage.commit()
 
@@ -386,6 +371,7 @@ def detect(images: Sequence[Any] | np.ndarray, *, gain: float | u.Quantity | Non
     >>> masks = mcr.detect(ccds, gain=1.25 * u.electron / u.adu, rnoise=3.4)  # doctest: +SKIP
     >>> masks.combine("meancr2").write("clean.fits")                          # doctest: +SKIP
     """
+    from .runner import bad_pixels_of
     from .runner import detect as run_detect
 
     items = _as_items(images)
@@ -403,7 +389,9 @@ def detect(images: Sequence[Any] | np.ndarray, *, gain: float | u.Quantity | Non
     check_against_data(cfg.params, stack.shape[1:], stack.shape[0])
     if not electrons:
         stack = to_electrons(stack, gain=cfg.inputs.gain, bias=cfg.inputs.bias)
-    result, products = run_detect(stack, cfg, images=cfg.inputs.images, progress=progress)
+    bad = bad_pixels_of(stack, cfg, [f"images[{k}] = {name!r}" for k, name in enumerate(cfg.inputs.images)])
+    result, products = run_detect(stack, cfg, images=cfg.inputs.images, progress=progress, bad=bad,
+                                  headers=headers)
     return CRMasks(stack_e=stack, result=result, config=cfg, products=products, names=cfg.inputs.images,
-                   headers=headers)
+                   headers=headers, bad=bad)
 

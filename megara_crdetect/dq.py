@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["DQ_BITS", "DQ_FLAGS", "dq_summary", "combination_dq", "flag_map_of_header", "dq_header_cards"]
+__all__ = ["DQ_BITS", "DQ_FLAGS", "UNRELIABLE", "left_pixels", "unreliable", "dq_summary", "combination_dq", "flag_map_of_header", "dq_header_cards"]
 
 #: name -> (value, meaning); the value is a power of two (bit ``log2(value)``).
 DQ_BITS = {
@@ -30,7 +30,11 @@ DQ_BITS = {
     "DEFECTIVE_LINE": (32, "on a defective detector line (not searched)"),
     "SKIPPED": (64, "skipped region or pixel ignored as cosmic ray"),
     "LOCAL_MEDIAN": (128, "replaced by the median of its neighbours"),
+    "CR_LEFT": (256, "detected cosmic ray still in this image's value"),
 }
+
+#: Bits whose pixels have no trustworthy value in a combination (``CCDData.mask`` of the Python API).
+UNRELIABLE = ("CR_LEFT", "CR_ALL_EXPOSURES", "NO_DATA")
 
 _FLAGS = []
 
@@ -107,8 +111,24 @@ def repaired_pixels(name: str, masks) -> np.ndarray | None:
     return None
 
 
+def left_pixels(name: str, masks) -> np.ndarray | None:
+    """Where a detected cosmic ray is still in the value of the combination ``name`` (None: nowhere).
+
+    ``mean``: MEANCRT; ``median``: MEDIANCR; ``meancr``: MEANCR (the
+    cosmic rays that the mean of the unmasked values still holds).
+    """
+    attr = {"mean": "meancrt", "median": "mediancr", "meancr": "meancr"}.get(name)
+    return None if attr is None else np.asarray(getattr(masks, attr), dtype=bool)
+
+
+def unreliable(dq: np.ndarray) -> np.ndarray:
+    """Pixels of a combination's DQ plane that carry one of the :data:`UNRELIABLE` bits."""
+    bits = np.uint16(sum(DQ_BITS[name][0] for name in UNRELIABLE))
+    return (np.asarray(dq) & bits) != 0
+
+
 def combination_dq(summary: np.ndarray, name: str, masks) -> np.ndarray:
-    """The DQ plane of ``combined_<name>.fits``: the summary's bits, ``CR_REPAIRED`` of this combination.
+    """The DQ plane of ``combined_<name>.fits``: the summary's bits, ``CR_REPAIRED`` and ``CR_LEFT`` of this combination.
 
     Parameters
     ----------
@@ -121,6 +141,7 @@ def combination_dq(summary: np.ndarray, name: str, masks) -> np.ndarray:
     """
     dq = summary & ~_CR_BIT
     _set(dq, repaired_pixels(name, masks), "CR_REPAIRED")
+    _set(dq, left_pixels(name, masks), "CR_LEFT")
     return dq
 
 
