@@ -209,9 +209,15 @@ def _normalised(target: np.ndarray, stats: StackStats, noise: np.ndarray) -> np.
 
 
 def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detector: Detector,
-                   workers: int | None) -> tuple[dict, np.ndarray | None]:
-    """Raw L.A.Cosmic flags of every target and the cleaned median."""
-    from .lacosmic import run_lacosmic_many
+                   workers: int | None, candidates: Callable[[np.ndarray], np.ndarray] | None = None
+                   ) -> tuple[dict, np.ndarray | None]:
+    """Raw L.A.Cosmic flags of every target and the cleaned median.
+
+    ``candidates(target)``: the pixels that may seed a confirmed group (see
+    :func:`_la_candidates`); the flags are then the groups that contain one,
+    found on windows around them (:func:`~megara_crdetect.core.windows.lacosmic_where_needed`).
+    """
+    from .windows import lacosmic_where_needed
 
     kwargs = dict(
         rnoise_e=detector.rnoise_e, sigclip=params.la_sigclip, sigfrac=params.la_sigfrac,
@@ -221,9 +227,24 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
         psfsize=params.la_psfsize, psfbeta=params.la_psfbeta, padwidth=params.la_padwidth,
         verbose=params.la_verbose)
     names = list(targets)
-    results = run_lacosmic_many([targets[n] for n in names], workers=workers, **kwargs)
+    results = [lacosmic_where_needed(targets[n], candidates and candidates(targets[n]), workers=workers, **kwargs)
+               for n in names]
     flags = {n: r[0] for n, r in zip(names, results)}
     return flags, results[names.index("median")][1] if "median" in names else None
+
+
+def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray):
+    """Pixels that may seed a confirmed L.A.Cosmic group, or None when every flag counts.
+
+    :func:`_confirm` keeps a group only if its brightest pixel has ``(target - min2d) / u``
+    above a level that is never below ``la_confirm_sigma``, with ``u`` never below
+    ``noise`` (the inflated scale of the other diagrams is larger); groups without
+    such a pixel are dropped whatever L.A.Cosmic found around them.  The cleaned median
+    (LAMEDIAN) is then exact only on the kept groups, so ``use_lamedian`` needs the whole frame.
+    """
+    if params.la_confirm_sigma <= 0 or params.use_lamedian:
+        return None
+    return lambda target: _normalised(target, stats, noise) > params.la_confirm_sigma
 
 
 def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.ndarray:
@@ -736,7 +757,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     if params.uses_la:
         t1 = time.perf_counter()
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
-        la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
+        la_flags, lamedian = _la_detections(la_targets, params, detector, workers,
+                                            _la_candidates(params, stats, noise))
         timings["lacosmic"] = time.perf_counter() - t1
 
     offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
@@ -803,7 +825,8 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
                          replacement=result.repair_min).value  # the image apply_crmasks will write
     if params.uses_la and _la_everywhere(params):
-        la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
+        la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1,
+                               _la_candidates(params, det.stats, det.noise))
         det.la_flags["meancr"] = la["meancr"]
     result.meancr = det.union("meancr", meancr_img, boundary_name="mean")
     result.problematic = problematic_pixels(result.crmasks)
