@@ -88,12 +88,12 @@ def run_size(name: str, workdir: Path, methods, *, reference: bool, figures: boo
     return res
 
 
-def growth_in_n(workdir: Path, counts, *, seed: int) -> None:
-    """Ours, default parameters, no figures, on N full frames: wall and peak RSS against N."""
-    shape = SIZES["full"]
+def growth_in_n(workdir: Path, counts, *, seed: int, size: str = "full") -> None:
+    """Ours, default parameters, no figures, on N frames: wall and peak RSS against N."""
+    shape = SIZES[size]
     rows = []
     for n in counts:
-        work = workdir / f"nexp{n}"
+        work = workdir / f"nexp{n}_{size}"
         work.mkdir(parents=True, exist_ok=True)
         sim = _simulate(shape, n, seed)
         ours, _ = write_inputs(sim, work, {}, tag="_n")
@@ -101,7 +101,8 @@ def growth_in_n(workdir: Path, counts, *, seed: int) -> None:
         info = run_timed(_ours(ours, work / "ours", figures=False), work / "ours.log", work)
         _show(f"N = {n}", info)
         rows.append((n, info))
-    print("\ngrowth with the number of exposures (full frames, ours, default parameters, no figures)")
+    print(f"\ngrowth with the number of exposures ({size} frames {shape[1]} x {shape[0]}, ours, default parameters, "
+          "no figures)")
     print(f"  {'N':>3s} {'wall [s]':>9s} {'per exposure':>13s} {'peak RSS [MB]':>14s} {'per exposure':>13s}")
     for n, info in rows:
         print(f"  {n:3d} {info['wall_s']:9.1f} {info['wall_s'] / n:13.1f} {info['peak_rss_mb']:14.0f} "
@@ -156,7 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["mm_lacosmic"])
     p.add_argument("--figures", action="store_true", help="ours also with figures")
     p.add_argument("--nexp", nargs="*", type=int, default=[], help="growth table for these numbers of exposures")
-    p.add_argument("--where", action="store_true", help="where the time goes (full frame)")
+    p.add_argument("--nexp-size", default="full", choices=list(SIZES), help="frame size of the --nexp runs")
+    p.add_argument("--where", action="store_true", help="where the time goes (with --figures)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="crbench-"))).resolve()
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         if args.where and log.exists():
             where_time_goes(log, SIZES[name])
     if args.nexp:
-        growth_in_n(workdir, args.nexp, seed=args.seed)
+        growth_in_n(workdir, args.nexp, seed=args.seed, size=args.nexp_size)
     return 0
 
 
