@@ -123,8 +123,8 @@ def _load_yaml(path: Path):
 def _figure_writer(args):
     if args.no_figures:
         return None
-    from .review.figures import write_figures
-    return write_figures
+    from .review.figures import start_figures
+    return start_figures
 
 
 def _check_output_dir(path: str) -> None:

@@ -527,7 +527,8 @@ class CRMaskConfig(_Validated):
     semiwindow: int = param(15, "Half size of the cut-outs of the per-cosmic-ray figures", "int",
                             low=1, unit="pixel")
     color_scale: str = param("zscale", "Colour scale of the cut-outs", "choice", choices=("minmax", "zscale"))
-    maxplots: int = param(-1, "Maximum number of cosmic rays drawn in mediancr_identified_cr.pdf (-1: all)",
+    maxplots: int = param(-1, "Maximum number of cosmic rays drawn in mediancr_identified_cr.pdf (-1: the "
+                          "first 100; the candidates CSV, region file and review_edits.yaml list them all)",
                           "int", low=-1)
     # -- L.A.Cosmic --------------------------------------------------------------
     la_gain_apply: bool = param(

@@ -246,7 +246,8 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         Progress reporter for long steps.
     figures : callable, optional
         ``figures(result, stack_e, cfg, stage, progress=...)`` writes the diagnostic figures
-        into the stage (the review module); skipped when None.
+        into the stage (the review module); skipped when None.  If it returns a callable
+        (figures drawn in the background), that is called once the combinations are written.
     review : callable, optional
         Interactive review of MEDIANCR (see
         :func:`~megara_crdetect.core.pipeline.compute_crmasks`).
@@ -263,6 +264,7 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
     images = [str(p) for p in inputs.paths]
     described = dict(headers=inputs.headers, checksums=inputs.checksums)
     with OutputStage(output_dir) as stage:
+        pending = None
         if crmasks_file is not None:
             masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
             _log.info("re-applying the masks of %s", crmasks_file)
@@ -273,11 +275,13 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
                                       workers=workers, **described)
             masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
             if figures is not None:
-                figures(result, stack, cfg, stage, progress=progress)
+                pending = figures(result, stack, cfg, stage, progress=progress)
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
                                    dq=run_dq(masks, cfg, bad, stack.shape[1:]), **described)
         total = len(products) + len(COMBINATIONS)
         _write_overlapped(stage, itertools.chain(_drain(products), combos), progress=progress, total=total)
+        if callable(pending):  # figures drawn in the background while the combinations were written
+            pending()
         inputs_used = [*inputs.paths, *([crmasks_file] if crmasks_file is not None else []), *keep]
         files = stage.commit(own=OWN_PRODUCTS, keep=inputs_used)
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)

@@ -102,7 +102,7 @@ class TestEvents:
         mask = np.zeros((20, 20), bool)
         mask[0, 19] = True
         ev = find_events(mask, mask.astype(np.int8) * 2, np.zeros((20, 20)))
-        assert ev.window(0, 5, (20, 20)) == (0, 6, 14, 20)
+        assert ev.window(0, 5, (20, 20)) == (0, 11, 9, 20)  # moved inward at the edge, not cut
 
     def test_near_misses_sorted_closest_first(self):
         margin = np.full((4, 4), -5.0)
@@ -336,4 +336,108 @@ def test_degenerate_runs_still_write_the_files(run, tmp_path, case):
     csv = (tmp_path / "mediancr_candidates.csv").read_text().splitlines()
     assert len(csv) == n_events + 1
     if case == "no_mm":
-        assert all(row.split(",")[17] == "nan" for row in csv[1:])  # margin_max: no boundary
+        k = csv[0].split(",").index("margin_max")
+        assert all(row.split(",")[k] == "nan" for row in csv[1:])  # no boundary
+
+
+# ---------------------------------------------------------------------------
+# pairs, readable diagrams, pages in the background (issue #19 figures, #21)
+# ---------------------------------------------------------------------------
+
+
+class TestPairsAreTheirOwnCategory:
+    @pytest.fixture(scope="class")
+    def ev(self):
+        mask = np.zeros((12, 12), bool)
+        codes = np.zeros((12, 12), np.int8)
+        mask[2, 2:4] = True
+        codes[2, 2:4] = 6  # pair only
+        mask[8, 2:5] = True
+        codes[8, 2], codes[8, 3], codes[8, 4] = 2, 6, 1  # MM + pair + dilation
+        return find_events(mask, codes, np.arange(144, dtype=float).reshape(12, 12))
+
+    def test_counts_method_and_category(self, ev):
+        assert list(ev.n_pair) == [2, 1] and list(ev.n_mm) == [0, 1]
+        assert (ev.method(0), ev.method(1)) == ("pair only", "MM+pair")
+        assert (ev.category(0), ev.category(1)) == ("pair", "mm")
+
+    def test_csv_regions_and_edits_name_pairs(self, ev):
+        z = np.zeros((12, 12))
+        rows = [ln.split(",") for ln in regions.candidates_csv(ev, z, z).splitlines()]
+        col = {name: k for k, name in enumerate(rows[0])}
+        assert [r[col["n_pair"]] for r in rows[1:]] == ["2", "1"]
+        assert [r[col["method"]] for r in rows[1:]] == ["pair only", "MM+pair"]
+        assert "color=cyan text={CR#1}" in regions.ds9_regions(ev)
+        assert "cyan pair" in regions.ds9_regions(ev).splitlines()[1]
+        assert "CR#1 pair only, 2 px" in regions.review_edits_yaml(ev)
+
+
+def test_default_pages_are_capped_and_the_lists_stay_complete():
+    assert pages.n_pages(1913, -1) == pages.DEFAULT_PAGES == 100
+    assert pages.n_pages(1913, 500) == 500 and pages.n_pages(30, -1) == 30
+
+
+def _line_data(ax, label):
+    line = next(ln for ln in ax.get_lines() if ln.get_label().startswith(label))
+    return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+
+
+def test_histogram_final_boundary_is_above_every_fit_and_axes_end_at_the_data(run):
+    from megara_crdetect.review import diagrams
+    from megara_crdetect.review._plot import agg_figure
+
+    res, stack, cfg = run
+    data = ReviewData(res, RNOISE, stack)
+    fig = agg_figure((13, 10))
+    diagrams.histogram_figure(fig, data)
+    axes = fig.axes
+    for ax in (axes[0], axes[2], axes[3]):  # simulated normalised, classic all signals, classic faint end
+        x, final = _line_data(ax, "final boundary")
+        assert len(x) >= 400
+        for label in ("first fit", "extension"):
+            fx, fy = _line_data(ax, label)
+            np.testing.assert_array_equal(fx, x)
+            assert np.all(final >= fy - 1e-9 * np.abs(fy))
+    h = diagrams._histogram_inputs(data)
+    assert axes[0].get_xlim()[1] <= h.u_top < data.grid.u_edges[-1] * 1.06
+    x_data = float(np.max(data.u) ** 2 - RNOISE**2)
+    assert axes[2].get_xlim()[1] == pytest.approx(x_data * 1.02, rel=0.02)
+
+
+def test_event_numbers_do_not_overlap(run):
+    from megara_crdetect.review import diagrams
+    from megara_crdetect.review._plot import agg_figure
+
+    res, stack, cfg = run
+    data = ReviewData(res, RNOISE, stack)
+    panels = diagrams.mediancr_figure(agg_figure((13, 10)), data)
+    texts = panels.ax["b"].texts
+    assert 0 < len(texts) <= diagrams.MAX_LABELS
+    fig = panels.fig
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in texts]
+    assert not any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1:])
+
+
+def test_edge_cutouts_keep_their_size(run):
+    from megara_crdetect.review.events import cutout
+
+    assert cutout(0, 299, 6, SHAPE) == (0, 13, 287, 300)
+    assert cutout(100, 150, 6, SHAPE) == (94, 107, 144, 157)
+    assert cutout(1, 1, 6, (5, 400)) == (0, 5, 0, 13)
+
+
+def test_background_figures_write_the_same_files(run, tmp_path):
+    from megara_crdetect.review.figures import start_figures
+
+    res, stack, cfg = run
+    serial, background = tmp_path / "serial", tmp_path / "background"
+    write_figures(res, stack, cfg, stage_in(serial), strict=True)
+    calls = []
+    wait = start_figures(res, stack, cfg, stage_in(background), progress=lambda *a: calls.append(a), processes=2)
+    wait()
+    assert sorted(p.name for p in background.iterdir()) == sorted(p.name for p in serial.iterdir())
+    for name in ("mediancr_candidates.csv", "mediancr_regions.reg", "review_edits.yaml"):
+        assert (background / name).read_text() == (serial / name).read_text()
+    assert pdf_pages(background / "mediancr_identified_cr.pdf") == pdf_pages(serial / "mediancr_identified_cr.pdf")
+    assert calls[-1] == ("figures", 2, 2)

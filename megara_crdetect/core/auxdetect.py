@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import CRMaskConfig
 
-__all__ = ["AuxDetector", "make_detector", "run_many", "METHOD_NAMES"]
+__all__ = ["lacosmic_arguments", "AuxDetector", "make_detector", "run_many", "METHOD_NAMES"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,15 +78,20 @@ class AuxDetector:
         return self(image)[0]
 
 
-def _lacosmic(params: CRMaskConfig, rnoise_e: float, satlevel_e: float | None):
-    from .lacosmic import run_lacosmic
-
-    kwargs = dict(
+def lacosmic_arguments(params: CRMaskConfig, rnoise_e: float, satlevel_e: float | None) -> dict:
+    """Keyword arguments of :func:`~megara_crdetect.core.lacosmic.run_lacosmic` from the ``la_*`` parameters."""
+    return dict(
         rnoise_e=rnoise_e, sigclip=params.la_sigclip, sigfrac=params.la_sigfrac, objlim=params.la_objlim,
         satlevel_e=satlevel_e, niter=params.la_niter, sepmed=params.la_sepmed, cleantype=params.la_cleantype,
         fsmode=params.la_fsmode, psfmodel=params.la_psfmodel, psffwhm_x=params.la_psffwhm_x,
         psffwhm_y=params.la_psffwhm_y, psfsize=params.la_psfsize, psfbeta=params.la_psfbeta,
         padwidth=params.la_padwidth, verbose=params.la_verbose)
+
+
+def _lacosmic(params: CRMaskConfig, rnoise_e: float, satlevel_e: float | None):
+    from .lacosmic import run_lacosmic
+
+    kwargs = lacosmic_arguments(params, rnoise_e, satlevel_e)
     return lambda image: run_lacosmic(image, **kwargs)
 
 

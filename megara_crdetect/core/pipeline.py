@@ -213,16 +213,51 @@ def _normalised(target: np.ndarray, stats: StackStats, noise: np.ndarray) -> np.
 
 
 def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detector: Detector,
-                   workers: int | None) -> tuple[dict, np.ndarray | None]:
+                   workers: int | None, candidates: Callable[[np.ndarray], np.ndarray] | None = None
+                   ) -> tuple[dict, np.ndarray | None]:
     """Raw flags of the auxiliary detector (L.A.Cosmic, PyCosmic, deepCR, Cosmic-CoNN; #16) on every
-    target and its cleaned median (None for Cosmic-CoNN)."""
-    from .auxdetect import make_detector, run_many
+    target and its cleaned median (None for Cosmic-CoNN).
 
-    aux = make_detector(params, rnoise_e=detector.rnoise_e, satlevel_e=detector.level_e(params.la_satlevel))
+    ``candidates(target)``: the pixels that may seed a confirmed group (see
+    :func:`_la_candidates`).  For L.A.Cosmic with single thresholds the flags
+    are then the groups that contain one, found on windows around them or on
+    tiles (:func:`~megara_crdetect.core.windows.lacosmic_where_needed`,
+    identical to one whole-frame run); the other detectors run on the whole image.
+    """
+    from .auxdetect import lacosmic_arguments, make_detector, run_many
+
     names = list(targets)
-    results = run_many(aux, [targets[n] for n in names], workers=workers)
+    satlevel_e = detector.level_e(params.la_satlevel)
+    if params.aux_method == "lacosmic" and not _two_pass(params):
+        from .windows import lacosmic_where_needed
+
+        kwargs = lacosmic_arguments(params, detector.rnoise_e, satlevel_e)
+        results = [lacosmic_where_needed(targets[n], candidates and candidates(targets[n]), workers=workers,
+                                         **kwargs) for n in names]
+    else:
+        aux = make_detector(params, rnoise_e=detector.rnoise_e, satlevel_e=satlevel_e)
+        results = run_many(aux, [targets[n] for n in names], workers=workers)
     flags = {n: r[0] for n, r in zip(names, results)}
     return flags, results[names.index("median")][1] if "median" in names else None
+
+
+def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray):
+    """Pixels that may seed a confirmed L.A.Cosmic group, or None when every flag counts.
+
+    :func:`_confirm` keeps a group only if its brightest pixel has ``(target - min2d) / u``
+    above a level that is never below ``la_confirm_sigma``, with ``u`` never below
+    ``noise`` (the inflated scale of the other diagrams is larger); groups without
+    such a pixel are dropped whatever L.A.Cosmic found around them.  The cleaned median
+    (LAMEDIAN) is then exact only on the kept groups, so ``use_lamedian`` needs the whole frame.
+    """
+    if params.la_confirm_sigma <= 0 or params.use_lamedian:
+        return None
+    return lambda target: _normalised(target, stats, noise) > params.la_confirm_sigma
+
+
+def _two_pass(params: CRMaskConfig) -> bool:
+    """Whether an L.A.Cosmic threshold is a (peak, tail) pair (the windows' reach is proven for one pass)."""
+    return any(isinstance(v, tuple) for v in (params.la_sigclip, params.la_sigfrac, params.la_objlim))
 
 
 def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.ndarray:
@@ -751,7 +786,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
         if progress is not None:
             progress("L.A.Cosmic", 0, 1)
-        la_flags, lamedian = _la_detections(la_targets, params, detector, workers)
+        la_flags, lamedian = _la_detections(la_targets, params, detector, workers,
+                                            _la_candidates(params, stats, noise))
         if progress is not None:
             progress("L.A.Cosmic", 1, 1)
         timings["lacosmic"] = time.perf_counter() - t1
@@ -820,7 +856,8 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
                          replacement=result.repair_min).value  # the image apply_crmasks will write
     if params.uses_aux and _la_everywhere(params):
-        la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1)
+        la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1,
+                               _la_candidates(params, det.stats, det.noise))
         det.la_flags["meancr"] = la["meancr"]
     result.meancr = det.union("meancr", meancr_img, boundary_name="mean")
     result.problematic = problematic_pixels(result.crmasks)

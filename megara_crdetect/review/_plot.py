@@ -17,12 +17,13 @@ CODE_COLOURS = ("black", "0.6", "tab:blue", "red", "yellow", "magenta", "cyan")
 CODE_CMAP = colors.ListedColormap(CODE_COLOURS, name="mediancr_codes")
 CODE_NORM = colors.BoundaryNorm(np.arange(-0.5, 7.5), CODE_CMAP.N)
 #: Marker style of each detection category (code): LA only x, MM only +, both o, user diamond, pair square.
+#: Pairs come first, so that the rarer categories are drawn over them.
 MARKERS = {
+    6: dict(marker="s", color="c", mfc="none", label="pair"),
     3: dict(marker="x", color="red", label="LA only"),
     2: dict(marker="+", color="tab:blue", label="MM only"),
     4: dict(marker="o", color="magenta", mfc="none", label="LA+MM"),
     5: dict(marker="D", color="lime", mfc="none", label="user"),
-    6: dict(marker="s", color="c", mfc="none", label="pair"),
 }
 
 

@@ -42,8 +42,8 @@ def t_label(target: str = "median2d") -> str:
 
 #: Linear part (in sigma) of the symmetric-log t axis of the detection diagrams.
 LINTHRESH = 10.0
-#: At most this many event numbers in panel (b) of diagnostic_mediancr.png.
-MAX_LABELS = 300
+#: At most this many event numbers in panel (b) of diagnostic_mediancr.png (fewer when they would overlap).
+MAX_LABELS = 60
 #: At most this many markers per category in a diagram (a regular subsample beyond).
 MAX_MARKERS = 20000
 
@@ -78,23 +78,50 @@ def _fixed_normalised(boundary, rnoise_e: float) -> tuple[np.ndarray, np.ndarray
     return u, y / u
 
 
-def _plot_fits(ax, boundary, grid: mm.DiagramGrid, *, classic: bool, final_only: bool = False) -> None:
-    """Every spline iteration (first fit, extensions) and the final boundary."""
+def _plot_fits(ax, boundary, u: np.ndarray, rnoise_e: float, *, classic: bool, final_only: bool = False) -> None:
+    """Every spline iteration (first fit, extensions) and the final boundary, sampled at ``u``.
+
+    ``u`` must sample the panel densely (log-spaced for a log axis, uniform
+    in signal for the classic axes): every curve is evaluated at the same
+    points, so the final boundary (the last extension; extensions only move
+    it up) is never drawn below an earlier fit by a coarse straight segment.
+    """
     if boundary is None:
         return
-    r2 = grid.rnoise_e**2
+    r2 = rnoise_e**2
     iters = [] if final_only else list(boundary.iterations[:-1])
     cmap = count_cmap("autumn")
-    for k, (u, t) in enumerate(iters):
+    x = u**2 - r2
+    for k, (ut, tt) in enumerate(iters):
         label = "first fit" if k == 0 else f"extension {k}"
-        x, y = (u**2 - r2, t * u) if classic else (u, t)
-        ax.plot(x, y, lw=1.0, ls="--", color=cmap(k / max(len(iters), 1)), label=label)
-    u = np.linspace(grid.u_edges[0], grid.u_edges[-1], 400)
-    if classic:
-        x = u**2 - r2
-        ax.plot(x, boundary(x), color="black", lw=2.0, label=f"final boundary ({boundary.kind})")
-    else:
-        ax.plot(u, boundary.t_at(u), color="black", lw=2.0, label=f"final boundary ({boundary.kind})")
+        t = np.interp(u, ut, tt)
+        ax.plot(x if classic else u, t * u if classic else t, lw=1.0, ls="--",
+                color=cmap(k / max(len(iters), 1)), label=label)
+    t = boundary.t_at(u)
+    ax.plot(x if classic else u, t * u if classic else t, color="black", lw=2.0,
+            label=f"final boundary ({boundary.kind})")
+
+
+def _u_samples(lo: float, hi: float, n: int = 600) -> np.ndarray:
+    """Noise scales for drawing curves on a log u axis (uniform in log u)."""
+    lo = max(float(lo), 1e-3)
+    return np.geomspace(lo, max(float(hi), lo * 1.01), n)
+
+
+def _signal_samples(x_max: float, rnoise_e: float, n: int = 600) -> np.ndarray:
+    """Noise scales ``u = sqrt(x + rnoise^2)`` of signals ``x`` uniform in ``[0, x_max]`` (classic axes)."""
+    return np.sqrt(np.linspace(0.0, max(float(x_max), 1.0), n) + rnoise_e**2)
+
+
+def _u_top(grid: mm.DiagramGrid, *counts: np.ndarray) -> float:
+    """Upper u limit of a diagram: the last column holding any pixel (the grid may reach far beyond)."""
+    used = np.zeros(grid.shape[0], dtype=bool)
+    for c in counts:
+        if c is not None:
+            used |= np.asarray(c).reshape(grid.shape[0], -1).sum(axis=1) > 0
+    idx = np.flatnonzero(used)
+    last = int(idx[-1]) + 1 if idx.size else grid.shape[0]
+    return float(grid.u_edges[min(last, grid.shape[0])]) * 1.05
 
 
 def _mesh(ax, grid: mm.DiagramGrid, counts: np.ndarray, nrows: int, norm):
@@ -115,6 +142,7 @@ class _HistogramInputs:
     flagged: int
     expected: float
     nsim: int = 0
+    u_top: float = np.inf
 
 
 def _histogram_inputs(data: ReviewData) -> _HistogramInputs:
@@ -131,25 +159,35 @@ def _histogram_inputs(data: ReviewData) -> _HistogramInputs:
     flagged = int(np.count_nonzero((codes == 2) | (codes == 4)))
     expected = float((data.result.expected_false or {}).get("median", np.nan))
     return _HistogramInputs(grid, sim_hist, real, boundary, points, _fixed_normalised(boundary, data.rnoise_e),
-                            nrows, above, flagged, expected, 0 if sims is None else sims.nsim)
+                            nrows, above, flagged, expected, 0 if sims is None else sims.nsim,
+                            _u_top(grid, real, sim_hist))
 
 
-def _classic_edges(h, x_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform bins of the classic diagram: signal 0..x_max, y up to 1.5 x the boundary there."""
-    ytop = 1.5 * float(np.max(h.boundary(np.linspace(0, x_max, 200)))) if h.boundary is not None else 0.0
-    if not ytop > 0:
-        ytop = float(h.grid.t_edges[h.nrows] * np.sqrt(x_max + h.grid.rnoise_e**2))
-    return np.linspace(0, max(x_max, 1.0), 201), np.linspace(0, ytop, 151)
+def _classic_edges(h, x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform bins of the classic diagram: signal 0..x_max, y up to the data and the boundary there.
+
+    The y range covers the 99.99th percentile of the pixels of that signal
+    range and 1.3 times the boundary at its high end (not beyond: a far
+    boundary would squash the data at the origin).
+    """
+    sel = x <= x_max
+    step = max(1, int(np.count_nonzero(sel)) // 500_000)
+    ys = y[sel][::step]
+    ytop = float(np.percentile(ys, 99.99)) if ys.size else 1.0
+    if h.boundary is not None:
+        yb = h.boundary(np.linspace(0, x_max, 200))
+        ytop = max(ytop, 1.3 * float(np.max(yb)))
+    return np.linspace(0, max(x_max, 1.0), 201), np.linspace(0, max(ytop, 1.0), 151)
 
 
-def _overlays(ax, h, *, classic: bool, simulated: bool) -> None:
-    """Boundary points, fits, fixed points and the legend of one histogram panel."""
+def _overlays(ax, h, u: np.ndarray, *, classic: bool, simulated: bool) -> None:
+    """Boundary points, fits (sampled at ``u``), fixed points and the legend of one histogram panel."""
     r2 = h.grid.rnoise_e**2
-    u, t = h.points
-    if simulated and len(u):
-        x, y = (u**2 - r2, t * u) if classic else (u, t)
-        ax.plot(x, y, "x", color="red", ms=4, label=f"boundary points ({len(u)})")
-    _plot_fits(ax, h.boundary, h.grid, classic=classic, final_only=not simulated)
+    pu, pt = h.points
+    if simulated and len(pu):
+        x, y = (pu**2 - r2, pt * pu) if classic else (pu, pt)
+        ax.plot(x, y, "x", color="red", ms=4, label=f"boundary points ({len(pu)})")
+    _plot_fits(ax, h.boundary, u, h.grid.rnoise_e, classic=classic, final_only=not simulated)
     fu, ft = h.fixed
     if len(fu):
         x, y = (fu**2 - r2, ft * fu) if classic else (fu, ft)
@@ -164,10 +202,11 @@ def _overlays(ax, h, *, classic: bool, simulated: bool) -> None:
 def _normalised_row(fig, axes, h) -> None:
     sim = h.sim if h.sim is not None else np.zeros_like(h.real, dtype=float)
     norm = log_norm(sim[:, :h.nrows], h.real[:, :h.nrows].astype(float))
+    u = _u_samples(h.grid.u_edges[0], min(h.u_top, h.grid.u_edges[-1]))
     for ax, counts, simulated in ((axes[0], sim, True), (axes[1], h.real, False)):
         mesh = _mesh(ax, h.grid, counts, h.nrows, norm)
-        _overlays(ax, h, classic=False, simulated=simulated)
-        _log_u_axis(ax, h.grid)
+        _overlays(ax, h, u, classic=False, simulated=simulated)
+        _log_u_axis(ax, h.grid, h.u_top)
         ax.set_xlabel(U_LABEL + "  (log)")
         ax.set_ylabel(t_label())
         ax.set_ylim(0, h.grid.t_edges[h.nrows])
@@ -182,17 +221,19 @@ def _classic_row(fig, axes, h, data: ReviewData) -> None:
     over the whole signal range.
     """
     r2 = data.rnoise_e**2
-    x = data.u**2 - np.float32(r2)
-    y = data.stats.median2d - data.stats.min2d
-    x_full = float(h.grid.u_edges[-1] ** 2 - r2)
+    x = (data.u**2 - np.float32(r2)).ravel()
+    y = (data.stats.median2d - data.stats.min2d).ravel()
+    x_full = float(np.max(x)) * 1.02  # the data, not the grid (which also covers the inflated scales)
     x_faint = float(np.percentile(x[:: max(1, x.size // 200_000)], 90))
-    edges = [_classic_edges(h, x_full), _classic_edges(h, max(x_faint, 10 * r2))]
+    limits_x = (x_full, max(x_faint, 10 * r2))
+    edges = [_classic_edges(h, x, y, xm) for xm in limits_x]
     counts = [uniform_hist2d(x, y, *e) for e in edges]
     norm = log_norm(*[c.astype(float) for c in counts])
-    for ax, (x_edges, y_edges), c, what in zip(axes, edges, counts, ("all signals", "faint end (90 % of the pixels)")):
+    for ax, (x_edges, y_edges), c, what, xm in zip(axes, edges, counts,
+                                                  ("all signals", "faint end (90 % of the pixels)"), limits_x):
         mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_less_equal(c.T, 0), norm=norm, cmap=count_cmap(),
                              rasterized=True)
-        _overlays(ax, h, classic=True, simulated=True)
+        _overlays(ax, h, _signal_samples(xm, data.rnoise_e), classic=True, simulated=True)
         ax.set_xlim(x_edges[0], x_edges[-1])
         ax.set_ylim(y_edges[0], y_edges[-1])
         ax.set_xlabel("reference signal u^2 - rnoise^2 (~ min2d) [e-]")
@@ -221,13 +262,13 @@ def histogram_figure(fig, data: ReviewData) -> None:
                  "real in the guide's axes (bottom)")
 
 
-def _log_u_axis(ax, grid: mm.DiagramGrid) -> None:
-    """Logarithmic u axis (the columns are narrow at low signal), linear if u can be 0."""
+def _log_u_axis(ax, grid: mm.DiagramGrid, u_top: float = np.inf) -> None:
+    """Logarithmic u axis (the columns are narrow at low signal), linear if u can be 0; up to ``u_top``."""
     if grid.u_edges[0] > 0:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlim(grid.u_edges[0], grid.u_edges[-1])
+    ax.set_xlim(grid.u_edges[0], min(float(grid.u_edges[-1]), u_top))
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +312,7 @@ def _draw_detection_hist(ax, grid: mm.DiagramGrid, hist) -> None:
     ax.pcolormesh(grid.u_edges, edges, c, norm=log_norm(counts.astype(float)), cmap=count_cmap("Greys"),
                   rasterized=True)
     _symlog_t_axis(ax)
-    _log_u_axis(ax, grid)
+    _log_u_axis(ax, grid, _u_top(grid, counts))
     ax.set_ylim(lo, hi)
 
 
@@ -282,7 +323,7 @@ def _subsample(n: int, limit: int = MAX_MARKERS) -> slice:
 def _boundary_line(ax, boundary, grid: mm.DiagramGrid, *, threshold_t=None) -> None:
     if boundary is None:
         return
-    u = np.linspace(grid.u_edges[0], grid.u_edges[-1], 400)
+    u = _u_samples(grid.u_edges[0], grid.u_edges[-1])
     ax.plot(u, boundary.t_at(u), color="black", lw=1.5, label="boundary")
     if threshold_t is not None:
         ax.plot(u, threshold_t(u), color="black", lw=1, ls=":", label="mm_threshold")
@@ -338,14 +379,33 @@ def _detected(data: ReviewData) -> dict:
 
 
 def _label_events(ax, data: ReviewData) -> None:
+    """Event numbers at the peak pixel of the highest events, at most one per patch of the panel.
+
+    Labels are taken by decreasing height ``t`` and skipped when they would
+    overlap one already placed (a patch of ~1/25 of the axis width and
+    ~1/40 of its height, in display coordinates), at most :data:`MAX_LABELS`.
+    """
     ev = data.events
-    n = min(len(ev), MAX_LABELS)
-    for i in range(n):
-        r, c = ev.y_peak[i] - 1, ev.x_peak[i] - 1
-        ax.text(float(data.u[r, c]), float(data.t[r, c]), str(i + 1), fontsize=6, color="darkred",
-                clip_on=True, ha="left", va="bottom")
-    note = f"event numbers (CR#) at the peak pixel: {n} of {len(ev)}"
-    ax.set_title(f"(b) {note}" if n == len(ev) else f"(b) {note} (first {MAX_LABELS})")
+    order = np.argsort(-ev.t_max, kind="stable")
+    r, c = ev.y_peak[order] - 1, ev.x_peak[order] - 1
+    u, t = data.u[r, c].astype(float), data.t[r, c].astype(float)
+    x_lo, x_hi = (np.log10(v) for v in ax.get_xlim())
+    y_lo, y_hi = (float(_symlog(np.array(v))) for v in ax.get_ylim())
+    px = (np.log10(np.maximum(u, 1e-6)) - x_lo) / max(x_hi - x_lo, 1e-9)
+    py = (_symlog(t) - y_lo) / max(y_hi - y_lo, 1e-9)
+    placed: list[tuple[float, float]] = []
+    for k in range(len(order)):
+        if len(placed) >= MAX_LABELS:
+            break
+        if not (0 <= px[k] <= 1 and 0 <= py[k] <= 1):
+            continue
+        if any(abs(px[k] - a) < 0.04 and abs(py[k] - b) < 0.025 for a, b in placed):
+            continue
+        placed.append((px[k], py[k]))
+        ax.text(u[k], t[k], str(order[k] + 1), fontsize=6, color="darkred", clip_on=True, ha="left",
+                va="bottom")
+    ax.set_title(f"(b) event numbers (CR#) at the peak pixel: {len(placed)} of {len(ev)} "
+                 "(highest first, no overlaps)", fontsize=10)
 
 
 def mediancr_figure(fig, data: ReviewData, *, threshold_e: float = 0.0, max_pixels: int | None = None
@@ -385,7 +445,7 @@ def mediancr_figure(fig, data: ReviewData, *, threshold_e: float = 0.0, max_pixe
     for ax in (ax_c, ax_d):
         ax.set_xlabel("X [pixel]")
         ax.set_ylabel("Y [pixel]")
-    fig.suptitle("MEDIANCR detections: LA only x, MM only +, both o, pairs squares"
+    fig.suptitle("MEDIANCR detections: LA only x, MM only +, both o, pairs (second hit of a coincidence) squares"
                  + (f" (expected false MM detections: {data.result.expected_false['median']:.2f})"
                     if "median" in (data.result.expected_false or {}) else ""))
     return MediancrPanels(fig, {"a": ax_a, "b": ax_b, "c": ax_c, "d": ax_d}, image_d, markers_c, pos, data)

@@ -23,7 +23,7 @@ from ..core import mmdiagram as mm
 from ..core.noise import sigma
 from ..core.pipeline import CODES
 
-__all__ = ["CODE_NAMES", "EventTable", "ReviewData", "find_events", "label_events", "near_misses"]
+__all__ = ["CODE_NAMES", "EventTable", "ReviewData", "cutout", "find_events", "label_events", "near_misses"]
 
 #: Meaning of the MEDIANCR codes.
 CODE_NAMES = CODES
@@ -58,8 +58,9 @@ class EventTable:
         event and, inside an event, in raster order.
     start : ndarray of int
         Index in the pixel arrays of the first pixel of every event.
-    npix, n_dilation, n_mm, n_la, n_both, n_user : ndarray of int
-        Pixel counts by code (``n_mm`` includes the MM pairs, code 6).
+    npix, n_dilation, n_mm, n_la, n_both, n_user, n_pair : ndarray of int
+        Pixel counts by code (``n_pair``: pairs, code 6, the second hit of a
+        coincidence; ``n_mm``: MM detections above the boundary only).
     x_centre, y_centre : ndarray of float
         Unweighted centroid (FITS).
     x_peak, y_peak : ndarray of int
@@ -84,6 +85,7 @@ class EventTable:
     n_la: np.ndarray
     n_both: np.ndarray
     n_user: np.ndarray
+    n_pair: np.ndarray
     x_centre: np.ndarray
     y_centre: np.ndarray
     x_peak: np.ndarray
@@ -104,22 +106,28 @@ class EventTable:
         return np.arange(1, len(self) + 1)
 
     def method(self, i: int) -> str:
-        """How event ``i`` (0-based) was found: ``LA only``, ``MM only``, ``LA+MM``, ``user``..."""
-        la = self.n_la[i] + self.n_both[i] > 0
-        mm = self.n_mm[i] + self.n_both[i] > 0
-        parts = [name for name, on in (("LA", la), ("MM", mm)) if on]
+        """How event ``i`` (0-based) was found: ``LA only``, ``MM only``, ``pair only``, ``LA+MM``,
+        ``MM+pair``, ``user``..."""
+        parts = [name for name, n in (("LA", self.n_la[i] + self.n_both[i]), ("MM", self.n_mm[i] + self.n_both[i]),
+                                      ("pair", self.n_pair[i])) if n > 0]
         text = "+".join(parts) + (" only" if len(parts) == 1 else "")
         if self.n_user[i]:
             text = "user" + (f" + {text}" if parts else "")
         return text or "dilation"
 
     def category(self, i: int) -> str:
-        """Colour category of event ``i``: ``la``, ``mm``, ``both``, ``user`` or ``dilation``."""
+        """Colour category of event ``i``: ``la``, ``mm``, ``both``, ``pair``, ``user`` or ``dilation``.
+
+        The strongest evidence wins: user, LA and MM, LA, MM, pair (an event
+        with pairs and a pixel above the boundary is ``mm``).
+        """
         if self.n_user[i]:
             return "user"
         la = self.n_la[i] + self.n_both[i] > 0
         mm = self.n_mm[i] + self.n_both[i] > 0
-        return "both" if la and mm else "la" if la else "mm" if mm else "dilation"
+        if la or mm:
+            return "both" if la and mm else "la" if la else "mm"
+        return "pair" if self.n_pair[i] else "dilation"
 
     def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """0-based ``(rows, cols, codes)`` of the pixels of event ``i`` (0-based)."""
@@ -127,12 +135,28 @@ class EventTable:
         return self.rows[sl], self.cols[sl], self.codes[sl]
 
     def window(self, i: int, semiwindow: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-        """0-based half-open cut-out ``(r0, r1, c0, c1)`` of ``semiwindow`` around the centroid."""
-        ny, nx = shape
+        """0-based half-open cut-out ``(r0, r1, c0, c1)`` of ``semiwindow`` around the centroid.
+
+        Near the image edge the cut-out is moved inward, not cut (see :func:`cutout`).
+        """
         rc = int(np.floor(self.y_centre[i] - 1 + 0.5))
         cc = int(np.floor(self.x_centre[i] - 1 + 0.5))
-        return (max(rc - semiwindow, 0), min(rc + semiwindow + 1, ny),
-                max(cc - semiwindow, 0), min(cc + semiwindow + 1, nx))
+        return cutout(rc, cc, semiwindow, shape)
+
+
+def cutout(rc: int, cc: int, semiwindow: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """0-based half-open ``(r0, r1, c0, c1)`` of side ``2 semiwindow + 1`` around ``(rc, cc)``, inside the image.
+
+    At the image edge the window keeps its size and moves inward (the event
+    is then off-centre), so that every cut-out of a page has the same shape
+    and none is squashed; it is cut only where the image is smaller.
+    """
+    out = []
+    for centre, n in ((rc, shape[0]), (cc, shape[1])):
+        size = min(2 * semiwindow + 1, n)
+        lo = min(max(centre - semiwindow, 0), n - size)
+        out += [lo, lo + size]
+    return tuple(out)
 
 
 def _group_reduce(values: np.ndarray, start: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
@@ -181,7 +205,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     mmax = np.where(np.isneginf(mmax), np.nan, mmax)
     return EventTable(
         labels=labels, rows=rows, cols=cols, codes=pc, t=pt, margin=pm, start=start, npix=npix,
-        n_dilation=count[1], n_mm=count[2] + count[6], n_la=count[3], n_both=count[4], n_user=count[5],
+        n_dilation=count[1], n_mm=count[2], n_la=count[3], n_both=count[4], n_user=count[5], n_pair=count[6],
         x_centre=_group_reduce(cols.astype(float), start, np.add) / np.maximum(npix, 1) + 1,
         y_centre=_group_reduce(rows.astype(float), start, np.add) / np.maximum(npix, 1) + 1,
         x_peak=cols[peak] + 1, y_peak=rows[peak] + 1,

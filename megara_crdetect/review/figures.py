@@ -32,7 +32,10 @@ Files (all in the output folder):
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from . import diagrams, extras, pages, regions
 from ._plot import DPI, agg_figure
 from .events import ReviewData, near_misses
 
-__all__ = ["write_figures", "write_review_files", "review_data"]
+__all__ = ["write_figures", "start_figures", "write_review_files", "review_data"]
 
 _log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -108,6 +111,104 @@ def _png_jobs(data: ReviewData, cfg) -> list[tuple[str, Callable, tuple[float, f
     return jobs
 
 
+def _figure_jobs(data: ReviewData, cfg, stage, progress: Progress | None):
+    """(name, estimated seconds, job) of every file: PNGs, the two PDFs, the review files."""
+    p = cfg.params
+    jobs = [(name, 4.0, lambda name=name, build=build, size=size, adjust=adjust: _save_png(
+        stage.path(name), build, size, adjust)) for name, build, size, adjust in _png_jobs(data, cfg)]
+    npages = pages.n_pages(len(data.events), p.maxplots)
+    jobs.append(("mediancr_identified_cr.pdf", 0.2 * npages, lambda: pages.write_cr_pdf(
+        stage.path("mediancr_identified_cr.pdf"), data, maxplots=p.maxplots, semiwindow=p.semiwindow,
+        color_scale=p.color_scale, use_lamedian=p.use_lamedian, progress=progress)[0]))
+    jobs.append(("problematic_pixels.pdf", 1.0, lambda: pages.write_problematic_pdf(
+        stage.path("problematic_pixels.pdf"), data, maxplots=p.maxplots, semiwindow=p.semiwindow,
+        color_scale=p.color_scale, progress=progress)))
+    jobs.append(("review files", 0.5, lambda: write_review_files(data, stage.directory, p)))
+    return jobs
+
+
+def _run_jobs(jobs, strict: bool = False) -> dict[str, float]:
+    """Run ``(name, cost, job)`` items; a failing figure is logged and skipped (re-raised if ``strict``)."""
+    timings = {}
+    for name, _, job in jobs:
+        t1 = time.perf_counter()
+        try:
+            out = job()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not lose the products
+            if strict:
+                raise
+            _log.error("could not write %s: %s: %s", name, type(exc).__name__, exc)
+            _log.debug("figure failure", exc_info=True)
+            continue
+        timings[name] = time.perf_counter() - t1
+        if name == "mediancr_identified_cr.pdf":
+            timings["pages"] = out
+    return timings
+
+
+def _share(data: ReviewData) -> None:
+    """Compute the lazy quantities every figure needs once, before the processes fork (shared pages)."""
+    data.events, data.margin, data.columns  # noqa: B018 - cached properties
+
+
+def _split(jobs, n: int) -> list[list]:
+    """Longest job first to the least loaded of ``n`` groups."""
+    groups, load = [[] for _ in range(n)], [0.0] * n
+    for job in sorted(jobs, key=lambda j: -j[1]):
+        k = load.index(min(load))
+        groups[k].append(job)
+        load[k] += job[1]
+    return [g for g in groups if g]
+
+
+def start_figures(result, stack_e: np.ndarray, cfg, stage, *, progress: Progress | None = None,
+                  processes: int | None = None) -> Callable[[], None]:
+    """Start writing the figures in background processes; returns ``wait()``.
+
+    The files are split between ``processes`` (default: cores, at most 2)
+    forked processes, longest first, while the caller goes on (writing the
+    combined images); ``wait()`` joins them.  Forked children share the
+    exposures and the result without copies; they draw with matplotlib and
+    NumPy only (no OpenMP, which is not fork-safe).  Without ``fork`` (or
+    with one core) everything is written before returning.  Progress is
+    reported per file finished, not per page.
+    """
+    t0 = time.perf_counter()
+    data = review_data(result, stack_e, cfg)
+    _share(data)
+    n = processes if processes is not None else min(2, os.cpu_count() or 1)
+    jobs = _figure_jobs(data, cfg, stage, None)
+    if n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        _run_jobs(_figure_jobs(data, cfg, stage, progress))
+        return lambda: None
+    ctx = multiprocessing.get_context("fork")
+    procs = []
+    with warnings.catch_warnings():  # Python >= 3.12 warns about fork in a process that has threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for group in _split(jobs, n):
+            proc = ctx.Process(target=_child, args=(group,), daemon=True)
+            proc.start()
+            procs.append(proc)
+    _log.info("figures: %d files in %d background processes", len(jobs), len(procs))
+
+    def wait() -> None:
+        for k, proc in enumerate(procs):
+            proc.join()
+            if progress is not None:
+                progress("figures", k + 1, len(procs))
+            if proc.exitcode:
+                _log.error("a figure process ended with status %s; some figures are missing", proc.exitcode)
+        _log.info("figures written in %.1f s (in the background)", time.perf_counter() - t0)
+
+    return wait
+
+
+def _child(jobs) -> None:  # pragma: no cover - runs in a forked process
+    timings = _run_jobs(jobs)
+    _log.debug("figure process: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    os._exit(0)  # no atexit handlers / finalisers of the parent's objects in the child
+
+
 def write_figures(result, stack_e: np.ndarray, cfg, stage, *, progress: Progress | None = None,
                   strict: bool = False) -> dict[str, float]:
     """Write the diagnostic figures and review files of a run into ``stage.directory``.
@@ -136,34 +237,9 @@ def write_figures(result, stack_e: np.ndarray, cfg, stage, *, progress: Progress
     """
     t0 = time.perf_counter()
     data = review_data(result, stack_e, cfg)
-    p = cfg.params
-    timings: dict[str, float] = {}
-
-    def attempt(name: str, job: Callable[[], object]) -> None:
-        t1 = time.perf_counter()
-        try:
-            job()
-        except Exception as exc:  # noqa: BLE001 - a diagnostic must not lose the products
-            if strict:
-                raise
-            _log.error("could not write %s: %s: %s", name, type(exc).__name__, exc)
-            _log.debug("figure failure", exc_info=True)
-            return
-        timings[name] = time.perf_counter() - t1
-
-    for name, build, size, adjust in _png_jobs(data, cfg):
-        attempt(name, lambda name=name, build=build, size=size, adjust=adjust: _save_png(
-            stage.path(name), build, size, adjust))
-    npages = {}
-    attempt("mediancr_identified_cr.pdf", lambda: npages.update(cr=pages.write_cr_pdf(
-        stage.path("mediancr_identified_cr.pdf"), data, maxplots=p.maxplots, semiwindow=p.semiwindow,
-        color_scale=p.color_scale, use_lamedian=p.use_lamedian, progress=progress)[0]))
-    attempt("problematic_pixels.pdf", lambda: pages.write_problematic_pdf(
-        stage.path("problematic_pixels.pdf"), data, maxplots=p.maxplots, semiwindow=p.semiwindow,
-        color_scale=p.color_scale, progress=progress))
-    attempt("review files", lambda: write_review_files(data, stage.directory, p))
+    timings = _run_jobs(_figure_jobs(data, cfg, stage, progress), strict=strict)
     total = time.perf_counter() - t0
-    n = npages.get("cr", 0)
+    n = timings.get("pages", 0)
     png = sum(v for k, v in timings.items() if k.endswith(".png"))
     per_page = timings.get("mediancr_identified_cr.pdf", 0.0) / n if n else 0.0
     _log.info("figures: %d PNG in %.1f s, %d CR pages (%.3f s/page), total %.1f s",

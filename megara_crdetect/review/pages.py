@@ -25,9 +25,9 @@ from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, Nul
 from scipy import ndimage
 
 from ._plot import CODE_CMAP, CODE_NORM, MARKERS, agg_figure, fits_extent, limits
-from .events import ReviewData, label_events
+from .events import ReviewData, cutout, label_events
 
-__all__ = ["MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf"]
+__all__ = ["DEFAULT_PAGES", "MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,9 +53,15 @@ def _pdf_context():
         fm_log.setLevel(level)
 
 
+#: Pages drawn with ``maxplots: -1`` (the reference draws at most 1000; the first few hundred events of
+#: raster order tell as much, and every event is listed in the candidates CSV and the region file).
+DEFAULT_PAGES = 100
+
+
 def n_pages(n_events: int, maxplots: int) -> int:
-    """Pages to draw: all events for ``maxplots = -1``, none for 0, else at most ``maxplots``."""
-    return n_events if maxplots < 0 else min(maxplots, n_events)
+    """Pages to draw: the first :data:`DEFAULT_PAGES` events for ``maxplots = -1``, none for 0, else at most
+    ``maxplots``."""
+    return min(DEFAULT_PAGES if maxplots < 0 else maxplots, n_events)
 
 
 class _Slot:
@@ -184,8 +190,8 @@ class CRPage:
         ev, d = self.data.events, self.data
         r, c = ev.y_peak[i] - 1, ev.x_peak[i] - 1
         lines = [f"peak pixel [X, Y] = [{ev.x_peak[i]}, {ev.y_peak[i]}]",
-                 f"pixels: {ev.npix[i]}  (MM {ev.n_mm[i]}, LA {ev.n_la[i]},",
-                 f"  both {ev.n_both[i]}, user {ev.n_user[i]}, dilation {ev.n_dilation[i]})",
+                 f"pixels: {ev.npix[i]}  (MM {ev.n_mm[i]}, LA {ev.n_la[i]}, both {ev.n_both[i]},",
+                 f"  pair {ev.n_pair[i]}, user {ev.n_user[i]}, dilation {ev.n_dilation[i]})",
                  f"t = (median2d - min2d)/u: max {ev.t_max[i]:.1f}"]
         if np.isfinite(ev.margin_max[i]):
             lines.append(f"max t - t_boundary = {ev.margin_max[i]:+.1f}")
@@ -210,7 +216,8 @@ class CRPage:
             slot.show(d.stack[k, r0:r1, c0:c1], ext, clim=clim, title=f"exposure {k + 1}", box=box)
         self.median.show(med, ext, clim=clim, title=f"median2d ({self.color_scale})", box=box)
         self.codes.show(d.result.mediancr_codes[r0:r1, c0:c1], ext,
-                        title="MEDIANCR: LA red, MM blue, both yellow, dilation grey, user magenta", box=box)
+                        title="MEDIANCR: LA red, MM blue, both yellow,\npair cyan, user magenta, dilation grey",
+                        box=box)
         self.codes.ax.title.set_fontsize(6)
         self.fixed.show(self.corrected[r0:r1, c0:c1], ext, clim=clim, title="corrected (mediancr)", box=box)
         self._update_mm(i)
@@ -278,8 +285,7 @@ class ProblematicPage:
         rows, cols = rows + sl[0].start, cols + sl[1].start
         ny, nx = self.data.shape
         rc, cc = int(round(rows.mean())), int(round(cols.mean()))
-        s = self.semiwindow
-        r0, r1, c0, c1 = max(rc - s, 0), min(rc + s + 1, ny), max(cc - s, 0), min(cc + s + 1, nx)
+        r0, r1, c0, c1 = cutout(rc, cc, self.semiwindow, (ny, nx))
         ext = fits_extent(r0, r1, c0, c1)
         box = (cols.min() + 1, cols.max() + 1, rows.min() + 1, rows.max() + 1)
         clim = limits(self.data.stats.median2d[r0:r1, c0:c1], self.color_scale)

@@ -4,7 +4,8 @@
   pixels), one box per CR event, coloured by how it was found, labelled
   ``CR#i``; load it on ``combined_median.fits`` to inspect every event.
 * ``mediancr_candidates.csv``: one row per CR event (position, size, pixels
-  per method, how far above the noise and above the MM boundary).
+  per method -- MM above the boundary, LA, both, pairs, user, dilation --, how
+  far above the noise and above the MM boundary).
 * ``review_edits.yaml``: the ``pixels_to_be_flagged_as_cr`` and
   ``pixels_to_be_ignored_as_cr`` lists of the parameter file with every
   candidate as a commented line; uncomment the lines to apply and paste them
@@ -26,10 +27,10 @@ from .events import EventTable
 __all__ = ["DS9_COLOURS", "ds9_regions", "candidates_csv", "review_edits_yaml", "CSV_COLUMNS"]
 
 #: ds9 colour of each event category.
-DS9_COLOURS = {"la": "red", "mm": "blue", "both": "yellow", "user": "magenta", "dilation": "white"}
+DS9_COLOURS = {"la": "red", "mm": "blue", "both": "yellow", "pair": "cyan", "user": "magenta", "dilation": "white"}
 
 CSV_COLUMNS = ("cr_number", "x_centre", "y_centre", "x_peak", "y_peak", "xmin", "xmax", "ymin", "ymax",
-               "npix", "n_mm", "n_la", "n_both", "n_user", "n_dilation", "method", "t_max", "margin_max",
+               "npix", "n_mm", "n_la", "n_both", "n_pair", "n_user", "n_dilation", "method", "t_max", "margin_max",
                "median_peak", "min2d_peak")
 
 
@@ -84,7 +85,7 @@ def candidates_csv(events: EventTable, median2d: np.ndarray, min2d: np.ndarray) 
         row = [str(i + 1), _fmt(events.x_centre[i]), _fmt(events.y_centre[i]), str(events.x_peak[i]),
                str(events.y_peak[i]), str(events.xmin[i]), str(events.xmax[i]), str(events.ymin[i]),
                str(events.ymax[i]), str(events.npix[i]), str(events.n_mm[i]), str(events.n_la[i]),
-               str(events.n_both[i]), str(events.n_user[i]), str(events.n_dilation[i]),
+               str(events.n_both[i]), str(events.n_pair[i]), str(events.n_user[i]), str(events.n_dilation[i]),
                events.method(i), _fmt(events.t_max[i]), _fmt(events.margin_max[i]),
                _fmt(float(median2d[r, c]), 1), _fmt(float(min2d[r, c]), 1)]
         out.write(",".join(row) + "\n")
