@@ -131,6 +131,7 @@ _KIND_TEXT = {
     "offsets": "a list with one [dx, dy] pair of numbers per exposure",
     "fixed_points": "a list of [x, y] or [x, y, weight] numbers",
     "flux_factor": "none, auto, a positive number or a list with one positive number per exposure",
+    "file": "a FITS file name",
 }
 
 
@@ -378,6 +379,14 @@ def _to_images(spec: ParamSpec, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _to_file(spec: ParamSpec, value: Any) -> str | None:
+    if _is_none(value):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(spec, value)
+    return value.strip()
+
+
 _CONVERTERS = {
     "bool": _to_bool,
     "int": lambda s, v: _to_number(s, v, integer=True),
@@ -392,9 +401,10 @@ _CONVERTERS = {
     "offsets": _to_offsets,
     "fixed_points": _to_fixed_points,
     "flux_factor": _to_flux_factor,
+    "file": _to_file,
 }
 _LIST_KINDS = {"regions", "region", "pixels", "replace_pixels", "offsets", "fixed_points",
-               "flux_factor", "seed"}
+               "flux_factor", "seed", "file"}
 
 
 def convert(spec: ParamSpec, value: Any) -> Any:
@@ -450,8 +460,16 @@ class InputConfig(_Validated):
     extnum: int = param(0, "FITS extension (HDU number) holding the image; 0 is the primary", "int",
                         low=0, **_TOP)
     gain: float = param(1.0, "Detector gain", "float", low=0, low_open=True, unit="e-/ADU", **_TOP)
-    rnoise: float = param(3.4, "Readout noise", "float", low=0, unit="ADU", **_TOP)
+    rnoise: float = param(3.4, "Readout noise (raw MEGARA frames: electrons, as in megaradrp)", "float", low=0,
+                          unit="ADU", **_TOP)
     bias: float = param(0.0, "Bias level subtracted from every exposure", "float", unit="ADU", **_TOP)
+    # -- #15 raw MEGARA frames: megaradrp's calibrations (see docs/megara.md) ----------------
+    master_bias: Any = param(None, "Master bias of megaradrp (master_bias.fits); required for raw MEGARA frames", "file",
+                             nullable=True, **_TOP)
+    master_dark: Any = param(None, "Master dark of megaradrp (master_dark.fits), for raw MEGARA frames", "file",
+                             nullable=True, **_TOP)
+    master_bpm: Any = param(None, "Bad-pixel mask of megaradrp (master_bpm.fits), for raw MEGARA frames", "file",
+                            nullable=True, **_TOP)
 
 
 @dataclass(frozen=True)
@@ -558,6 +576,13 @@ class CRMaskConfig(_Validated):
         "exceeds this many noise sigmas: the second hit of a coincidence (3.64: two-sided 1 % point of the "
         "difference of two exposures; 0: off; see Algorithm, item 4)", "float", low=0, **_MM)
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
+    # -- #15 megaradrp's MegaraCrDetection keys (raw MEGARA frames) --------------------------
+    save_preprocessed: bool = param(
+        False, "Also write the frames as preprocessed by megaradrp (preprocessed_k.fits, preprocessed_median.fits)",
+        "bool")
+    save_postprocessed: bool = param(
+        False, "Also write every combination as postprocessed_<name>.fits in the work directory, as megaradrp "
+        "(the combined_<name>.fits results are always written)", "bool")
 
     def _cross_checks(self) -> None:
         spec = {s.name: s for s in self.specs()}

@@ -1,0 +1,271 @@
+"""Raw MEGARA frames: preprocessed by megaradrp itself before the detection.
+
+A shell, not core: megaradrp (the MEGARA DRP, optional extra ``.[megara]``)
+does the preprocessing exactly as in its own ``MegaraCrDetection`` recipe.
+Its recipe class builds its usual two reduction flows with ``init_filters``
+(overscan and trim, then master bias, master dark, bad-pixel mask and the
+per-amplifier gains of the instrument profile selected by ``INSCONF`` and
+``DATE-OBS``); they are run here on every frame, and the detection then gets
+trimmed float32 frames in electrons (gain 1, bias 0, read noise in
+electrons), in megaradrp's 4112 x 4096 geometry.  Nothing of the detector
+geometry is re-implemented: :data:`RAW_SHAPES` only *recognises* raw frames.
+
+Frames that are not raw MEGARA frames (already in electrons, other
+instruments, cut-outs) keep the standalone path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import InputError
+
+__all__ = ["RAW_SHAPES", "IDENTITY_CARDS", "EXTRA_HINT", "is_raw_megara", "megaradrp_available",
+           "require_megaradrp", "Preprocessed", "megara_profile", "preprocess", "identity_cards",
+           "stamp_products"]
+
+_log = logging.getLogger(__name__)
+
+#: numpy shapes of raw MEGARA frames (4196 x 4212 NAXIS1 x NAXIS2 unbinned, and the binned read modes):
+#: used only to recognise a raw frame, the processing takes its geometry from megaradrp's profile.
+RAW_SHAPES = ((4212, 4196), (2106, 4146), (4212, 2148), (2106, 2098))
+#: Cards copied from the first frame into every product: what identifies a MEGARA image.
+IDENTITY_CARDS = ("INSTRUME", "INSCONF", "DATE-OBS", "EXPTIME", "VPH", "INSMODE", "OBJECT", "OBSMODE")
+#: How to install megaradrp with megara-crdetect.
+EXTRA_HINT = "pip install 'megara-crdetect[megara]'"
+
+
+def is_raw_megara(header: fits.Header, shape: tuple[int, ...]) -> bool:
+    """Whether a frame is a raw MEGARA frame (``INSTRUME = 'MEGARA'`` and a raw detector size)."""
+    return str(header.get("INSTRUME", "")).strip().upper() == "MEGARA" and tuple(shape) in RAW_SHAPES
+
+
+def megaradrp_available() -> bool:
+    """Whether megaradrp can be imported."""
+    try:
+        import megaradrp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_megaradrp(what: str) -> None:
+    """Raise :class:`InputError` naming the extra when megaradrp is missing.
+
+    Parameters
+    ----------
+    what : str
+        The input that needs it (e.g. ``"frame a.fits"``).
+    """
+    if not megaradrp_available():
+        raise InputError(f"{what} is a raw MEGARA frame (INSTRUME = 'MEGARA', with overscan): its "
+                         f"preprocessing needs megaradrp, the optional extra: {EXTRA_HINT}")
+
+
+@dataclass
+class Preprocessed:
+    """Frames preprocessed by megaradrp.
+
+    Attributes
+    ----------
+    stack : ndarray, shape (N, ny, nx), float32
+        Trimmed frames in electrons (overscan, bias, dark, bad pixels, gains done).
+    headers : list of astropy.io.fits.Header
+        Primary header of each preprocessed frame (megaradrp's cards and HISTORY).
+    profile : str
+        uuid of the MEGARA instrument profile used.
+    notes : list of str
+        What was done, one line each (for HISTORY cards of the products).
+    calibrations : dict
+        ``master_bias``/``master_dark``/``master_bpm`` -> UUID of the file used (or ``"none"``).
+    """
+
+    stack: np.ndarray
+    headers: list
+    profile: str
+    notes: list = field(default_factory=list)
+    calibrations: dict = field(default_factory=dict)
+
+
+def _megara_drp():
+    import megaradrp.loader
+
+    return megaradrp.loader.load_drp()
+
+
+def megara_profile(hdul: fits.HDUList, name: str):
+    """The MEGARA instrument configuration of a raw frame (from ``INSCONF`` and ``DATE-OBS``).
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        The first raw frame.
+    name : str
+        Its name, for messages.
+
+    Returns
+    -------
+    numina instrument configuration, configured with the frame (read mode, binning).
+
+    Raises
+    ------
+    InputError
+        Unknown profile, a profile of another instrument or not valid on ``DATE-OBS``.
+    """
+    from numina.instrument.assembly import assembly_instrument, load_panoply_store
+
+    drp = _megara_drp()
+    key, date, keyname = drp.select_profile_image(hdul)
+    store = load_panoply_store(types.SimpleNamespace(drps={drp.name: drp}))
+    hdr = hdul[0].header
+    try:
+        ins = assembly_instrument(store, key, date, by_key=keyname)
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"frame {name}: no MEGARA instrument profile for INSCONF = "
+                         f"{hdr.get('INSCONF', '(none)')!r} on DATE-OBS = {hdr.get('DATE-OBS', '(none)')!r} "
+                         f"({exc}); megaradrp's profiles: 'numina show-instruments -o'") from None
+    if ins.name != "MEGARA":
+        raise InputError(f"frame {name}: INSCONF = {key!r} is a profile of {ins.name!r}, not of MEGARA")
+    ins.configure_with_image(hdul)
+    return ins
+
+
+def _uuid_of(frame) -> str:
+    if frame is None:
+        return "none"
+    with frame.open() as hdul:
+        return str(hdul[0].header.get("UUID", "unknown"))
+
+
+def _check_instrument(hdul: fits.HDUList, name: str) -> None:
+    hdr = hdul[0].header
+    inst = str(hdr.get("INSTRUME", "")).strip()
+    if inst.upper() != "MEGARA":
+        raise InputError(f"frame {name}: INSTRUME = {inst!r}, but the first frame is a raw MEGARA frame; "
+                         "all frames must be raw MEGARA frames")
+    shape = hdul[0].data.shape if hdul[0].data is not None else ()
+    if tuple(shape) not in RAW_SHAPES:
+        raise InputError(f"frame {name}: {tuple(shape)[::-1]} (NAXIS1, NAXIS2) is not the size of a raw "
+                         "MEGARA frame, but the first frame is one")
+
+
+def _check_calibration(frame, key: str, shape: tuple[int, int]) -> None:
+    if frame is None:
+        return
+    label = f"{key} = {getattr(frame, 'filename', None) or '(in memory)'}"
+    try:
+        with frame.open() as hdul:
+            data = hdul[0].data
+            inst = str(hdul[0].header.get("INSTRUME", "MEGARA")).strip()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{label}: cannot be read as FITS ({exc})") from None
+    if inst.upper() != "MEGARA":
+        raise InputError(f"{label}: INSTRUME = {inst!r}; a MEGARA {key} is needed")
+    if data is None or data.shape != shape:
+        got = "no image" if data is None else f"{data.shape[::-1]} (NAXIS1, NAXIS2)"
+        raise InputError(f"{label}: {got}, but megaradrp's trimmed frames are {shape[::-1]}")
+
+
+def preprocess(frames: Sequence, names: Sequence[str], *, master_bias, master_dark=None,
+               master_bpm=None) -> Preprocessed:
+    """Run megaradrp's preprocessing (as in its ``MegaraCrDetection``) on raw MEGARA frames.
+
+    Parameters
+    ----------
+    frames : sequence of numina.types.dataframe.DataFrame
+        Raw MEGARA frames (at least 3).
+    names : sequence of str
+        Their names, for messages.
+    master_bias : numina DataFrame
+        megaradrp's ``master_bias.fits`` (required, as in megaradrp).
+    master_dark, master_bpm : numina DataFrame, optional
+        Applied when given.
+
+    Returns
+    -------
+    Preprocessed
+
+    Raises
+    ------
+    InputError
+        megaradrp missing, no master bias, frames or calibrations of another
+        instrument or size, unknown profile.
+    """
+    require_megaradrp(f"frame {names[0]}")
+    if master_bias is None:
+        raise InputError("master_bias: required for raw MEGARA frames (as in megaradrp's MegaraCrDetection); "
+                         "give megaradrp's master_bias.fits (MegaraBiasImage) in the requirements")
+    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
+    from numina.core import ObservationResult
+
+    with frames[0].open() as first:
+        ins = megara_profile(first, names[0])
+    profile = str(ins.origin.uuid)
+    ob = ObservationResult(instrument="MEGARA", mode="MegaraCrDetection")
+    ob.frames = list(frames)
+    ob.configuration = ins
+    ob.profile = profile
+    recipe = CRMasksRecipe()
+    rinput = recipe.create_input(obresult=ob, master_bias=master_bias, master_dark=master_dark,
+                                 master_bpm=master_bpm)
+    flow_ot, flow_1im = recipe.init_filters(rinput, ins)
+    stack, headers = None, []
+    with contextlib.ExitStack() as opened:
+        for k, (frame, name) in enumerate(zip(frames, names)):
+            hdul = opened.enter_context(frame.open())
+            _check_instrument(hdul, name)
+            hdul = flow_1im(flow_ot(fits.HDUList([h.copy() for h in hdul])))
+            data = hdul[0].data
+            if stack is None:
+                stack = np.empty((len(frames),) + data.shape, dtype=np.float32)
+                for key, cal in (("master_bias", master_bias), ("master_dark", master_dark),
+                                 ("master_bpm", master_bpm)):
+                    _check_calibration(cal, key, data.shape)
+            elif data.shape != stack.shape[1:]:
+                raise InputError(f"frame {name}: trimmed to {data.shape[::-1]} but the first frame to "
+                                 f"{stack.shape[:0:-1]}; all frames must have the same read mode")
+            stack[k] = data
+            headers.append(hdul[0].header.copy())
+    gains = ins.get_property("detector.scan")
+    cals = {key: _uuid_of(cal) for key, cal in (("master_bias", master_bias), ("master_dark", master_dark),
+                                                ("master_bpm", master_bpm))}
+    notes = [f"Preprocessed by megaradrp as in its MegaraCrDetection; units: electrons (BUNIT)",
+             f"MEGARA profile {profile}: overscan, trim to {stack.shape[2]} x {stack.shape[1]}",
+             f"gain1 {gains['gain1']} gain2 {gains['gain2']} e-/ADU (profile)"]
+    notes += [f"{key} {value}" if value != "none" else f"{key} not applied" for key, value in cals.items()]
+    _log.info("megaradrp preprocessing: %d frames, profile %s, %s", len(frames), profile,
+              ", ".join(f"{k} {v}" for k, v in cals.items()))
+    return Preprocessed(stack, headers, profile, notes, cals)
+
+
+def identity_cards(header: fits.Header) -> list[tuple[str, object, str]]:
+    """The MEGARA identifying cards of a frame header, as ``(key, value, comment)``."""
+    return [(key, header[key], header.comments[key]) for key in IDENTITY_CARDS if key in header]
+
+
+def stamp_products(products: dict, first_header: fits.Header, prep: Preprocessed) -> None:
+    """Give every product the MEGARA identity of the first frame and a note of the preprocessing.
+
+    The crmasks product keeps its own UUID; the combined images get a new
+    one (they are new images), ``BUNIT = 'ELECTRON'`` and the HISTORY notes.
+    """
+    cards = identity_cards(first_header)
+    for name, hdul in products.items():
+        hdr = hdul[0].header
+        for key, value, comment in cards:
+            hdr[key] = (value, comment)
+        if "UUID" not in hdr:
+            hdr["UUID"] = (str(uuidlib.uuid4()), "Identifier of this image")
+        hdr["MEGPROF"] = (prep.profile, "MEGARA profile used to preprocess")
+        for key, card in (("master_bias", "MBIASUID"), ("master_dark", "MDARKUID"), ("master_bpm", "MBPMUID")):
+            hdr[card] = (prep.calibrations.get(key, "none"), f"UUID of the {key} applied")
+        for line in prep.notes:
+            hdr.add_history(line)
