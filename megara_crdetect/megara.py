@@ -17,6 +17,7 @@ instruments, cut-outs) keep the standalone path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import types
 import uuid as uuidlib
@@ -28,7 +29,7 @@ from astropy.io import fits
 
 from .errors import InputError
 
-__all__ = ["RAW_SHAPES", "IDENTITY_CARDS", "EXTRA_HINT", "is_raw_megara", "megaradrp_available",
+__all__ = ["CALIBRATION_TYPES", "find_calibration", "RAW_SHAPES", "IDENTITY_CARDS", "EXTRA_HINT", "is_raw_megara", "megaradrp_available",
            "require_megaradrp", "Preprocessed", "megara_profile", "preprocess", "identity_cards",
            "stamp_products"]
 
@@ -95,6 +96,7 @@ class Preprocessed:
     calibrations: dict = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=1)
 def _megara_drp():
     import megaradrp.loader
 
@@ -138,6 +140,41 @@ def megara_profile(hdul: fits.HDUList, name: str):
     return ins
 
 
+#: megaradrp's product types of the calibrations (their names label the calibration-tree folders).
+CALIBRATION_TYPES = {"master_bias": "MasterBias", "master_dark": "MasterDark", "master_bpm": "MasterBPM"}
+
+
+def find_calibration(key: str, profile: str, roots: Sequence) -> str | None:
+    """A calibration in megaradrp's calibration tree (``<root>/MEGARA/<profile>/<Type>/``).
+
+    numina's own search (:func:`numina.dal.diskfiledal.build_product_path`,
+    with megaradrp's DRP and product type) is run from every root in turn,
+    so the tree that ``megaradrp-inittree`` builds for ``instrument: MEGARA``
+    OBs is found for ours too.
+
+    Returns
+    -------
+    str or None
+        Path of the first file found (None when there is none).
+    """
+    import megaradrp.ntypes
+    from numina.dal.diskfiledal import build_product_path
+    from numina.exceptions import NoResultFound
+
+    drp = _megara_drp()
+    tipo = getattr(megaradrp.ntypes, CALIBRATION_TYPES[key])()
+    ob = types.SimpleNamespace(instrument="MEGARA", tags={})
+    for root in roots:
+        try:
+            found = build_product_path(drp, str(root), profile, key, tipo, ob)
+        except NoResultFound:
+            continue
+        path, kind = found if isinstance(found, tuple) else (found, 0)
+        if kind == 0:
+            return path
+    return None
+
+
 def _uuid_of(frame) -> str:
     if frame is None:
         return "none"
@@ -145,13 +182,15 @@ def _uuid_of(frame) -> str:
         return str(hdul[0].header.get("UUID", "unknown"))
 
 
-def _check_instrument(hdul: fits.HDUList, name: str) -> None:
-    hdr = hdul[0].header
+def _check_instrument(frame, name: str) -> None:
+    """Every frame must be a raw MEGARA frame too (headers only: nothing is processed yet)."""
+    with frame.open() as hdul:
+        hdr = hdul[0].header
     inst = str(hdr.get("INSTRUME", "")).strip()
     if inst.upper() != "MEGARA":
         raise InputError(f"frame {name}: INSTRUME = {inst!r}, but the first frame is a raw MEGARA frame; "
                          "all frames must be raw MEGARA frames")
-    shape = hdul[0].data.shape if hdul[0].data is not None else ()
+    shape = tuple(hdr.get(f"NAXIS{k}", 0) for k in range(hdr.get("NAXIS", 0), 0, -1))
     if tuple(shape) not in RAW_SHAPES:
         raise InputError(f"frame {name}: {tuple(shape)[::-1]} (NAXIS1, NAXIS2) is not the size of a raw "
                          "MEGARA frame, but the first frame is one")
@@ -206,6 +245,8 @@ def preprocess(frames: Sequence, names: Sequence[str], *, master_bias, master_da
     from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
     from numina.core import ObservationResult
 
+    for frame, name in zip(frames, names):
+        _check_instrument(frame, name)
     with frames[0].open() as first:
         ins = megara_profile(first, names[0])
     profile = str(ins.origin.uuid)
@@ -221,14 +262,15 @@ def preprocess(frames: Sequence, names: Sequence[str], *, master_bias, master_da
     with contextlib.ExitStack() as opened:
         for k, (frame, name) in enumerate(zip(frames, names)):
             hdul = opened.enter_context(frame.open())
-            _check_instrument(hdul, name)
-            hdul = flow_1im(flow_ot(fits.HDUList([h.copy() for h in hdul])))
+            trimmed = flow_ot(fits.HDUList([h.copy() for h in hdul]))
+            if stack is None:  # the calibrations must fit the trimmed frames before they are used
+                for key, cal in (("master_bias", master_bias), ("master_dark", master_dark),
+                                 ("master_bpm", master_bpm)):
+                    _check_calibration(cal, key, trimmed[0].data.shape)
+            hdul = flow_1im(trimmed)
             data = hdul[0].data
             if stack is None:
                 stack = np.empty((len(frames),) + data.shape, dtype=np.float32)
-                for key, cal in (("master_bias", master_bias), ("master_dark", master_dark),
-                                 ("master_bpm", master_bpm)):
-                    _check_calibration(cal, key, data.shape)
             elif data.shape != stack.shape[1:]:
                 raise InputError(f"frame {name}: trimmed to {data.shape[::-1]} but the first frame to "
                                  f"{stack.shape[:0:-1]}; all frames must have the same read mode")

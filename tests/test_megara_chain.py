@@ -10,6 +10,7 @@ needs megaradrp's real trim regions, so it cannot be smaller); the runs use
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -64,7 +65,8 @@ def chain(tmp_path_factory, drpmocker_module):
     session.add_observations({"id": "bias", "instrument": "MEGARA", "mode": "MegaraBiasImage",
                               "frames": ["bias_1.fits"]})
     session.add_observations({"id": "cr", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
-                              "requirements": {"master_bias": "master_bias.fits", **FAST}})
+                              "requirements": {"master_bias": "master_bias.fits", "save_preprocessed": True,
+                                               **FAST}})
     assert session.run("bias").state == 2
     shutil.copy(base / "obsidbias_results" / "master_bias.fits", data / "master_bias.fits")
     task = session.run("cr")
@@ -141,3 +143,130 @@ def test_chain_megaradrp_meancr2_combination(chain):
     # the coincidence is repaired: within 6 sigma of the noise-free truth (not +5000 e-)
     assert np.all(np.abs(image[flipped] - truth[flipped]) < 6 * np.sqrt(truth[flipped] + 3.4 ** 2) + 50)
     assert any("Masks uuid" in h for h in result[0].header["HISTORY"])
+
+
+# ---------------------------------------------------------------------------
+# bad input through numina run: one ERROR line, no traceback, nothing written
+# ---------------------------------------------------------------------------
+
+
+def _numina_run(base: Path, data: Path, ob: dict, *extra: str):
+    import subprocess
+
+    import yaml
+
+    (base / f"{ob['id']}.yaml").write_text(yaml.safe_dump(ob))
+    exe = Path(sys.executable).with_name("numina")
+    out = subprocess.run([str(exe), "run", f"{ob['id']}.yaml", "--datadir", str(data), *extra], cwd=base,
+                         capture_output=True, text=True, timeout=600)
+    return out, out.stdout + out.stderr
+
+
+def _odd_frames(data: Path) -> None:
+    """A raw MEGARA frame with an unknown profile and a small frame of another instrument."""
+    if not (data / "badprofile.fits").exists():
+        with fits.open(data / FRAMES[0]) as hdul:
+            hdul[0].header["INSCONF"] = "00000000-1111-2222-3333-444444444444"
+            hdul.writeto(data / "badprofile.fits")
+        hdr = sim.header("MegaraLcbImage", EXPTIME, 5)
+        hdr["INSTRUME"] = "EMIR"
+        fits.PrimaryHDU(np.zeros((64, 64), np.float32), header=hdr).writeto(data / "emir.fits")
+
+
+@pytest.mark.parametrize("case, requirements, message", [
+    ("nobias", {}, "ERROR: master_bias: required for raw MEGARA frames"),
+    ("typo", {"master_bias": "master_bias.fits", "crmethdo": "mm_lacosmic"},
+     "ERROR: requirements.crmethdo: unknown key (did you mean 'crmethod'?)"),
+])
+def test_numina_run_bad_megara_input(chain, case, requirements, message):
+    """The ``numina run`` command itself: exit 1, one ERROR line, no traceback, no product."""
+    data, base = chain["data"], chain["base"]
+    ob = {"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
+          "requirements": {**FAST, **requirements}}
+    out, text = _numina_run(base, data, ob)
+    assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
+    assert errors and errors[-1].startswith(message), errors
+    assert not list((base / f"obsidbad{case}_results").glob("*.fits"))
+
+
+@pytest.mark.parametrize("case, frames, requirements, message", [
+    ("other", FRAMES[:2] + ["emir.fits"], {},
+     "frame emir.fits: INSTRUME = 'EMIR', but the first frame is a raw MEGARA frame"),
+    ("profile", ["badprofile.fits"] + FRAMES[1:], {},
+     "frame badprofile.fits: no MEGARA instrument profile for INSCONF = '00000000-1111-2222-3333-444444444444'"),
+    ("gain", FRAMES, {"gain": 1.73}, "gain = 1.73: not used with raw MEGARA frames"),
+    ("badbias", FRAMES, {"master_bias": "science_1.fits"},
+     "(4196, 4212) (NAXIS1, NAXIS2), but megaradrp's trimmed frames are (4096, 4112)"),
+])
+def test_session_bad_megara_input(chain, case, frames, requirements, message):
+    """numina's run machinery (what ``numina run`` calls): ValidationError, printed as one ERROR line."""
+    from numina.exceptions import ValidationError
+
+    data, base, session = chain["data"], chain["base"], chain["session"]
+    _odd_frames(data)
+    session.add_observations({"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": frames,
+                              "requirements": {**FAST, "master_bias": "master_bias.fits", **requirements}})
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        session.run(f"bad{case}")
+    assert not list((base / f"obsidbad{case}_results").glob("*.fits"))
+
+
+# ---------------------------------------------------------------------------
+# megaradrp's requirement block, as it is
+# ---------------------------------------------------------------------------
+
+#: keys of numina 0.40's computation that developer #16 adds to the schema
+NUMINA_040_KEYS = ("dtype", "debug", "pc_sigma_det", "pc_rlim", "pc_iterations", "pc_fwhm_gauss_x",
+                   "pc_fwhm_gauss_y", "pc_replace_box_x", "pc_replace_box_y", "pc_replace_error",
+                   "pc_increase_radius", "pc_verbose", "dc_mask", "dc_threshold", "dc_verbose", "nn_model",
+                   "nn_threshold", "nn_verbose", "mm_photon_distribution", "mm_nbinom_shape", "mm_synthetic",
+                   "mm_hist2d_min_neighbors", "mm_ydiag_max", "mm_dilation")
+
+
+def megaradrp_default_block() -> dict:
+    """megaradrp's CRMasksRecipe parameters with their defaults (calibrations and frames left out)."""
+    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
+    from numina.core import Parameter
+
+    return {k: r.default for k, r in CRMasksRecipe.requirements().items() if isinstance(r, Parameter)}
+
+
+def test_megaradrp_keys_are_all_known():
+    """Every key of megaradrp's recipe is a requirement of ours or has a one-line 'not supported' error."""
+    from megara_crdetect.drp.recipes.crdetect import MegaraCrDetection, unknown_key_message
+
+    ours = MegaraCrDetection.requirements()
+    for key in megaradrp_default_block():
+        if not dict.__contains__(ours, key):
+            assert "not supported by megara-crdetect" in unknown_key_message(key), key
+    for key in ("master_bias", "master_dark", "master_bpm", "save_preprocessed", "save_postprocessed"):
+        assert dict.__contains__(ours, key)
+
+
+def test_megaradrp_full_default_requirement_block_is_accepted():
+    from megara_crdetect.config import parse_requirements
+    from megara_crdetect.drp.recipes.crdetect import MegaraCrDetection, requirements_mapping
+
+    ours = MegaraCrDetection.requirements()
+    missing = [k for k in NUMINA_040_KEYS if not dict.__contains__(ours, k)]
+    if missing:
+        pytest.skip(f"needs numina 0.40 keys (#16): {', '.join(missing[:3])}...")
+    from numina.core import ObservationResult
+
+    block = megaradrp_default_block()
+    assert all(key in ours for key in block)  # numina run's strict check
+    rinput = MegaraCrDetection.create_input(obresult=ObservationResult(), **block)
+    params = parse_requirements(requirements_mapping(rinput))
+    assert params.crmethod == block["crmethod"] and rinput.rnoise == block["rnoise"]
+
+
+def test_calibrations_found_in_megaradrp_tree(tmp_path):
+    from megara_crdetect.megara import find_calibration
+
+    tree = tmp_path / "MEGARA" / sim.INSCONF / "MasterBias"
+    tree.mkdir(parents=True)
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tree / "master_bias.fits")
+    assert find_calibration("master_bias", sim.INSCONF, [tmp_path / "nothere", tmp_path]) == str(
+        tree / "master_bias.fits")
+    assert find_calibration("master_dark", sim.INSCONF, [tmp_path]) is None

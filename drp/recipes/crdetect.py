@@ -255,8 +255,8 @@ def first_frame(frames: Sequence) -> tuple[list[str], fits.Header, tuple[int, ..
     """Names of the frames, header and image shape of the first one (to choose the path)."""
     names = _check_frames(frames)
     with frames[0].open() as hdul:
-        data = hdul[0].data
-        return names, hdul[0].header.copy(), (() if data is None else data.shape)
+        hdr = hdul[0].header.copy()
+    return names, hdr, tuple(hdr.get(f"NAXIS{k}", 0) for k in range(hdr.get("NAXIS", 0), 0, -1))
 
 
 def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
@@ -295,6 +295,37 @@ def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
 
 
 # ---------------------------------------------------------------------------
+# unknown OB keys: the schema's message instead of numina's traceback
+# ---------------------------------------------------------------------------
+
+
+def unknown_key_message(key: str) -> str:
+    """The one-line message for an OB requirement the recipe does not have (did you mean...?)."""
+    try:
+        parse_requirements({key: None})
+    except ConfigError as exc:
+        text = str(exc)
+        if "unknown key" in text or "not supported" in text:
+            return text
+    return f"requirements.{key}: not a requirement of MegaraCrDetection (the OB lists its images under frames:)"
+
+
+class _Requirements(dict):
+    """The recipe's requirements; asking for a name it does not have raises the schema's message.
+
+    ``numina run`` checks every OB requirement with ``key in recipe.requirements()``
+    and turns an unknown one into a traceback (strict inputs); raising
+    :class:`numina.exceptions.ValidationError` here gives one ``ERROR:`` line
+    with the did-you-mean hint instead (also with ``--loose-reqs``).
+    """
+
+    def __contains__(self, key) -> bool:
+        if dict.__contains__(self, key) or not isinstance(key, str):
+            return dict.__contains__(self, key)
+        raise ValidationError(unknown_key_message(key))
+
+
+# ---------------------------------------------------------------------------
 # the recipe
 # ---------------------------------------------------------------------------
 
@@ -329,6 +360,11 @@ class MegaraCrDetection(BaseRecipe):
     crmasks = Result(CRMasks, "crmasks.fits: MEDIANCR, MEANCRT, CRMASK1..N and MEANCR masks")
     # one Result per combination: numina writes each as combined_<name>.fits
     locals().update(_combination_results())
+
+    @classmethod
+    def requirements(cls) -> dict:
+        """numina's requirements, as a mapping that reports unknown names (see :class:`_Requirements`)."""
+        return _Requirements(super().requirements())
 
     @timeit
     def run(self, rinput):
@@ -369,8 +405,7 @@ class MegaraCrDetection(BaseRecipe):
                 raise ConfigError(f"{key} = {detector[key]}: not used with raw MEGARA frames (megaradrp's "
                                   "profile gives the gain of each amplifier and master_bias the bias); remove it")
         frames = rinput.obresult.frames
-        prep = megara.preprocess(frames, names, master_bias=rinput.master_bias,
-                                 master_dark=rinput.master_dark, master_bpm=rinput.master_bpm)
+        prep = megara.preprocess(frames, names, **self._calibrations(rinput, frames, names))
         cfg = RunConfig(InputConfig(images=tuple(names), gain=1.0, bias=0.0, rnoise=detector["rnoise"]), params)
         self.logger.info("%d raw MEGARA frames (%s) preprocessed by megaradrp to %d x %d electrons; rnoise %s e-, "
                          "crmethod %s", len(names), ", ".join(names), prep.stack.shape[2], prep.stack.shape[1],
@@ -381,6 +416,25 @@ class MegaraCrDetection(BaseRecipe):
         products = self._process(prep.stack, cfg, names)
         megara.stamp_products(products, prep.headers[0], prep)
         return products
+
+    def _calibrations(self, rinput, frames, names) -> dict:
+        """megaradrp's calibrations: as given, else from megaradrp's calibration tree (``MEGARA/<profile>/``)."""
+        from numina.types.dataframe import DataFrame
+
+        given = {key: getattr(rinput, key) for key in CALIBRATION_KEYS}
+        if all(v is not None for v in given.values()) or not megara.megaradrp_available():
+            return given
+        with frames[0].open() as first:
+            profile = str(megara.megara_profile(first, names[0]).origin.uuid)
+        roots = [self.runinfo.get(k) for k in ("data_dir", "work_dir") if self.runinfo.get(k)]
+        roots = [roots[0], os.path.dirname(roots[-1])] if roots else ["."]
+        for key, value in given.items():
+            if value is None:
+                path = megara.find_calibration(key, profile, roots)
+                if path is not None:
+                    self.logger.info("%s: %s (megaradrp's calibration tree)", key, path)
+                    given[key] = DataFrame(filename=path)
+        return given
 
     def _save_preprocessed(self, prep) -> None:
         """``preprocessed_k.fits`` and ``preprocessed_median.fits`` in the work directory (as megaradrp)."""
