@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("megaradrp") is None,
@@ -28,6 +29,7 @@ import _megarasim as sim  # noqa: E402
 from megara_crdetect.drp import INSTRUMENT, MODE  # noqa: E402
 from megara_crdetect.drp.loader import load_drp  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 EXPTIME = 100.0
 FRAMES = ["science_1.fits", "science_2.fits", "science_3.fits"]
 FAST = {"crmethod": "mmcosmic", "mm_nsimulations": 2}
@@ -64,12 +66,17 @@ def chain(tmp_path_factory, drpmocker_module):
     session = Session(basedir=base, datadir=data, config=_run_config(base))
     session.add_observations({"id": "bias", "instrument": "MEGARA", "mode": "MegaraBiasImage",
                               "frames": ["bias_1.fits"]})
-    session.add_observations({"id": "cr", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
-                              "requirements": {"master_bias": "master_bias.fits", "save_preprocessed": True,
-                                               **FAST}})
+    # the OB of obsresults/ (written as megaradrp's documentation writes it, plus the one switch)
+    ob = yaml.safe_load((ROOT / "obsresults" / "megara_crdetection.yaml").read_text())
+    assert ob["instrument"] == INSTRUMENT and ob["frames"] == FRAMES and "master_bias" not in ob["requirements"]
+    session.add_observations({**ob, "id": "cr"})
     assert session.run("bias").state == 2
+    # megaradrp's calibration tree (as megaradrp-inittree makes it) and a copy to give by path
+    tree = base / "calibrations" / "MEGARA" / sim.INSCONF / "MasterBias"
+    tree.mkdir(parents=True)
+    shutil.copy(base / "obsidbias_results" / "master_bias.fits", tree / "master_bias.fits")
     shutil.copy(base / "obsidbias_results" / "master_bias.fits", data / "master_bias.fits")
-    task = session.run("cr")
+    task = session.run("cr", requirements={**FAST, "save_preprocessed": True})  # cheaper than the OB's
     return {"base": base, "data": data, "task": task, "rate": rate, "hits": hits, "track": track,
             "session": session}
 
@@ -95,6 +102,10 @@ def _run_config(base: Path):
 
 def test_chain_masks_in_megaradrp_geometry(chain):
     assert chain["task"].state == 2
+    work = chain["base"] / "obsidcr_work"  # save_preprocessed: megaradrp's names, trimmed, electrons
+    with fits.open(work / "preprocessed_1.fits") as pre:
+        assert pre[0].data.shape == (4112, 4096) and pre[0].header["BUNIT"] == "ELECTRON"
+    assert (work / "preprocessed_median.fits").exists()
     with fits.open(chain["base"] / "obsidcr_results" / "crmasks.fits") as hdul:
         assert hdul["MEDIANCR"].shape == (4112, 4096)
         hdr = hdul[0].header
@@ -153,8 +164,6 @@ def test_chain_megaradrp_meancr2_combination(chain):
 def _numina_run(base: Path, data: Path, ob: dict, *extra: str):
     import subprocess
 
-    import yaml
-
     (base / f"{ob['id']}.yaml").write_text(yaml.safe_dump(ob))
     exe = Path(sys.executable).with_name("numina")
     out = subprocess.run([str(exe), "run", f"{ob['id']}.yaml", "--datadir", str(data), *extra], cwd=base,
@@ -180,7 +189,8 @@ def _odd_frames(data: Path) -> None:
 ])
 def test_numina_run_bad_megara_input(chain, case, requirements, message):
     """The ``numina run`` command itself: exit 1, one ERROR line, no traceback, no product."""
-    data, base = chain["data"], chain["base"]
+    data, base = chain["data"], chain["base"] / f"run_{case}"  # no calibration tree in this base folder
+    base.mkdir()
     ob = {"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
           "requirements": {**FAST, **requirements}}
     out, text = _numina_run(base, data, ob)
@@ -270,3 +280,23 @@ def test_calibrations_found_in_megaradrp_tree(tmp_path):
     assert find_calibration("master_bias", sim.INSCONF, [tmp_path / "nothere", tmp_path]) == str(
         tree / "master_bias.fits")
     assert find_calibration("master_dark", sim.INSCONF, [tmp_path]) is None
+
+
+# ---------------------------------------------------------------------------
+# raw-looking data with bias 0 and gain 1: a warning, not silence
+# ---------------------------------------------------------------------------
+
+
+def test_raw_looking_data_with_bias_0_gain_1_warn(caplog):
+    from megara_crdetect.io import to_electrons
+
+    rng = np.random.default_rng(5)
+    raw = (1000.0 + rng.normal(0, 3.4, (3, 120, 90))).astype(np.float32)
+    with caplog.at_level("WARNING", logger="megara_crdetect"):
+        to_electrons(raw.copy(), gain=1.0, bias=0.0)
+    assert any(re.search(r"look raw: even their darkest pixels are at 99\d ADU", r.getMessage()) for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="megara_crdetect"):
+        to_electrons(raw.copy(), gain=1.6, bias=1000.0)  # bias given: no warning
+        to_electrons(raw - 1000.0, gain=1.0, bias=0.0)  # bias-subtracted data: no warning
+    assert not caplog.records

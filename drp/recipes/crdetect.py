@@ -330,6 +330,24 @@ class _Requirements(dict):
 # ---------------------------------------------------------------------------
 
 
+def _calibration_roots(runinfo: dict) -> list[str]:
+    """Where megaradrp's calibration tree may be: numina's ``calibsdir`` (``.numina.cfg`` of the
+    base folder, as ``megaradrp-inittree`` writes it), ``<base>/calibrations``, the data folder, the base."""
+    import configparser
+
+    work = runinfo.get("work_dir") or os.getcwd()
+    base = os.path.dirname(os.path.abspath(work))
+    roots = []
+    cfg = configparser.ConfigParser()
+    if cfg.read(os.path.join(base, ".numina.cfg")) and cfg.has_option("tool.run", "calibsdir"):
+        roots.append(os.path.join(base, cfg.get("tool.run", "calibsdir")))
+    roots.append(os.path.join(base, "calibrations"))
+    if runinfo.get("data_dir"):
+        roots.append(runinfo["data_dir"])
+    roots.append(base)
+    return roots
+
+
 class MegaraCrDetection(BaseRecipe):
     """Cosmic-ray masks and repaired combinations of N >= 3 equivalent exposures.
 
@@ -426,8 +444,7 @@ class MegaraCrDetection(BaseRecipe):
             return given
         with frames[0].open() as first:
             profile = str(megara.megara_profile(first, names[0]).origin.uuid)
-        roots = [self.runinfo.get(k) for k in ("data_dir", "work_dir") if self.runinfo.get(k)]
-        roots = [roots[0], os.path.dirname(roots[-1])] if roots else ["."]
+        roots = _calibration_roots(self.runinfo)
         for key, value in given.items():
             if value is None:
                 path = megara.find_calibration(key, profile, roots)
