@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import types
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ from astropy.io import fits
 from .errors import InputError
 
 __all__ = ["CALIBRATION_TYPES", "find_calibration", "RAW_SHAPES", "IDENTITY_CARDS", "EXTRA_HINT", "is_raw_megara", "megaradrp_available",
-           "require_megaradrp", "Preprocessed", "megara_profile", "preprocess", "identity_cards",
-           "stamp_products"]
+           "require_megaradrp", "Preprocessed", "megara_profile", "preprocess", "load_raw", "identity_cards",
+           "stamp_products", "stamp_hdulist"]
 
 _log = logging.getLogger(__name__)
 
@@ -247,6 +248,11 @@ def preprocess(frames: Sequence, names: Sequence[str], *, master_bias, master_da
 
     for frame, name in zip(frames, names):
         _check_instrument(frame, name)
+    for key, cal in (("master_bias", master_bias), ("master_dark", master_dark), ("master_bpm", master_bpm)):
+        filename = getattr(cal, "filename", None)
+        if cal is not None and getattr(cal, "frame", None) is None and filename and not os.path.exists(filename):
+            target = f" (-> {os.readlink(filename)})" if os.path.islink(filename) else ""
+            raise InputError(f"{key} = {os.path.basename(filename)}: file not found{target}")
     with frames[0].open() as first:
         ins = megara_profile(first, names[0])
     profile = str(ins.origin.uuid)
@@ -288,6 +294,66 @@ def preprocess(frames: Sequence, names: Sequence[str], *, master_bias, master_da
     return Preprocessed(stack, headers, profile, notes, cals)
 
 
+def load_raw(cfg, base_dir) -> tuple | None:
+    """The command line's raw MEGARA frames: ``(cfg, InputStack, Preprocessed)``, or None for other frames.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The validated parameter file (``master_bias`` etc. at its top level,
+        paths relative to ``base_dir`` like the images).
+    base_dir : path-like
+        Folder of the parameter file.
+
+    Returns
+    -------
+    tuple or None
+        The configuration with gain 1 and bias 0 (the data are electrons),
+        the preprocessed stack and what was done; None when the first image
+        is not a raw MEGARA frame (the standalone path).
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from numina.types.dataframe import DataFrame
+
+    from .errors import ConfigError
+    from .io import InputStack
+
+    base = Path(base_dir)
+    paths = [(base / p) if not Path(p).is_absolute() else Path(p) for p in cfg.inputs.images]
+    calibs = {key: getattr(cfg.inputs, key) for key in CALIBRATION_TYPES}
+    try:
+        header = fits.getheader(paths[0], cfg.inputs.extnum)
+    except (OSError, IndexError, KeyError):
+        return None  # reported by the standalone reader
+    shape = tuple(header.get(f"NAXIS{k}", 0) for k in range(header.get("NAXIS", 0), 0, -1))
+    if not is_raw_megara(header, shape):
+        given = [k for k, v in calibs.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: given, but '{paths[0].name}' is not a raw MEGARA frame (INSTRUME = "
+                              "'MEGARA' with overscan); megaradrp's calibrations apply only to raw MEGARA frames")
+        return None
+    for key, neutral in (("gain", 1.0), ("bias", 0.0)):
+        if getattr(cfg.inputs, key) != neutral:
+            raise ConfigError(f"{key} = {getattr(cfg.inputs, key)}: not used with raw MEGARA frames (megaradrp's "
+                              "profile gives the gain of each amplifier and master_bias the bias); remove it")
+    frames = []
+    for k, path in enumerate(paths):
+        if not path.exists():
+            raise InputError(f"images[{k}] = '{path.name}': file not found ({path})")
+        frames.append(DataFrame(filename=str(path)))
+    cal_frames = {}
+    for key, value in calibs.items():
+        path = None if value is None else ((base / value) if not Path(value).is_absolute() else Path(value))
+        if path is not None and not path.exists():
+            raise InputError(f"{key} = '{value}': file not found ({path})")
+        cal_frames[key] = None if path is None else DataFrame(filename=str(path))
+    prep = preprocess(frames, [p.name for p in paths], **cal_frames)
+    inputs = dataclasses.replace(cfg.inputs, gain=1.0, bias=0.0)
+    return dataclasses.replace(cfg, inputs=inputs), InputStack(prep.stack, paths, prep.headers), prep
+
+
 def identity_cards(header: fits.Header) -> list[tuple[str, object, str]]:
     """The MEGARA identifying cards of a frame header, as ``(key, value, comment)``."""
     return [(key, header[key], header.comments[key]) for key in IDENTITY_CARDS if key in header]
@@ -297,17 +363,24 @@ def stamp_products(products: dict, first_header: fits.Header, prep: Preprocessed
     """Give every product the MEGARA identity of the first frame and a note of the preprocessing.
 
     The crmasks product keeps its own UUID; the combined images get a new
-    one (they are new images), ``BUNIT = 'ELECTRON'`` and the HISTORY notes.
+    one (they are new images) and the HISTORY notes.
     """
-    cards = identity_cards(first_header)
-    for name, hdul in products.items():
-        hdr = hdul[0].header
-        for key, value, comment in cards:
-            hdr[key] = (value, comment)
-        if "UUID" not in hdr:
-            hdr["UUID"] = (str(uuidlib.uuid4()), "Identifier of this image")
-        hdr["MEGPROF"] = (prep.profile, "MEGARA profile used to preprocess")
-        for key, card in (("master_bias", "MBIASUID"), ("master_dark", "MDARKUID"), ("master_bpm", "MBPMUID")):
-            hdr[card] = (prep.calibrations.get(key, "none"), f"UUID of the {key} applied")
-        for line in prep.notes:
-            hdr.add_history(line)
+    for hdul in products.values():
+        stamp_hdulist(hdul, first_header, prep)
+
+
+def stamp_hdulist(hdul: fits.HDUList, first_header: fits.Header, prep: Preprocessed) -> fits.HDUList:
+    """:func:`stamp_products` for one product (an HDUList); returns it."""
+    if not isinstance(hdul, fits.HDUList):
+        return hdul  # a CSV table
+    hdr = hdul[0].header
+    for key, value, comment in identity_cards(first_header):
+        hdr[key] = (value, comment)
+    if "UUID" not in hdr:
+        hdr["UUID"] = (str(uuidlib.uuid4()), "Identifier of this image")
+    hdr["MEGPROF"] = (prep.profile, "MEGARA profile used to preprocess")
+    for key, card in (("master_bias", "MBIASUID"), ("master_dark", "MDARKUID"), ("master_bpm", "MBPMUID")):
+        hdr[card] = (prep.calibrations.get(key, "none"), f"UUID of the {key} applied")
+    for line in prep.notes:
+        hdr.add_history(line)
+    return hdul

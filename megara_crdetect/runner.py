@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import megara
 from .config import RunConfig, check_against_data
 from .core.pipeline import COMBINATIONS, CRMaskResult, Detector, apply_crmasks, compute_crmasks
 from .io import InputStack, OutputStage, read_images, to_electrons
@@ -152,7 +153,13 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         :func:`~megara_crdetect.core.pipeline.compute_crmasks`).
     """
     t0 = time.perf_counter()
-    inputs, stack = _load(cfg, Path(base_dir))
+    raw = megara.load_raw(cfg, Path(base_dir))  # raw MEGARA frames: megaradrp preprocesses them (#15)
+    if raw is not None:
+        cfg, inputs, prep = raw
+        stack = inputs.data
+        check_against_data(cfg.params, stack.shape[1:], stack.shape[0])
+    else:
+        inputs, stack = _load(cfg, Path(base_dir))
     images = [str(p) for p in inputs.paths]
     with OutputStage(output_dir) as stage:
         if crmasks_file is not None:
@@ -166,7 +173,10 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             if figures is not None:
                 figures(result, stack, cfg, stage, progress=progress)
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images)
-        _write_overlapped(stage, itertools.chain(_drain(products), combos))
+        items = itertools.chain(_drain(products), combos)
+        if raw is not None:  # the MEGARA identity and what was done, in every product
+            items = ((name, megara.stamp_hdulist(p, prep.headers[0], prep)) for name, p in items)
+        _write_overlapped(stage, items)
         files = stage.commit()
     _log.info("wrote %d files to %s in %.1f s", len(files), output_dir, time.perf_counter() - t0)
     return RunOutcome(result, files)

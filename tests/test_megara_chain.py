@@ -161,6 +161,30 @@ def test_chain_megaradrp_meancr2_combination(chain):
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def rawdir(tmp_path_factory) -> Path:
+    """Raw-size MEGARA frames with constant levels (no simulation): enough for the input checks."""
+    data = tmp_path_factory.mktemp("raw") / "data"
+    data.mkdir()
+    shape = (4212, 4196)
+    for k, name in enumerate(FRAMES):
+        fits.PrimaryHDU(np.full(shape, 1000.0, np.float32), header=sim.header("MegaraLcbImage", EXPTIME, k)
+                        ).writeto(data / name)
+    bias_hdr = sim.header("MegaraBiasImage", 0.0, 9)
+    fits.PrimaryHDU(np.zeros(sim.SHAPE, np.float32), header=bias_hdr).writeto(data / "master_bias.fits")
+    _odd_frames(data)
+    return data
+
+
+def _session(base: Path, data: Path, drpmocker, ob: dict):
+    from numina.user.session import Session
+
+    drpmocker.add_drp(INSTRUMENT, load_drp)
+    session = Session(basedir=base, datadir=data, config=_run_config(base))
+    session.add_observations(ob)
+    return session
+
+
 def _numina_run(base: Path, data: Path, ob: dict, *extra: str):
     import subprocess
 
@@ -187,16 +211,15 @@ def _odd_frames(data: Path) -> None:
     ("typo", {"master_bias": "master_bias.fits", "crmethdo": "mm_lacosmic"},
      "ERROR: requirements.crmethdo: unknown key (did you mean 'crmethod'?)"),
 ])
-def test_numina_run_bad_megara_input(chain, case, requirements, message):
+def test_numina_run_bad_megara_input(rawdir, tmp_path, case, requirements, message):
     """The ``numina run`` command itself: exit 1, one ERROR line, no traceback, no product."""
-    data, base = chain["data"], chain["base"] / f"run_{case}"  # no calibration tree in this base folder
-    base.mkdir()
+    data, base = rawdir, tmp_path
     ob = {"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
           "requirements": {**FAST, **requirements}}
     out, text = _numina_run(base, data, ob)
     assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
     errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
-    assert errors and errors[-1].startswith(message), errors
+    assert len(errors) == 1 and errors[0].startswith(message), errors
     assert not list((base / f"obsidbad{case}_results").glob("*.fits"))
 
 
@@ -206,20 +229,20 @@ def test_numina_run_bad_megara_input(chain, case, requirements, message):
     ("profile", ["badprofile.fits"] + FRAMES[1:], {},
      "frame badprofile.fits: no MEGARA instrument profile for INSCONF = '00000000-1111-2222-3333-444444444444'"),
     ("gain", FRAMES, {"gain": 1.73}, "gain = 1.73: not used with raw MEGARA frames"),
+    ("missingbias", FRAMES, {"master_bias": "nothere.fits"}, "master_bias = nothere.fits: file not found"),
     ("badbias", FRAMES, {"master_bias": "science_1.fits"},
      "(4196, 4212) (NAXIS1, NAXIS2), but megaradrp's trimmed frames are (4096, 4112)"),
 ])
-def test_session_bad_megara_input(chain, case, frames, requirements, message):
+def test_session_bad_megara_input(rawdir, tmp_path, drpmocker, case, frames, requirements, message):
     """numina's run machinery (what ``numina run`` calls): ValidationError, printed as one ERROR line."""
     from numina.exceptions import ValidationError
 
-    data, base, session = chain["data"], chain["base"], chain["session"]
-    _odd_frames(data)
-    session.add_observations({"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": frames,
-                              "requirements": {**FAST, "master_bias": "master_bias.fits", **requirements}})
+    session = _session(tmp_path, rawdir, drpmocker, {
+        "id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": frames,
+        "requirements": {**FAST, "master_bias": "master_bias.fits", **requirements}})
     with pytest.raises(ValidationError, match=re.escape(message)):
         session.run(f"bad{case}")
-    assert not list((base / f"obsidbad{case}_results").glob("*.fits"))
+    assert not list((tmp_path / f"obsidbad{case}_results").glob("*.fits"))
 
 
 # ---------------------------------------------------------------------------
@@ -300,3 +323,67 @@ def test_raw_looking_data_with_bias_0_gain_1_warn(caplog):
         to_electrons(raw.copy(), gain=1.6, bias=1000.0)  # bias given: no warning
         to_electrons(raw - 1000.0, gain=1.0, bias=0.0)  # bias-subtracted data: no warning
     assert not caplog.records
+
+
+# ---------------------------------------------------------------------------
+# without megaradrp, and the command line
+# ---------------------------------------------------------------------------
+
+EXTRA = "pip install 'megara-crdetect[megara]'"
+
+
+def _params(tmp_path: Path, data: Path, **top) -> Path:
+    doc = {"images": [str(data / f) for f in FRAMES], **top, "requirements": FAST}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_raw_megara_frames_without_megaradrp_name_the_extra(rawdir, tmp_path, drpmocker, monkeypatch, capsys):
+    from numina.exceptions import ValidationError
+
+    from megara_crdetect import cli
+
+    session = _session(tmp_path, rawdir, drpmocker, {
+        "id": "nomeg", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
+        "requirements": {**FAST, "master_bias": "master_bias.fits"}})
+    monkeypatch.setitem(sys.modules, "megaradrp", None)  # as if the extra were not installed
+    out = tmp_path / "out"
+    assert cli.main([str(_params(tmp_path, rawdir, master_bias=str(rawdir / "master_bias.fits"))),
+                     "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("error: frame science_1.fits is a raw MEGARA frame")
+    assert err[0].endswith(EXTRA) and not list(out.glob("*.fits"))
+    with pytest.raises(ValidationError, match=re.escape(EXTRA)):
+        session.run("nomeg")
+
+
+@pytest.mark.parametrize("top, message", [
+    ({"gain": 1.6}, "error: gain = 1.6: not used with raw MEGARA frames"),
+    ({"master_bias": "nothere.fits"}, "error: master_bias = 'nothere.fits': file not found"),
+    ({}, "error: master_bias: required for raw MEGARA frames"),
+])
+def test_command_line_bad_megara_input(rawdir, tmp_path, capsys, top, message):
+    from megara_crdetect import cli
+
+    out = tmp_path / "out"
+    assert cli.main([str(_params(tmp_path, rawdir, **top)), "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not list(out.glob("*.fits"))
+
+
+def test_command_line_raw_megara_frames(chain, tmp_path):
+    """``numina-crmasks params.yaml`` with raw MEGARA frames and master_bias: megaradrp's geometry and cards."""
+    from megara_crdetect import cli
+
+    out = tmp_path / "out"
+    params = _params(tmp_path, chain["data"], master_bias="master_bias.fits")
+    (tmp_path / "master_bias.fits").symlink_to(chain["data"] / "master_bias.fits")
+    assert cli.main([str(params), "--output_dir", str(out), "--no-figures"]) == 0
+    with fits.open(out / "crmasks.fits") as masks, fits.open(out / "combined_meancr2.fits") as comb:
+        assert masks["MEDIANCR"].shape == comb[0].data.shape == (4112, 4096)
+        for hdr in (masks[0].header, comb[0].header):
+            assert hdr["INSTRUME"] == "MEGARA" and hdr["INSCONF"] == sim.INSCONF and hdr["MBIASUID"] != "none"
+            assert any("units: electrons" in str(h) for h in hdr["HISTORY"])
+        assert comb[0].header["UUID"] != masks[0].header["UUID"]
