@@ -6,7 +6,7 @@ from numina.exceptions import ValidationError
 from numina.types.frame import DataFrameType
 from numina.types.product import DataProductMixin
 
-__all__ = ["CRMasks", "CRCombined"]
+__all__ = ["CRMasks", "CRCombined", "MasterBias", "MasterDark", "MasterBPM"]
 
 
 def _require(hdulist, names: list[str], what: str) -> None:
@@ -30,3 +30,20 @@ class CRCombined(DataProductMixin, DataFrameType):
     def validate_hdulist(self, hdulist) -> None:
         """Check the extensions (only with ``numina run --validate``)."""
         _require(hdulist, ["PRIMARY", "VARIANCE", "MAP"], "combined image")
+
+
+# -- inputs: megaradrp's calibrations (raw MEGARA frames).  Same names as megaradrp's
+# types, so numina finds them under the same labels (control-file ``products:`` entries
+# ``type: MasterBias``, calibration-tree folders ``MasterBias/``).
+
+
+class MasterBias(DataFrameType):
+    """megaradrp's ``master_bias.fits`` (MegaraBiasImage): trimmed bias in ADU."""
+
+
+class MasterDark(DataFrameType):
+    """megaradrp's ``master_dark.fits`` (MegaraDarkImage)."""
+
+
+class MasterBPM(DataFrameType):
+    """megaradrp's ``master_bpm.fits`` (MegaraBadPixelMask)."""

@@ -134,6 +134,7 @@ _KIND_TEXT = {
     "fixed_points": "a list of [x, y] or [x, y, weight] numbers",
     "flux_factor": "none, auto, a positive number or a list with one positive number per exposure",
     "float_pair": "a number",
+    "file": "a FITS file name",
 }
 
 
@@ -403,6 +404,14 @@ def _to_images(spec: ParamSpec, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _to_file(spec: ParamSpec, value: Any) -> str | None:
+    if _is_none(value):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(spec, value)
+    return value.strip()
+
+
 _CONVERTERS = {
     "bool": _to_bool,
     "int": lambda s, v: _to_number(s, v, integer=True),
@@ -418,9 +427,10 @@ _CONVERTERS = {
     "fixed_points": _to_fixed_points,
     "flux_factor": _to_flux_factor,
     "float_pair": _to_float_pair,
+    "file": _to_file,
 }
 _LIST_KINDS = {"regions", "region", "pixels", "replace_pixels", "offsets", "fixed_points",
-               "flux_factor", "seed"}
+               "flux_factor", "seed", "file"}
 
 
 def convert(spec: ParamSpec, value: Any) -> Any:
@@ -485,8 +495,16 @@ class InputConfig(_Validated):
     extnum: int = param(0, "FITS extension (HDU number) holding the image; 0 is the primary", "int",
                         low=0, **_TOP)
     gain: float = param(1.0, "Detector gain", "float", low=0, low_open=True, unit="e-/ADU", **_TOP)
-    rnoise: float = param(3.4, "Readout noise", "float", low=0, unit="ADU", **_TOP)
+    rnoise: float = param(3.4, "Readout noise (raw MEGARA frames: electrons, as in megaradrp)", "float", low=0,
+                          unit="ADU", **_TOP)
     bias: float = param(0.0, "Bias level subtracted from every exposure", "float", unit="ADU", **_TOP)
+    # -- #15 raw MEGARA frames: megaradrp's calibrations (see docs/megara.md) ----------------
+    master_bias: Any = param(None, "Master bias of megaradrp (master_bias.fits); required for raw MEGARA frames", "file",
+                             nullable=True, **_TOP)
+    master_dark: Any = param(None, "Master dark of megaradrp (master_dark.fits), for raw MEGARA frames", "file",
+                             nullable=True, **_TOP)
+    master_bpm: Any = param(None, "Bad-pixel mask of megaradrp (master_bpm.fits), for raw MEGARA frames", "file",
+                            nullable=True, **_TOP)
 
 
 @dataclass(frozen=True)
@@ -647,6 +665,13 @@ class CRMaskConfig(_Validated):
     dtype: str = param("float32", "Floating type of the combined images written (detection runs in float32)",
                        "choice", choices=("float32", "float64"))
     debug: bool = param(False, "Log at DEBUG level (as --log-level DEBUG)", "bool")
+    # -- #15 megaradrp's MegaraCrDetection keys (raw MEGARA frames) --------------------------
+    save_preprocessed: bool = param(
+        False, "Also write the frames as preprocessed by megaradrp (preprocessed_k.fits, preprocessed_median.fits)",
+        "bool")
+    save_postprocessed: bool = param(
+        False, "Also write every combination as postprocessed_<name>.fits in the work directory, as megaradrp "
+        "(the combined_<name>.fits results are always written)", "bool")
 
     def _cross_checks(self) -> None:
         spec = {s.name: s for s in self.specs()}

@@ -25,7 +25,7 @@ from astropy.io import fits
 
 from .errors import InputError
 
-__all__ = ["InputStack", "read_images", "stack_images", "to_electrons", "OutputStage"]
+__all__ = ["InputStack", "read_images", "stack_images", "to_electrons", "warn_if_raw_looking", "OutputStage"]
 
 _log = logging.getLogger(__name__)
 
@@ -189,6 +189,8 @@ def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
     bias : float
         Bias level in ADU.
     """
+    if not bias and gain == 1.0:
+        warn_if_raw_looking(data)
     if bias:
         data -= np.float32(bias)
     if gain != 1.0:
@@ -198,6 +200,30 @@ def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
 
 def _names(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+#: Level of the darkest pixels (ADU) above which data with bias 0 and gain 1 look raw (#15).
+RAW_LEVEL = 100.0
+
+
+def warn_if_raw_looking(data: np.ndarray) -> float:
+    """Log a warning when frames given with ``bias: 0, gain: 1`` look raw (a bias pedestal).
+
+    Bias-subtracted data have their darkest pixels near 0; raw frames have them
+    at the bias level (hundreds of ADU).  The level is the 1st percentile of
+    a sparse sample of the stack.
+
+    Returns
+    -------
+    float
+        The level found.
+    """
+    sample = data[:, ::7, ::7]
+    level = float(np.percentile(sample, 1)) if sample.size else 0.0
+    if level >= RAW_LEVEL:
+        _log.warning("the frames look raw: even their darkest pixels are at %.0f ADU (a bias level?), but bias = 0 "
+                     "and gain = 1; give bias and gain (rnoise in ADU), or, for raw MEGARA frames, master_bias", level)
+    return level
 
 
 class OutputStage:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import megara
 from .badpixels import BadPixels, check_levels, find_bad_pixels
 from .errors import InputError
 from .config import RunConfig, check_against_data
@@ -260,7 +261,14 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         that this run does not write are removed, except the inputs and these.
     """
     t0 = time.perf_counter()
-    inputs, stack, bad = _load(cfg, Path(base_dir))
+    raw = megara.load_raw(cfg, Path(base_dir))  # raw MEGARA frames: megaradrp preprocesses them (#15)
+    if raw is not None:
+        cfg, inputs, prep = raw
+        stack = inputs.data
+        check_against_data(cfg.params, stack.shape[1:], stack.shape[0])
+        bad = bad_pixels_of(stack, cfg, inputs.labels)
+    else:
+        inputs, stack, bad = _load(cfg, Path(base_dir))
     images = [str(p) for p in inputs.paths]
     described = dict(headers=inputs.headers, checksums=inputs.checksums)
     with OutputStage(output_dir) as stage:
@@ -278,8 +286,11 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
                 pending = figures(result, stack, cfg, stage, progress=progress)
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
                                    dq=run_dq(masks, cfg, bad, stack.shape[1:]), **described)
+        items = itertools.chain(_drain(products), combos)
+        if raw is not None:  # the MEGARA identity and what was done, in every product
+            items = ((name, megara.stamp_hdulist(p, prep.headers[0], prep)) for name, p in items)
         total = len(products) + len(COMBINATIONS)
-        _write_overlapped(stage, itertools.chain(_drain(products), combos), progress=progress, total=total)
+        _write_overlapped(stage, items, progress=progress, total=total)
         if callable(pending):  # figures drawn in the background while the combinations were written
             pending()
         inputs_used = [*inputs.paths, *([crmasks_file] if crmasks_file is not None else []), *keep]

@@ -31,7 +31,7 @@ from megara_crdetect.config import (DEFAULT_FIXED_POINT_WEIGHT, CRMaskConfig, In
 from megara_crdetect.core.pipeline import COMBINATIONS
 from megara_crdetect.drp import INSTRUMENT, MODE
 from megara_crdetect.drp.loader import load_drp
-from megara_crdetect.drp.recipes.crdetect import (DETECTOR_KEYS, MegaraCrDetection, requirements_mapping,
+from megara_crdetect.drp.recipes.crdetect import (CALIBRATION_KEYS, DETECTOR_KEYS, MegaraCrDetection, requirements_mapping,
                                                   schema_specs)
 from megara_crdetect.errors import ConfigError, UserAbort
 from megara_crdetect.examples import write_example, write_exposures
@@ -167,8 +167,9 @@ def test_requirements_are_the_schema_with_its_defaults():
     reqs = MegaraCrDetection.requirements()
     specs = [s for s in InputConfig.specs() if s.name in DETECTOR_KEYS] + list(CRMaskConfig.specs())
     assert list(schema_specs()) == specs
-    assert [k for k, r in reqs.items() if not r.hidden] == ["obresult"] + [s.name for s in specs]
-    assert "images" not in reqs and "extnum" not in reqs
+    assert [k for k, r in reqs.items() if not r.hidden] == ["obresult"] + [s.name for s in specs] + list(
+        CALIBRATION_KEYS)  # megaradrp's calibrations: file requirements (#15)
+    assert not ({"images", "extnum"} & set(reqs))  # ("in" raises: unknown OB keys are errors, #15)
     for spec in specs:
         req = reqs[spec.name]
         assert req.optional and spec.doc in req.description

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numina.core import BaseRecipe, Parameter, Result
+from astropy.io import fits
+from numina.core import BaseRecipe, Parameter, Requirement, Result
 from numina.core.recipes import timeit
 from numina.core.requirements import ObservationResultRequirement
 from numina.exceptions import ValidationError
@@ -49,19 +50,23 @@ from megara_crdetect.config import (CRMaskConfig, InputConfig, ParamSpec, RunCon
 from megara_crdetect.config import convert as convert_value
 from megara_crdetect.core.pipeline import COMBINATIONS, CRMaskResult
 from megara_crdetect.errors import ConfigError, InputError, UserAbort
+from megara_crdetect import megara
 from megara_crdetect.io import file_sha256, stack_images, to_electrons
 from megara_crdetect.runner import build_products
 
 from ..datamodel import MegaraCrDataModel
-from ..products import CRCombined, CRMasks
+from ..products import CRCombined, CRMasks, MasterBias, MasterBPM, MasterDark
 
 __all__ = ["MegaraCrDetection", "SchemaValue", "schema_specs", "schema_parameter", "alias_parameter",
-           "requirements_mapping", "read_frames", "DETECTOR_KEYS", "RECIPE_DEFAULTS"]
+           "requirements_mapping", "read_frames", "first_frame", "DETECTOR_KEYS", "CALIBRATION_KEYS",
+           "RECIPE_DEFAULTS"]
 
 _log = logging.getLogger(__name__)
 
 #: Top-level keys of the standalone YAML file that are recipe requirements too.
 DETECTOR_KEYS = ("gain", "rnoise", "bias")
+#: Top-level keys that are files: megaradrp's calibrations, numina requirements of these types.
+CALIBRATION_KEYS = {"master_bias": MasterBias, "master_dark": MasterDark, "master_bpm": MasterBPM}
 #: Defaults of the recipe that differ from the schema: no windows inside a pipeline
 #: unless the observation result asks for them.
 RECIPE_DEFAULTS = {"interactive": False}
@@ -235,6 +240,25 @@ def _missing_name(filename: str) -> str:
     return filename
 
 
+def _check_frames(frames: Sequence) -> list[str]:
+    if len(frames) < 3:
+        raise InputError(f"obresult: at least 3 frames are needed, got {len(frames)}")
+    names = [_frame_name(f, k) for k, f in enumerate(frames, 1)]
+    missing = [_missing_name(f.filename) for f in frames
+               if getattr(f, "frame", None) is None and not os.path.exists(f.filename)]
+    if missing:
+        raise InputError(f"frames not found: {', '.join(missing)}")
+    return names
+
+
+def first_frame(frames: Sequence) -> tuple[list[str], fits.Header, tuple[int, ...]]:
+    """Names of the frames, header and image shape of the first one (to choose the path)."""
+    names = _check_frames(frames)
+    with frames[0].open() as hdul:
+        hdr = hdul[0].header.copy()
+    return names, hdr, tuple(hdr.get(f"NAXIS{k}", 0) for k in range(hdr.get("NAXIS", 0), 0, -1))
+
+
 def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
     """Primary images of the frames of an observation result as one float32 stack.
 
@@ -257,13 +281,8 @@ def read_frames(frames: Sequence) -> tuple[np.ndarray, list[str]]:
         dangling symbolic links), no 2-D primary image, shapes that differ or
         non-finite pixels.
     """
-    if len(frames) < 3:
-        raise InputError(f"obresult: at least 3 frames are needed, got {len(frames)}")
-    names = [_frame_name(f, k) for k, f in enumerate(frames, 1)]
-    missing = [_missing_name(f.filename) for f in frames
-               if getattr(f, "frame", None) is None and not os.path.exists(f.filename)]
-    if missing:
-        raise InputError(f"frames not found: {', '.join(missing)}")
+    names = _check_frames(frames)
+
     def items():
         for name, frame in zip(names, frames):
             with frame.open() as hdul:
@@ -287,8 +306,57 @@ def frame_provenance(frames) -> tuple[list, list[str]]:
 
 
 # ---------------------------------------------------------------------------
+# unknown OB keys: the schema's message instead of numina's traceback
+# ---------------------------------------------------------------------------
+
+
+def unknown_key_message(key: str) -> str:
+    """The one-line message for an OB requirement the recipe does not have (did you mean...?)."""
+    try:
+        parse_requirements({key: None})
+    except ConfigError as exc:
+        text = str(exc)
+        if "unknown key" in text or "not supported" in text:
+            return text
+    return f"requirements.{key}: not a requirement of MegaraCrDetection (the OB lists its images under frames:)"
+
+
+class _Requirements(dict):
+    """The recipe's requirements; asking for a name it does not have raises the schema's message.
+
+    ``numina run`` checks every OB requirement with ``key in recipe.requirements()``
+    and turns an unknown one into a traceback (strict inputs); raising
+    :class:`numina.exceptions.ValidationError` here gives one ``ERROR:`` line
+    with the did-you-mean hint instead (also with ``--loose-reqs``).
+    """
+
+    def __contains__(self, key) -> bool:
+        if dict.__contains__(self, key) or not isinstance(key, str):
+            return dict.__contains__(self, key)
+        raise ValidationError(unknown_key_message(key))
+
+
+# ---------------------------------------------------------------------------
 # the recipe
 # ---------------------------------------------------------------------------
+
+
+def _calibration_roots(runinfo: dict) -> list[str]:
+    """Where megaradrp's calibration tree may be: numina's ``calibsdir`` (``.numina.cfg`` of the
+    base folder, as ``megaradrp-inittree`` writes it), ``<base>/calibrations``, the data folder, the base."""
+    import configparser
+
+    work = runinfo.get("work_dir") or os.getcwd()
+    base = os.path.dirname(os.path.abspath(work))
+    roots = []
+    cfg = configparser.ConfigParser()
+    if cfg.read(os.path.join(base, ".numina.cfg")) and cfg.has_option("tool.run", "calibsdir"):
+        roots.append(os.path.join(base, cfg.get("tool.run", "calibsdir")))
+    roots.append(os.path.join(base, "calibrations"))
+    if runinfo.get("data_dir"):
+        roots.append(runinfo["data_dir"])
+    roots.append(base)
+    return roots
 
 
 class MegaraCrDetection(BaseRecipe):
@@ -314,23 +382,36 @@ class MegaraCrDetection(BaseRecipe):
     # one Parameter per schema key, in schema order
     locals().update({spec.name: schema_parameter(spec) for spec in schema_specs()})
     locals().update({alias: alias_parameter(spec, alias) for alias, spec in _aliases().items()})
+    # megaradrp's calibrations (raw MEGARA frames only), by path or through numina's data lookup
+    locals().update({key: Requirement(kind(), next(s.doc for s in InputConfig.specs() if s.name == key),
+                                      optional=True) for key, kind in CALIBRATION_KEYS.items()})
 
     crmasks = Result(CRMasks, "crmasks.fits: MEDIANCR, MEANCRT, CRMASK1..N and MEANCR masks")
     # one Result per combination: numina writes each as combined_<name>.fits
     locals().update(_combination_results())
+
+    @classmethod
+    def requirements(cls) -> dict:
+        """numina's requirements, as a mapping that reports unknown names (see :class:`_Requirements`)."""
+        return _Requirements(super().requirements())
 
     @timeit
     def run(self, rinput):
         """Detect, build the products and return them (numina writes them)."""
         try:
             params = parse_requirements(requirements_mapping(rinput))
-            stack, names = read_frames(rinput.obresult.frames)
+            names, header, shape = first_frame(rinput.obresult.frames)
             detector = {k: getattr(rinput, k) for k in DETECTOR_KEYS}
-            cfg = RunConfig(InputConfig(images=tuple(names), **detector), params)
-            self.logger.info("%d frames (%s), crmethod %s", len(names), ", ".join(names), params.crmethod)
-            check_against_data(params, stack.shape[1:], stack.shape[0])
-            products = self._process(to_electrons(stack, gain=cfg.inputs.gain, bias=cfg.inputs.bias),
-                                     cfg, names, *frame_provenance(rinput.obresult.frames))
+            if megara.is_raw_megara(header, shape):
+                products = self._megara(rinput, params, names, detector)
+            else:
+                self._no_calibrations(rinput, names[0])
+                stack, names = read_frames(rinput.obresult.frames)
+                cfg = RunConfig(InputConfig(images=tuple(names), **detector), params)
+                self.logger.info("%d frames (%s), crmethod %s", len(names), ", ".join(names), params.crmethod)
+                check_against_data(params, stack.shape[1:], stack.shape[0])
+                products = self._process(to_electrons(stack, gain=cfg.inputs.gain, bias=cfg.inputs.bias),
+                                         cfg, names, *frame_provenance(rinput.obresult.frames))
         except (ConfigError, InputError) as exc:
             raise ValidationError(str(exc)) from None
         except UserAbort as exc:  # key x in the interactive review
@@ -338,6 +419,58 @@ class MegaraCrDetection(BaseRecipe):
         for hdul in products.values():
             self.set_base_headers(hdul[0].header)
         return self.create_result(**products)
+
+    @staticmethod
+    def _no_calibrations(rinput, first: str) -> None:
+        given = [key for key in CALIBRATION_KEYS if getattr(rinput, key) is not None]
+        if given:
+            raise InputError(f"{given[0]}: given, but {first} is not a raw MEGARA frame (INSTRUME = 'MEGARA' "
+                             "with overscan); megaradrp's calibrations apply only to raw MEGARA frames")
+
+    def _megara(self, rinput, params, names: list[str], detector: dict) -> dict:
+        """Raw MEGARA frames: megaradrp's preprocessing, then the detection in electrons."""
+        for key, neutral in (("gain", 1.0), ("bias", 0.0)):
+            if detector[key] != neutral:
+                raise ConfigError(f"{key} = {detector[key]}: not used with raw MEGARA frames (megaradrp's "
+                                  "profile gives the gain of each amplifier and master_bias the bias); remove it")
+        frames = rinput.obresult.frames
+        prep = megara.preprocess(frames, names, **self._calibrations(rinput, frames, names))
+        cfg = RunConfig(InputConfig(images=tuple(names), gain=1.0, bias=0.0, rnoise=detector["rnoise"]), params)
+        self.logger.info("%d raw MEGARA frames (%s) preprocessed by megaradrp to %d x %d electrons; rnoise %s e-, "
+                         "crmethod %s", len(names), ", ".join(names), prep.stack.shape[2], prep.stack.shape[1],
+                         detector["rnoise"], params.crmethod)
+        check_against_data(params, prep.stack.shape[1:], prep.stack.shape[0])
+        if params.save_preprocessed:
+            self._save_preprocessed(prep)
+        products = self._process(prep.stack, cfg, names, *frame_provenance(frames))
+        megara.stamp_products(products, prep.headers[0], prep)
+        return products
+
+    def _calibrations(self, rinput, frames, names) -> dict:
+        """megaradrp's calibrations: as given, else from megaradrp's calibration tree (``MEGARA/<profile>/``)."""
+        from numina.types.dataframe import DataFrame
+
+        given = {key: getattr(rinput, key) for key in CALIBRATION_KEYS}
+        if all(v is not None for v in given.values()) or not megara.megaradrp_available():
+            return given
+        with frames[0].open() as first:
+            profile = str(megara.megara_profile(first, names[0]).origin.uuid)
+        roots = _calibration_roots(self.runinfo)
+        for key, value in given.items():
+            if value is None:
+                path = megara.find_calibration(key, profile, roots)
+                if path is not None:
+                    self.logger.info("%s: %s (megaradrp's calibration tree)", key, path)
+                    given[key] = DataFrame(filename=path)
+        return given
+
+    def _save_preprocessed(self, prep) -> None:
+        """``preprocessed_k.fits`` and ``preprocessed_median.fits`` in the work directory (as megaradrp)."""
+        width = len(str(len(prep.stack)))
+        for k, (data, hdr) in enumerate(zip(prep.stack, prep.headers), 1):
+            self.save_intermediate_img(fits.HDUList([fits.PrimaryHDU(data, header=hdr)]),
+                                       f"preprocessed_{k:0{width}d}.fits")
+        self.save_intermediate_array(np.median(prep.stack, axis=0).astype(np.float32), "preprocessed_median.fits")
 
     def _process(self, stack_e: np.ndarray, cfg: RunConfig, names: list[str], headers=(), checksums=()) -> dict:
         """As the command line: detection, masks, tables, combinations (in memory)."""
@@ -348,6 +481,10 @@ class MegaraCrDetection(BaseRecipe):
             for name, text in products.items():
                 if name.endswith(".csv"):
                     Path(name).write_text(text)
+            if cfg.params.save_postprocessed:  # megaradrp's names for the combinations
+                for name, hdul in products.items():
+                    if name.startswith("combined_"):
+                        self.save_intermediate_img(hdul, name.replace("combined_", "postprocessed_"))
         return {Path(name).stem: p for name, p in products.items() if name.endswith(".fits")}
 
     @staticmethod

@@ -1,0 +1,389 @@
+"""Inside a real MEGARA reduction: megaradrp MegaraBiasImage -> ours -> megaradrp's meancr2 combination.
+
+Raw frames come from megaradrp's own simulator (``tests/_megarasim.py``:
+4212 x 4196, two amplifiers with gains 1.73/1.60 e-/ADU and biases
+1000/1030 ADU).  One full-size OB is simulated once per module (the chain
+needs megaradrp's real trim regions, so it cannot be smaller); the runs use
+``crmethod: mmcosmic`` with two simulations to stay cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("megaradrp") is None,
+                                reason="megaradrp (extra .[megara]) is not installed")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _megarasim as sim  # noqa: E402
+
+from megara_crdetect.drp import INSTRUMENT, MODE  # noqa: E402
+from megara_crdetect.drp.loader import load_drp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPTIME = 100.0
+FRAMES = ["science_1.fits", "science_2.fits", "science_3.fits"]
+FAST = {"crmethod": "mmcosmic", "mm_nsimulations": 2}
+
+
+def _hits(shape, rng):
+    """Per-exposure cosmic-ray electrons: single hits, a 3-pixel track hit in exposures 1 and 2."""
+    hits = np.zeros((3,) + shape, np.float32)
+    for k in range(3):
+        for y, x in zip(rng.integers(20, shape[0] - 20, 40), rng.integers(20, shape[1] - 20, 40)):
+            hits[k, y, x:x + 2] += rng.uniform(2000, 8000)
+    track = (slice(1500, 1503), slice(2000, 2001))  # in the electrons image (flipped by the readout)
+    hits[0][track] += 6000.0
+    hits[1][track] += 5000.0
+    return hits, track
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, drpmocker_module):
+    """The simulated OB, megaradrp's master bias and our crmasks.fits."""
+    from megaradrp.loader import load_drp as load_megara
+    from numina.user.session import Session
+
+    base = tmp_path_factory.mktemp("megara")
+    data = base / "data"
+    data.mkdir()
+    rng = np.random.default_rng(11)
+    rate = sim.scene()
+    hits, track = _hits(sim.SHAPE, rng)
+    sim.write_bias_frames(data, 1)
+    sim.write_science_frames(data, rate, list(hits), EXPTIME)
+    drpmocker_module.add_drp("MEGARA", load_megara)
+    drpmocker_module.add_drp(INSTRUMENT, load_drp)
+    session = Session(basedir=base, datadir=data, config=_run_config(base))
+    session.add_observations({"id": "bias", "instrument": "MEGARA", "mode": "MegaraBiasImage",
+                              "frames": ["bias_1.fits"]})
+    # the OB of obsresults/ (written as megaradrp's documentation writes it, plus the one switch)
+    ob = yaml.safe_load((ROOT / "obsresults" / "megara_crdetection.yaml").read_text())
+    assert ob["instrument"] == INSTRUMENT and ob["frames"] == FRAMES and "master_bias" not in ob["requirements"]
+    session.add_observations({**ob, "id": "cr"})
+    assert session.run("bias").state == 2
+    # megaradrp's calibration tree (as megaradrp-inittree makes it) and a copy to give by path
+    tree = base / "calibrations" / "MEGARA" / sim.INSCONF / "MasterBias"
+    tree.mkdir(parents=True)
+    shutil.copy(base / "obsidbias_results" / "master_bias.fits", tree / "master_bias.fits")
+    shutil.copy(base / "obsidbias_results" / "master_bias.fits", data / "master_bias.fits")
+    task = session.run("cr", requirements={**FAST, "save_preprocessed": True})  # cheaper than the OB's
+    return {"base": base, "data": data, "task": task, "rate": rate, "hits": hits, "track": track,
+            "session": session}
+
+
+@pytest.fixture(scope="module")
+def drpmocker_module():
+    """numina's drpmocker for one module (only the DRPs added here are visible)."""
+    from numina.testing.drpmocker import DRPMocker
+
+    mp = pytest.MonkeyPatch()
+    mocker = DRPMocker(mp)
+    yield mocker
+    mp.undo()
+
+
+def _run_config(base: Path):
+    from numina.user.cli import base_config
+
+    config = base_config()
+    config["tool.run"]["basedir"] = str(base)
+    return config
+
+
+def test_chain_masks_in_megaradrp_geometry(chain):
+    assert chain["task"].state == 2
+    work = chain["base"] / "obsidcr_work"  # save_preprocessed: megaradrp's names, trimmed, electrons
+    with fits.open(work / "preprocessed_1.fits") as pre:
+        assert pre[0].data.shape == (4112, 4096) and pre[0].header["BUNIT"] == "ELECTRON"
+    assert (work / "preprocessed_median.fits").exists()
+    with fits.open(chain["base"] / "obsidcr_results" / "crmasks.fits") as hdul:
+        assert hdul["MEDIANCR"].shape == (4112, 4096)
+        hdr = hdul[0].header
+        assert hdr["INSTRUME"] == "MEGARA" and hdr["INSCONF"] == sim.INSCONF
+        assert hdr["VPH"] == "LR-B" and hdr["INSMODE"] == "LCB" and hdr["EXPTIME"] == EXPTIME
+        assert hdr["MBIASUID"] != "none"
+        # the 2-of-3 track, where megaradrp's trimmed frame shows it (rows flipped by the readout)
+        track = sim.trimmed_view(np.arange(np.prod(sim.SHAPE)).reshape(sim.SHAPE))[chain["track"]]
+        flagged = np.flatnonzero(hdul["MEDIANCR"].data)
+        assert np.isin(track.ravel(), flagged).all()
+
+
+def test_chain_megaradrp_meancr2_combination(chain):
+    """megaradrp's combination (what MegaraLcbImage calls with method: meancr2) accepts our masks."""
+    from megaradrp.processing.combine import basic_processing_with_combination_frames_crmasks
+    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
+    from megaradrp.recipes.scientific.lcb import LCBImageRecipe
+    from numina.array import combine
+    from numina.core import ObservationResult
+    from numina.types.dataframe import DataFrame
+
+    from megara_crdetect.megara import megara_profile
+
+    data = chain["data"]
+    frames = [DataFrame(filename=str(data / f)) for f in FRAMES]
+    with fits.open(data / FRAMES[0]) as first:
+        ins = megara_profile(first, FRAMES[0])
+    ob = ObservationResult(instrument="MEGARA", mode="MegaraLcbImage")
+    ob.frames, ob.configuration = frames, ins
+    # MegaraLcbImage's own getters (overscan, trim; bpm, bias, dark, gain, slit flat, diffuse light),
+    # fed with the calibrations this OB has (its wavelength calibration, fibre flat and apertures are
+    # needed only after the combination)
+    lcb = LCBImageRecipe()
+    calibs = CRMasksRecipe.create_input(obresult=ob, master_bias=DataFrame(filename=str(data / "master_bias.fits")))
+    flows = lcb.init_filters_generic(calibs, lcb.create_getters(), ins)
+    # megaradrp opens the masks and leaves them open: hand it a copy in memory
+    with fits.open(chain["base"] / "obsidcr_results" / "crmasks.fits") as hdul:
+        masks = fits.HDUList([h.copy() for h in hdul])
+    result = basic_processing_with_combination_frames_crmasks(
+        frames, DataFrame(frame=masks), flows, method=combine.meancr2, method_kwargs={"apply_flux_factor": True})
+    image = result[0].data
+    assert image.shape == (4112, 4096)
+    truth = sim.trimmed_view(chain["rate"] * EXPTIME)
+    track = chain["track"]
+    flipped = (slice(4112 - track[0].stop, 4112 - track[0].start), track[1])
+    # the coincidence is repaired: within 6 sigma of the noise-free truth (not +5000 e-)
+    assert np.all(np.abs(image[flipped] - truth[flipped]) < 6 * np.sqrt(truth[flipped] + 3.4 ** 2) + 50)
+    assert any("Masks uuid" in h for h in result[0].header["HISTORY"])
+
+
+# ---------------------------------------------------------------------------
+# bad input through numina run: one ERROR line, no traceback, nothing written
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rawdir(tmp_path_factory) -> Path:
+    """Raw-size MEGARA frames with constant levels (no simulation): enough for the input checks."""
+    data = tmp_path_factory.mktemp("raw") / "data"
+    data.mkdir()
+    shape = (4212, 4196)
+    for k, name in enumerate(FRAMES):
+        fits.PrimaryHDU(np.full(shape, 1000.0, np.float32), header=sim.header("MegaraLcbImage", EXPTIME, k)
+                        ).writeto(data / name)
+    bias_hdr = sim.header("MegaraBiasImage", 0.0, 9)
+    fits.PrimaryHDU(np.zeros(sim.SHAPE, np.float32), header=bias_hdr).writeto(data / "master_bias.fits")
+    _odd_frames(data)
+    return data
+
+
+def _session(base: Path, data: Path, drpmocker, ob: dict):
+    from numina.user.session import Session
+
+    drpmocker.add_drp(INSTRUMENT, load_drp)
+    session = Session(basedir=base, datadir=data, config=_run_config(base))
+    session.add_observations(ob)
+    return session
+
+
+def _numina_run(base: Path, data: Path, ob: dict, *extra: str):
+    import subprocess
+
+    (base / f"{ob['id']}.yaml").write_text(yaml.safe_dump(ob))
+    exe = Path(sys.executable).with_name("numina")
+    out = subprocess.run([str(exe), "run", f"{ob['id']}.yaml", "--datadir", str(data), *extra], cwd=base,
+                         capture_output=True, text=True, timeout=600)
+    return out, out.stdout + out.stderr
+
+
+def _odd_frames(data: Path) -> None:
+    """A raw MEGARA frame with an unknown profile and a small frame of another instrument."""
+    if not (data / "badprofile.fits").exists():
+        with fits.open(data / FRAMES[0]) as hdul:
+            hdul[0].header["INSCONF"] = "00000000-1111-2222-3333-444444444444"
+            hdul.writeto(data / "badprofile.fits")
+        hdr = sim.header("MegaraLcbImage", EXPTIME, 5)
+        hdr["INSTRUME"] = "EMIR"
+        fits.PrimaryHDU(np.zeros((64, 64), np.float32), header=hdr).writeto(data / "emir.fits")
+
+
+@pytest.mark.parametrize("case, requirements, message", [
+    ("nobias", {}, "ERROR: master_bias: required for raw MEGARA frames"),
+    ("typo", {"master_bias": "master_bias.fits", "crmethdo": "mm_lacosmic"},
+     "ERROR: requirements.crmethdo: unknown key (did you mean 'crmethod'?)"),
+])
+def test_numina_run_bad_megara_input(rawdir, tmp_path, case, requirements, message):
+    """The ``numina run`` command itself: exit 1, one ERROR line, no traceback, no product."""
+    data, base = rawdir, tmp_path
+    ob = {"id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
+          "requirements": {**FAST, **requirements}}
+    out, text = _numina_run(base, data, ob)
+    assert out.returncode == 1 and "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    assert not list((base / f"obsidbad{case}_results").glob("*.fits"))
+
+
+@pytest.mark.parametrize("case, frames, requirements, message", [
+    ("other", FRAMES[:2] + ["emir.fits"], {},
+     "frame emir.fits: INSTRUME = 'EMIR', but the first frame is a raw MEGARA frame"),
+    ("profile", ["badprofile.fits"] + FRAMES[1:], {},
+     "frame badprofile.fits: no MEGARA instrument profile for INSCONF = '00000000-1111-2222-3333-444444444444'"),
+    ("gain", FRAMES, {"gain": 1.73}, "gain = 1.73: not used with raw MEGARA frames"),
+    ("missingbias", FRAMES, {"master_bias": "nothere.fits"}, "master_bias = nothere.fits: file not found"),
+    ("badbias", FRAMES, {"master_bias": "science_1.fits"},
+     "(4196, 4212) (NAXIS1, NAXIS2), but megaradrp's trimmed frames are (4096, 4112)"),
+])
+def test_session_bad_megara_input(rawdir, tmp_path, drpmocker, case, frames, requirements, message):
+    """numina's run machinery (what ``numina run`` calls): ValidationError, printed as one ERROR line."""
+    from numina.exceptions import ValidationError
+
+    session = _session(tmp_path, rawdir, drpmocker, {
+        "id": f"bad{case}", "instrument": INSTRUMENT, "mode": MODE, "frames": frames,
+        "requirements": {**FAST, "master_bias": "master_bias.fits", **requirements}})
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        session.run(f"bad{case}")
+    assert not list((tmp_path / f"obsidbad{case}_results").glob("*.fits"))
+
+
+# ---------------------------------------------------------------------------
+# megaradrp's requirement block, as it is
+# ---------------------------------------------------------------------------
+
+#: keys of numina 0.40's computation that developer #16 adds to the schema
+NUMINA_040_KEYS = ("dtype", "debug", "pc_sigma_det", "pc_rlim", "pc_iterations", "pc_fwhm_gauss_x",
+                   "pc_fwhm_gauss_y", "pc_replace_box_x", "pc_replace_box_y", "pc_replace_error",
+                   "pc_increase_radius", "pc_verbose", "dc_mask", "dc_threshold", "dc_verbose", "nn_model",
+                   "nn_threshold", "nn_verbose", "mm_photon_distribution", "mm_nbinom_shape", "mm_synthetic",
+                   "mm_hist2d_min_neighbors", "mm_ydiag_max", "mm_dilation")
+
+
+def megaradrp_default_block() -> dict:
+    """megaradrp's CRMasksRecipe parameters with their defaults (calibrations and frames left out)."""
+    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
+    from numina.core import Parameter
+
+    return {k: r.default for k, r in CRMasksRecipe.requirements().items() if isinstance(r, Parameter)}
+
+
+def test_megaradrp_keys_are_all_known():
+    """Every key of megaradrp's recipe is a requirement of ours or has a one-line 'not supported' error."""
+    from megara_crdetect.drp.recipes.crdetect import MegaraCrDetection, unknown_key_message
+
+    ours = MegaraCrDetection.requirements()
+    for key in megaradrp_default_block():
+        if not dict.__contains__(ours, key):
+            assert "not supported by megara-crdetect" in unknown_key_message(key), key
+    for key in ("master_bias", "master_dark", "master_bpm", "save_preprocessed", "save_postprocessed"):
+        assert dict.__contains__(ours, key)
+
+
+def test_megaradrp_full_default_requirement_block_is_accepted():
+    from megara_crdetect.config import parse_requirements
+    from megara_crdetect.drp.recipes.crdetect import MegaraCrDetection, requirements_mapping
+
+    ours = MegaraCrDetection.requirements()
+    missing = [k for k in NUMINA_040_KEYS if not dict.__contains__(ours, k)]
+    if missing:
+        pytest.skip(f"needs numina 0.40 keys (#16): {', '.join(missing[:3])}...")
+    from numina.core import ObservationResult
+
+    block = megaradrp_default_block()
+    assert all(key in ours for key in block)  # numina run's strict check
+    rinput = MegaraCrDetection.create_input(obresult=ObservationResult(), **block)
+    params = parse_requirements(requirements_mapping(rinput))
+    assert params.crmethod == block["crmethod"] and rinput.rnoise == block["rnoise"]
+
+
+def test_calibrations_found_in_megaradrp_tree(tmp_path):
+    from megara_crdetect.megara import find_calibration
+
+    tree = tmp_path / "MEGARA" / sim.INSCONF / "MasterBias"
+    tree.mkdir(parents=True)
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(tree / "master_bias.fits")
+    assert find_calibration("master_bias", sim.INSCONF, [tmp_path / "nothere", tmp_path]) == str(
+        tree / "master_bias.fits")
+    assert find_calibration("master_dark", sim.INSCONF, [tmp_path]) is None
+
+
+# ---------------------------------------------------------------------------
+# raw-looking data with bias 0 and gain 1: a warning, not silence
+# ---------------------------------------------------------------------------
+
+
+def test_raw_looking_data_with_bias_0_gain_1_warn(caplog):
+    from megara_crdetect.io import to_electrons
+
+    rng = np.random.default_rng(5)
+    raw = (1000.0 + rng.normal(0, 3.4, (3, 120, 90))).astype(np.float32)
+    with caplog.at_level("WARNING", logger="megara_crdetect"):
+        to_electrons(raw.copy(), gain=1.0, bias=0.0)
+    assert any(re.search(r"look raw: even their darkest pixels are at 99\d ADU", r.getMessage()) for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="megara_crdetect"):
+        to_electrons(raw.copy(), gain=1.6, bias=1000.0)  # bias given: no warning
+        to_electrons(raw - 1000.0, gain=1.0, bias=0.0)  # bias-subtracted data: no warning
+    assert not caplog.records
+
+
+# ---------------------------------------------------------------------------
+# without megaradrp, and the command line
+# ---------------------------------------------------------------------------
+
+EXTRA = "pip install 'megara-crdetect[megara]'"
+
+
+def _params(tmp_path: Path, data: Path, **top) -> Path:
+    doc = {"images": [str(data / f) for f in FRAMES], **top, "requirements": FAST}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_raw_megara_frames_without_megaradrp_name_the_extra(rawdir, tmp_path, drpmocker, monkeypatch, capsys):
+    from numina.exceptions import ValidationError
+
+    from megara_crdetect import cli
+
+    session = _session(tmp_path, rawdir, drpmocker, {
+        "id": "nomeg", "instrument": INSTRUMENT, "mode": MODE, "frames": FRAMES,
+        "requirements": {**FAST, "master_bias": "master_bias.fits"}})
+    monkeypatch.setitem(sys.modules, "megaradrp", None)  # as if the extra were not installed
+    out = tmp_path / "out"
+    assert cli.main([str(_params(tmp_path, rawdir, master_bias=str(rawdir / "master_bias.fits"))),
+                     "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith("error: frame science_1.fits is a raw MEGARA frame")
+    assert err[0].endswith(EXTRA) and not list(out.glob("*.fits"))
+    with pytest.raises(ValidationError, match=re.escape(EXTRA)):
+        session.run("nomeg")
+
+
+@pytest.mark.parametrize("top, message", [
+    ({"gain": 1.6}, "error: gain = 1.6: not used with raw MEGARA frames"),
+    ({"master_bias": "nothere.fits"}, "error: master_bias = 'nothere.fits': file not found"),
+    ({}, "error: master_bias: required for raw MEGARA frames"),
+])
+def test_command_line_bad_megara_input(rawdir, tmp_path, capsys, top, message):
+    from megara_crdetect import cli
+
+    out = tmp_path / "out"
+    assert cli.main([str(_params(tmp_path, rawdir, **top)), "--output_dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not list(out.glob("*.fits"))
+
+
+def test_command_line_raw_megara_frames(chain, tmp_path):
+    """``numina-crmasks params.yaml`` with raw MEGARA frames and master_bias: megaradrp's geometry and cards."""
+    from megara_crdetect import cli
+
+    out = tmp_path / "out"
+    params = _params(tmp_path, chain["data"], master_bias="master_bias.fits")
+    (tmp_path / "master_bias.fits").symlink_to(chain["data"] / "master_bias.fits")
+    assert cli.main([str(params), "--output_dir", str(out), "--no-figures"]) == 0
+    with fits.open(out / "crmasks.fits") as masks, fits.open(out / "combined_meancr2.fits") as comb:
+        assert masks["MEDIANCR"].shape == comb[0].data.shape == (4112, 4096)
+        for hdr in (masks[0].header, comb[0].header):
+            assert hdr["INSTRUME"] == "MEGARA" and hdr["INSCONF"] == sim.INSCONF and hdr["MBIASUID"] != "none"
+            assert any("units: electrons" in str(h) for h in hdr["HISTORY"])
+        assert comb[0].header["UUID"] != masks[0].header["UUID"]
