@@ -451,7 +451,9 @@ def _local_cluster(n_todo: int, stack: tuple, *, workers: int | None, threads_pe
     # every large numpy temporary is mmap'ed and faulted in again (measured on 1596 x 2016 x 3 OBs:
     # a third of the worker CPU time in the kernel, 5.8 million page faults per worker in 15 min).
     with dask.config.set({"distributed.scheduler.allowed-failures": retries,
-                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          # one long CPU-bound task per worker: the 10 ms stack sampler only costs CPU
+                          "distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
                                memory_limit=int(limit), host="127.0.0.1", dashboard_address="127.0.0.1:0")
     text = (f"local Dask cluster: {n} worker process(es) x {threads_per_worker} thread(s), memory limit "
