@@ -17,6 +17,7 @@ pixel ``(row, col)`` is at ``(y, x) = (row, col)``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -86,6 +87,14 @@ class SimulatedSet:
         (0-based) and the sorted tuple of 0-based exposure indices hit there.
     seed : int or None
         Seed given to the simulator (None if unseeded or a Generator).
+    line_factors : numpy.ndarray or None
+        ``(N, n_lines)`` strength of every sky (and arc-like) line in each
+        exposure, relative to the scene (None: all 1).
+    ratio_maps : numpy.ndarray or None
+        ``(N, ny, nx)`` smooth factor applied to each exposure's scene on top
+        of its flux factor (None: all 1).
+    same_track : tuple of bool
+        Per coincident event, whether both exposures it hits got the same track.
     """
 
     exposures: np.ndarray
@@ -100,6 +109,9 @@ class SimulatedSet:
     hot_excess: np.ndarray
     coincident_events: list[tuple[int, int, tuple[int, ...]]]
     seed: int | None
+    line_factors: np.ndarray | None = None
+    ratio_maps: np.ndarray | None = None
+    same_track: tuple[bool, ...] = ()
 
     @property
     def rnoise_e(self) -> float:
@@ -224,19 +236,23 @@ def _lines_1d(xs: np.ndarray, centres: np.ndarray, fluxes: np.ndarray,
     return out
 
 
-def _spectra_1d(model: _SceneModel, xs: np.ndarray,
-                u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the sky spectrum and the instrument response on ``xs``."""
+def _spectra_1d(model: _SceneModel, xs: np.ndarray, u: np.ndarray,
+                line_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the sky spectrum and the instrument response on ``xs``.
+
+    ``line_scale``: optional factor of every sky line's flux.
+    """
     u0, width = model.response
     resp = 0.35 + 0.65 * np.exp(-0.5 * ((u - u0) / width) ** 2)
     c0, c1, c2 = model.sky_cont
     sky = c0 * (1.0 + c1 * u + c2 * u**2) * resp
-    sky += _lines_1d(xs, model.line_x, model.line_flux, model.line_sigma)
+    flux = model.line_flux if line_scale is None else model.line_flux * line_scale
+    sky += _lines_1d(xs, model.line_x, flux, model.line_sigma)
     return sky, resp
 
 
 def _render_scene(model: _SceneModel, offset: tuple[float, float],
-                  out: np.ndarray) -> None:
+                  out: np.ndarray, line_scale: np.ndarray | None = None) -> None:
     """Evaluate ``scene(x - dx, y - dy)`` on the pixel grid into ``out``."""
     ny, nx = out.shape
     dx, dy = offset
@@ -248,7 +264,7 @@ def _render_scene(model: _SceneModel, offset: tuple[float, float],
     np.multiply.outer(b1 * gy, gx, out=out, casting="same_kind")
     out += np.float32(b0)
     u = (xs - 0.5 * (model.nx - 1)) / (0.5 * max(model.nx, 2))
-    sky, resp = _spectra_1d(model, xs, u)
+    sky, resp = _spectra_1d(model, xs, u, line_scale)
     for i in range(model.fibre_y.size):
         yc = model.fibre_y[i] + model.fibre_tilt[i] * u + model.fibre_sag[i] * u**2 + dy
         half = int(np.ceil(_PROFILE_NSIGMA * model.fibre_sigma[i]))
@@ -399,12 +415,14 @@ def _rasterise(ev: _Events, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     return flat, dep[keep], eid_out
 
 
-def _add_coincident(rng: np.random.Generator, cr: np.ndarray,
-                    n_events: int) -> tuple[list, list[set[int]]]:
+def _add_coincident(rng: np.random.Generator, cr: np.ndarray, n_events: int,
+                    same_track: np.ndarray | None = None) -> tuple[list, list[set[int]]]:
     """Add CR events hitting one centre pixel in >= 2 exposures.
 
-    Returns the event list and, per exposure, the set of flat centre pixels
-    that must stay free of CR charge in that exposure.
+    ``same_track[i]``: event ``i``, if it hits two exposures, deposits one
+    identical track in both (default: an independent track in each).  Returns the
+    event list and, per exposure, the set of flat centre pixels that must
+    stay free of CR charge in that exposure.
     """
     n_exp, ny, nx = cr.shape
     flat_cr = cr.reshape(n_exp, -1)
@@ -423,9 +441,14 @@ def _add_coincident(rng: np.random.Generator, cr: np.ndarray,
         if c0 in centres or any(flat_cr[k, c0] != 0.0 for k in others):
             continue
         tracks = []
+        same = same_track is not None and bool(same_track[len(events)]) and m == 2
+        shared = _rasterise(_draw_events(rng, 1, (ny, nx), centre=divmod(c0, nx)), (ny, nx)) if same else None
         for k in chosen:
-            track = _draw_events(rng, 1, (ny, nx), centre=divmod(c0, nx))
-            flat, dep, _ = _rasterise(track, (ny, nx))
+            if same:
+                flat, dep, _ = shared
+            else:
+                track = _draw_events(rng, 1, (ny, nx), centre=divmod(c0, nx))
+                flat, dep, _ = _rasterise(track, (ny, nx))
             if c0 not in flat or not protected[k].isdisjoint(flat.tolist()):
                 break
             tracks.append((k, flat, dep))
@@ -582,7 +605,10 @@ def simulate_exposures(shape: tuple[int, int] = (1596, 2016), n_exposures: int =
                        flux_factors: list[float] | None = None,
                        offsets: list[tuple[float, float]] | None = None,
                        cr_fraction: float = 0.01, n_coincident: int = 150,
-                       hot_fraction: float = 2e-5, seed: SeedLike = 1234) -> SimulatedSet:
+                       hot_fraction: float = 2e-5, seed: SeedLike = 1234,
+                       line_variation: float = 0.0, arc_lines: int = 0,
+                       smooth_variation: float = 0.0,
+                       same_track_fraction: float = 0.0) -> SimulatedSet:
     """Simulate ``n_exposures`` MEGARA-like exposures with known ground truth.
 
     Parameters
@@ -612,6 +638,22 @@ def simulate_exposures(shape: tuple[int, int] = (1596, 2016), n_exposures: int =
         Fraction of hot pixels, in ``[0, 0.01]`` (at least 5 when > 0).
     seed : int, numpy.random.Generator or None, optional
         Seed of ``numpy.random.default_rng``; same seed, same output.
+    line_variation : float, optional
+        Real exposures are not equivalent: every sky (and arc-like) line gets
+        its own strength in each exposure, ``1 + U(-v, v)``, in ``[0, 0.5]``.
+    arc_lines : int, optional
+        Extra bright arc-like lines (peaks 2 000 - 40 000 e- per fibre),
+        drawn like the sky lines; with ``line_variation`` they vary as well.
+    smooth_variation : float, optional
+        Amplitude ``a`` in ``[0, 0.5]`` of a smooth ratio map applied to each
+        exposure's scene (``1 + a * m_k``, ``|m_k| <= 1``, a few long-wavelength
+        modes across the detector): transparency or illumination that changes
+        across the field.
+    same_track_fraction : float, optional
+        Fraction in ``[0, 1]`` of the coincident events hitting two exposures
+        that leave the same track in both (otherwise, and always for events
+        hitting three or more, a different track crossing the same centre
+        pixel: one track in every exposure would look like a hot pixel).
 
     Returns
     -------
@@ -632,7 +674,9 @@ def simulate_exposures(shape: tuple[int, int] = (1596, 2016), n_exposures: int =
     touching a coincident centre pixel in an exposure not listed for it.
     Per-event pixel deposits below 1 e- are dropped. Scene, hot pixels,
     CRs and noise use separate child streams of ``default_rng(seed)``, so
-    `make_scene` with the same integer seed reproduces the scene.
+    `make_scene` with the same integer seed reproduces the scene; the
+    variations between exposures (lines, ratio maps, same tracks) use a fifth
+    stream, so without them the output is that of earlier versions.
     """
     shape = _check_shape(shape)
     n_exp = _check_int("n_exposures", n_exposures, low=1)
@@ -648,14 +692,26 @@ def simulate_exposures(shape: tuple[int, int] = (1596, 2016), n_exposures: int =
         msg = "n_coincident must be 0 when n_exposures == 1 (coincidences need 2 exposures)"
         raise ValueError(msg)
     hot_fraction = _check_number("hot_fraction", hot_fraction, low=0.0, high=0.01)
-    scene_rng, hot_rng, cr_rng, noise_rng = _root_rng(seed).spawn(4)
+    line_variation = _check_number("line_variation", line_variation, low=0.0, high=0.5)
+    arc_lines = _check_int("arc_lines", arc_lines, low=0)
+    smooth_variation = _check_number("smooth_variation", smooth_variation, low=0.0, high=0.5)
+    same_track_fraction = _check_number("same_track_fraction", same_track_fraction, low=0.0, high=1.0)
+    scene_rng, hot_rng, cr_rng, noise_rng, var_rng = _root_rng(seed).spawn(5)
 
-    expected = _expected_stack(_draw_scene_model(scene_rng, shape), shape, factors, offs)
+    model = _draw_scene_model(scene_rng, shape)
+    if arc_lines:
+        model = _with_arc_lines(var_rng, model, arc_lines)
+    line_factors = (1.0 + var_rng.uniform(-line_variation, line_variation, (n_exp, model.line_x.size))
+                    if line_variation > 0 else None)
+    ratio_maps = (np.stack([1.0 + smooth_variation * _smooth_map(var_rng, shape) for _ in range(n_exp)])
+                  .astype(np.float32) if smooth_variation > 0 else None)
+    expected = _expected_stack(model, shape, factors, offs, line_factors, ratio_maps)
     hot_pixels, hot_excess = _draw_hot_pixels(hot_rng, shape, hot_fraction)
     expected[:, hot_pixels[:, 0], hot_pixels[:, 1]] += hot_excess
 
     cr = np.zeros((n_exp, *shape), dtype=np.float32)
-    events, protected = _add_coincident(cr_rng, cr, n_coincident)
+    same = var_rng.random(n_coincident) < same_track_fraction if same_track_fraction > 0 else None
+    events, protected = _add_coincident(cr_rng, cr, n_coincident, same)
     target = int(np.ceil(cr_fraction * shape[0] * shape[1]))
     for k in range(n_exp):
         _fill_random(cr_rng, cr[k], target, protected[k])
@@ -667,21 +723,57 @@ def simulate_exposures(shape: tuple[int, int] = (1596, 2016), n_exposures: int =
         bias=bias, flux_factors=tuple(float(f) for f in factors),
         offsets=tuple((float(dx), float(dy)) for dx, dy in offs),
         hot_pixels=hot_pixels, hot_excess=hot_excess, coincident_events=events,
-        seed=int(seed) if isinstance(seed, int | np.integer) else None)
+        seed=int(seed) if isinstance(seed, int | np.integer) else None,
+        line_factors=line_factors, ratio_maps=ratio_maps,
+        same_track=(tuple(bool(v) and len(ev[2]) == 2 for v, ev in zip(same, events, strict=False))
+                    if same is not None else ()))
+
+
+def _with_arc_lines(rng: np.random.Generator, model: _SceneModel, n: int) -> _SceneModel:
+    """The scene with ``n`` bright arc-like lines added to its sky lines."""
+    x = rng.uniform(0.0, model.nx - 1.0, n)
+    peak = np.exp(rng.uniform(np.log(2.0e3), np.log(4.0e4), n))
+    sigma = rng.uniform(2.6, 3.4, n) / 2.3548
+    flux = peak / (_pixel_fraction(sigma) * _pixel_fraction(1.25))
+    return dataclasses.replace(model, line_x=np.concatenate([model.line_x, x]),
+                               line_flux=np.concatenate([model.line_flux, flux]),
+                               line_sigma=np.concatenate([model.line_sigma, sigma]))
+
+
+def _smooth_map(rng: np.random.Generator, shape: tuple[int, int], n_modes: int = 4) -> np.ndarray:
+    """A smooth map in [-1, 1] with its extreme at 1: a few long-wavelength cosine modes."""
+    ny, nx = shape
+    v = np.linspace(0.0, 1.0, ny)[:, None]
+    u = np.linspace(0.0, 1.0, nx)[None, :]
+    out = np.zeros(shape)
+    for _ in range(n_modes):
+        ky, kx = rng.uniform(0.0, 1.5, 2)
+        py, px = rng.uniform(0.0, 1.0, 2)
+        out += rng.normal() * np.cos(np.pi * (ky * v + py)) * np.cos(np.pi * (kx * u + px))
+    return out / max(np.abs(out).max(), 1e-12)
 
 
 def _expected_stack(model: _SceneModel, shape: tuple[int, int], factors: np.ndarray,
-                    offsets: np.ndarray) -> np.ndarray:
-    """Render ``f_k * scene(x - dx_k, y - dy_k)`` for every exposure."""
+                    offsets: np.ndarray, line_factors: np.ndarray | None = None,
+                    ratio_maps: np.ndarray | None = None) -> np.ndarray:
+    """Render ``f_k * m_k * scene_k(x - dx_k, y - dy_k)`` for every exposure.
+
+    ``scene_k`` has its lines scaled by ``line_factors[k]`` and ``m_k`` is
+    ``ratio_maps[k]`` (each optional).
+    """
     expected = np.empty((factors.size, *shape), dtype=np.float32)
     done: dict[tuple[float, float], int] = {}
     for k, off in enumerate(map(tuple, offsets)):
-        if off in done:
+        if line_factors is not None:
+            _render_scene(model, off, expected[k], line_factors[k])
+        elif off in done:
             expected[k] = expected[done[off]]
         else:
             _render_scene(model, off, expected[k])
             done[off] = k
     for k, fac in enumerate(factors):
+        if ratio_maps is not None:
+            expected[k] *= ratio_maps[k]
         if fac != 1.0:
             expected[k] *= np.float32(fac)
     return expected

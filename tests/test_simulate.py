@@ -295,3 +295,51 @@ def test_single_exposure_without_coincidences() -> None:
     sim = simulate_exposures((40, 50), 1, n_coincident=0, seed=1)
     assert sim.exposures.shape == (1, 40, 50)
     assert np.count_nonzero(sim.cr_deposit) >= 0.01 * 40 * 50
+
+
+# ----------------------------------------------------------------------------
+# exposures that are not equivalent (issue 17)
+# ----------------------------------------------------------------------------
+def test_line_variation_changes_each_line_by_its_own_factor_and_nothing_else() -> None:
+    base = _small(n_coincident=0)
+    var = _small(n_coincident=0, line_variation=0.05, arc_lines=5)
+    assert var.line_factors.shape[0] == 3
+    assert np.all(np.abs(var.line_factors - 1) <= 0.05)
+    assert np.ptp(var.line_factors[0] / var.line_factors[1]) > 0  # by line, not one factor
+    # between exposures, the expected images differ (lines) ...
+    diff = np.abs(var.expected[0] - var.expected[1])
+    assert diff.max() > 10
+    # ... but not in columns without lines: the continuum of the varied set equals the plain scene there
+    quiet = np.argmin(np.abs(base.expected[0] - np.median(base.expected[0], axis=1, keepdims=True)).sum(axis=0))
+    assert diff[:, quiet].max() < 1e-3 * max(var.expected[0][:, quiet].max(), 1)
+
+
+def test_smooth_variation_scales_each_exposure_by_a_smooth_map() -> None:
+    var = _small(n_coincident=0, smooth_variation=0.03, hot_fraction=0.0)
+    plain = _small(n_coincident=0, hot_fraction=0.0)
+    assert var.ratio_maps.shape == var.expected.shape
+    assert var.ratio_maps.min() >= 0.97 - 1e-6 and var.ratio_maps.max() <= 1.03 + 1e-6
+    ratio = var.expected / np.maximum(plain.expected, 1e-3)
+    bright = plain.expected > 10
+    assert np.allclose(ratio[bright], var.ratio_maps[bright], rtol=1e-5)
+    assert np.abs(np.diff(var.ratio_maps, axis=2)).max() < 1e-3  # smooth
+
+
+def test_same_track_coincidences_leave_identical_deposits_in_both_exposures() -> None:
+    sim = _small(n_coincident=30, same_track_fraction=1.0, cr_fraction=0.0)
+    assert len(sim.same_track) == 30
+    equal = []
+    for (row, col, hit), same in zip(sim.coincident_events, sim.same_track, strict=True):
+        assert same == (len(hit) == 2)
+        if same:
+            a, b = (sim.cr_deposit[k, max(row - 2, 0):row + 3, max(col - 2, 0):col + 3] for k in hit)
+            assert sim.cr_deposit[hit[0], row, col] > 0
+            equal.append(np.array_equal(a, b))  # unless another event overlaps
+    assert len(equal) >= 15 and np.mean(equal) >= 0.8
+
+
+def test_new_options_off_give_the_previous_output() -> None:
+    a = _small(seed=5)
+    b = _small(seed=5, line_variation=0.0, smooth_variation=0.0, same_track_fraction=0.0, arc_lines=0)
+    assert np.array_equal(a.exposures, b.exposures)
+    assert a.line_factors is None and a.ratio_maps is None and a.same_track == ()
