@@ -558,6 +558,14 @@ class CRMaskConfig(_Validated):
         "exceeds this many noise sigmas: the second hit of a coincidence (3.64: two-sided 1 % point of the "
         "difference of two exposures; 0: off; see Algorithm, item 4)", "float", low=0, **_MM)
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
+    # -- issue #17: how real exposures differ (core/variation.py) -----------------
+    mm_variation_model: bool = param(
+        True, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
+        "scene, fitted robustly over windows) and remove it before the detection; see Algorithm, item 10",
+        "bool", **_MM)
+    mm_variation_window: int = param(
+        15, "Size of the window (pixels) over which the coefficients of mm_variation_model are fitted", "int",
+        low=5, **_MM)
 
     def _cross_checks(self) -> None:
         spec = {s.name: s for s in self.specs()}
