@@ -672,6 +672,14 @@ class CRMaskConfig(_Validated):
     save_postprocessed: bool = param(
         False, "Also write every combination as postprocessed_<name>.fits in the work directory, as megaradrp "
         "(the combined_<name>.fits results are always written)", "bool")
+    # -- issue #17: how real exposures differ (core/variation.py) -----------------
+    mm_variation_model: bool = param(
+        True, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
+        "scene, fitted robustly over windows) and remove it before the detection; see docs/method.md, "How real exposures differ"",
+        "bool", **_MM)
+    mm_variation_window: int = param(
+        15, "Size of the window (pixels) over which the coefficients of mm_variation_model are fitted", "int",
+        low=5, **_MM)
 
     def _cross_checks(self) -> None:
         spec = {s.name: s for s in self.specs()}

@@ -4,7 +4,7 @@ The triplet has real single cosmic-ray hits and no pixel hit in two of the
 three frames, plus a defective edge column (FITS x = 1) with large values of
 both signs that change from frame to frame.  The star's spectrum (columns
 ~460-480) changes a little between the exposures (seeing), the only place
-where the median may legitimately be flagged.
+where the median was flagged before the exposure-difference model removed those changes.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def test_no_coincidences_in_real_data_means_no_mediancr_away_from_the_star(run):
     away = masks["MEDIANCR"].copy()
     away[:, STAR] = False
     assert not away.any(), np.argwhere(away)[:10]
-    # on the trace the seeing changes the profile: its steep flanks disagree beyond the noise model and a
-    # few of their pixels are flagged (95, 0.4 % of the trace, at default parameters; 63 before the
-    # pairs seen in two exposure masks were added)
-    trace = masks["MEDIANCR"].shape[0] * (STAR.stop - STAR.start)
-    assert masks["MEDIANCR"].sum() <= 0.01 * trace
+    # on the trace the seeing changes the profile and strength from exposure to exposure; the
+    # exposure-difference model (core/variation.py) removes that before the detection (without it: 95
+    # pixels on this part of the trace, 0.4 % of it; on the whole triplet 216 -> 12 with flux_factor auto)
+    print("MEDIANCR on the trace:", int(masks["MEDIANCR"].sum()))
+    assert masks["MEDIANCR"].sum() <= 5
 
 
 def test_real_single_hits_are_masked_in_their_exposure(run):

@@ -69,6 +69,7 @@ from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
 from .offsets import measure_offsets
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
+from .variation import VariationFit, fit_variations
 
 __all__ = ["Detector", "CRMaskResult", "compute_crmasks", "apply_crmasks", "COMBINATIONS", "CODES"]
 
@@ -136,7 +137,10 @@ class CRMaskResult:
     ``bad_columns`` (0-based) are detector lines left out of the detection
     (see :func:`_bad_lines`).  ``repair_min`` (shifted exposures only) is
     the value that repairs MEDIANCR instead of min2d: the minimum of the
-    exposures with their CRMASKk pixels replaced by their own models.
+    exposures with their CRMASKk pixels replaced by their own models; for
+    aligned exposures with ``mm_variation_model``, the minimum of the
+    exposures brought onto one scene.  ``variation`` is that model
+    (:func:`~megara_crdetect.core.variation.fit_variations`).
     """
 
     stats: StackStats
@@ -159,6 +163,7 @@ class CRMaskResult:
     bad_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     bad_columns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     repair_min: np.ndarray | None = None
+    variation: VariationFit | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -786,6 +791,12 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range = stack.max(axis=0) - stack.min(axis=0)
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
+    variation = None
+    if _models_variation(params):  # exposures brought onto one scene: they differ by noise and cosmic rays
+        t1 = time.perf_counter()
+        variation = fit_variations(stack, median_of_stack(stack), rnoise_e, window=params.mm_variation_window)
+        stack = stack - variation.model
+        timings["variation"] = time.perf_counter() - t1
     cleanable = _fits_to_numpy(params, (ny, nx))
     if ignore is not None:
         cleanable &= ~ignore
@@ -825,7 +836,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
                       static_px=mms.static_px)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
-    repair_min = None
+    # aligned exposures brought onto one scene: the lowest of them, not of the raw exposures, repairs MEDIANCR
+    repair_min = None if variation is None else stats.min2d
     shifted = mms.model_flags is not None
     if shifted:  # residuals against their own model count as detections
         exposure_flags |= mms.model_flags & cleanable
@@ -840,7 +852,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
                           np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
                           mms.boundaries, mms.expected, mms.sims, flux_details, counts, timings, noise,
-                          bad_rows, bad_cols, repair_min)
+                          bad_rows, bad_cols, repair_min, variation)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
@@ -890,6 +902,16 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     excess = stack[:, ys, xs] - det.stats.min2d[ys, xs]
     out[:, ys, xs] = excess > np.float32(HIT_SIGMA) * det.noise[ys, xs]
     return out
+
+
+def _models_variation(params: CRMaskConfig) -> bool:
+    """Whether the exposure-difference model runs: ``mm_variation_model`` and aligned exposures.
+
+    Shifted exposures have their own models (:mod:`~megara_crdetect.core.shiftmodel`).
+    """
+    if not params.mm_variation_model or params.mm_crosscorr_region is not None:
+        return False
+    return params.mm_xy_offsets is None or not np.any(np.asarray(params.mm_xy_offsets, dtype=float))
 
 
 def _la_everywhere(params: CRMaskConfig) -> bool:

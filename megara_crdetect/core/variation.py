@@ -1,0 +1,268 @@
+"""How real exposures of the same scene differ: a smooth local model of ``exposure - scene``.
+
+Real exposures of one scene are not equivalent: transparency and slit losses
+change the flux by a ratio that varies across the detector (along and across
+a trace, from line to line of an arc lamp, along a fibre), and seeing and
+guiding change the width and position of a trace by a fraction of a pixel.
+Judged against a noise-only model of equal exposures, every bright flank then
+looks like a cosmic ray.
+
+The model: for exposure ``k`` and the common scene ``m`` (the median of the
+exposures),
+
+    e_k - m = c0 + c1 m + c2 dm/dx + c3 dm/dy + c4 d2m/dx2 + c5 d2m/dy2 + noise + cosmic rays
+
+with coefficients ``c`` that vary smoothly across the detector: they are
+fitted by weighted least squares over a box window around every pixel (a
+local offset, a local ratio, a local shift and a local width change).  The
+fit is robust: pixels where any exposure stands more than ``CLIP_SIGMA``
+noise sigmas off the model of the previous iteration (and their 8
+neighbours) leave the fit of every exposure, and so do sharp pixels of the
+scene (hot pixels, coincident hits); a cosmic ray, a few sharp pixels, cannot
+be fitted by a ratio and a shift that hold over the whole window.  The fitted
+part minus its mean over the exposures (only the differences between
+exposures matter, and a common part, e.g. from the noise of ``m`` itself,
+cancels) is real variation: it is subtracted from each exposure before the
+detection, which then sees exposures that differ by noise and cosmic rays
+only.  On equivalent exposures the fitted part is noise averaged over a
+window, a small fraction of one exposure's noise.
+
+The coefficients are solved at the centres of blocks of ``step`` x ``step``
+pixels from sums over a window of blocks, and interpolated bilinearly; the
+normal matrix is the same for every exposure and is inverted once per
+iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .noise import sigma
+from .stack import low_mean
+
+__all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SHARP_SIGMA"]
+
+_log = logging.getLogger(__name__)
+
+#: A pixel whose residual exceeds this many noise sigmas in some exposure leaves the fit (with its neighbours).
+CLIP_SIGMA = 4.0
+#: A scene pixel this many noise sigmas above the median of its 8 neighbours (hot pixel, coincident hit)
+#: leaves the fit.
+SHARP_SIGMA = 10.0
+#: A pixel whose lowest value lies this many readout sigmas below zero is defective (bad column).
+DEFECT_RNOISE = 10.0
+#: Prior scale of each coefficient (offset in electrons, ratio, shifts in pixels, width terms): real
+#: variations are smaller; where the data cannot tell, the fitted variation shrinks to zero (identity).
+PRIOR_SCALE = (20.0, 0.2, 1.0, 1.0, 0.5, 0.5)
+#: Relative ridge added to the diagonal of the normalised normal equations (numerical safety only).
+RIDGE = 1e-6
+
+
+@dataclass
+class VariationFit:
+    """Result of :func:`fit_variations`.
+
+    Attributes
+    ----------
+    model : ndarray, shape (N, ny, nx), float32
+        Fitted variation of every exposure (electrons), summing to zero over
+        the exposures; ``stack - model`` are the exposures brought onto one scene.
+    used : ndarray of bool, shape (ny, nx)
+        Pixels that took part in the last fit.
+    chi2 : ndarray, shape (2, N)
+        Mean squared noise-normalised residual of each exposure against the
+        median over the used pixels, before and after the model.
+    """
+
+    model: np.ndarray
+    used: np.ndarray
+    chi2: np.ndarray
+
+
+def scene_regressors(scene: np.ndarray) -> list[np.ndarray]:
+    """The local basis of the model: 1, m, dm/dx, dm/dy, d2m/dx2, d2m/dy2 (float32, edges replicated)."""
+    m = np.asarray(scene, dtype=np.float32)
+    p = np.pad(m, 1, mode="edge")
+    c = p[1:-1, 1:-1]
+    left, right, down, up = p[1:-1, :-2], p[1:-1, 2:], p[:-2, 1:-1], p[2:, 1:-1]
+    return [np.ones_like(m), m, 0.5 * (right - left), 0.5 * (up - down), right - 2 * c + left, up - 2 * c + down]
+
+
+def _block_sums(image: np.ndarray, step: int) -> np.ndarray:
+    """Sums over blocks of ``step`` x ``step`` pixels (float64; the image is zero-padded to whole blocks)."""
+    ny, nx = image.shape
+    by, bx = -(-ny // step), -(-nx // step)
+    if (by * step, bx * step) != (ny, nx):
+        image = np.pad(image, ((0, by * step - ny), (0, bx * step - nx)))
+    rows = image.reshape(by, step, bx * step).sum(axis=1)
+    return rows.reshape(by, bx, step).sum(axis=2).astype(np.float64)
+
+
+def _window_sums(image: np.ndarray, step: int, span: tuple[int, int]) -> np.ndarray:
+    """Sums over ``span`` blocks (rows, columns) centred on every block."""
+    return ndimage.uniform_filter(_block_sums(image, step), size=span, mode="constant") * (span[0] * span[1])
+
+
+class _LocalSolver:
+    """Weighted local least squares of a target on the basis, over windows of blocks.
+
+    The normal matrix depends on the weights and the basis only, so it is
+    inverted once and reused for every exposure.
+    """
+
+    def __init__(self, basis: list[np.ndarray], weight: np.ndarray, step: int, span: tuple[int, int]):
+        npar = len(basis)
+        self.step, self.span = step, span
+        self.weighted = [weight * g for g in basis]
+        first = _window_sums(self.weighted[0] * basis[0], step, span)
+        a = np.empty(first.shape + (npar, npar))
+        for i in range(npar):
+            for j in range(i, npar):
+                a[..., i, j] = a[..., j, i] = first if i == j == 0 else _window_sums(self.weighted[i] * basis[j],
+                                                                                    step, span)
+        prior = 1.0 / np.square(np.asarray(PRIOR_SCALE[:npar]))
+        a[..., np.arange(npar), np.arange(npar)] += prior  # Gaussian prior on each coefficient
+        diag = np.einsum("...ii->...i", a).copy()
+        self.scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
+        a *= self.scale[..., :, None] * self.scale[..., None, :]  # columns of very different magnitudes
+        a[..., np.arange(npar), np.arange(npar)] += RIDGE
+        self.inverse = np.linalg.inv(a)
+
+    def coefficients(self, target: np.ndarray) -> np.ndarray:
+        """Coefficients (P, by, bx) of the fit of ``target`` at the block centres."""
+        b = np.stack([_window_sums(w * target, self.step, self.span) for w in self.weighted], axis=-1)
+        b *= self.scale
+        coef = np.einsum("...ij,...j->...i", self.inverse, b) * self.scale
+        coef = np.moveaxis(coef, -1, 0)
+        # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
+        return ndimage.uniform_filter(coef, size=(1,) + self.span, mode="nearest")
+
+
+def _upsample(coef: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray:
+    """Bilinear interpolation of block-centre coefficients (P, by, bx) to every pixel (P, ny, nx)."""
+    cy, cx = coef.shape[1:]
+    centre = (step - 1) / 2
+
+    def axis(n: int, nc: int):
+        pos = np.clip((np.arange(n, dtype=np.float32) - centre) / step, 0, nc - 1)
+        lo = np.minimum(pos.astype(np.int32), max(nc - 2, 0))
+        return lo, np.minimum(lo + 1, nc - 1), (pos - lo).astype(np.float32)
+
+    y0, y1, fy = axis(shape[0], cy)
+    x0, x1, fx = axis(shape[1], cx)
+    fy, fx = fy[:, None], fx[None, :]
+    out = np.empty((coef.shape[0],) + shape, dtype=np.float32)
+    for p, c in enumerate(coef.astype(np.float32)):
+        along = c[:, x0] * (1 - fx) + c[:, x1] * fx  # (by, nx)
+        np.multiply(along[y0], 1 - fy, out=out[p])
+        out[p] += along[y1] * fy
+    return out
+
+
+def _evaluate(basis: list[np.ndarray], coef: np.ndarray) -> np.ndarray:
+    out = np.zeros(basis[0].shape, dtype=np.float32)
+    for g, c in zip(basis, coef):
+        out += g * c
+    return out
+
+
+def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, window: int | tuple = 15,
+                   step: int | None = None, niter: int = 3, clip_sigma: float = CLIP_SIGMA,
+                   usable: np.ndarray | None = None) -> VariationFit:
+    """Fit the smooth local variation of every exposure against the common scene.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, ny, nx), float32
+        Exposures in electrons (flux factors already divided out, if any).
+    scene : ndarray, shape (ny, nx)
+        The common scene (median of the exposures).
+    rnoise_e : float
+        Readout noise (electrons).
+    window : int or (int, int)
+        Box (rows, columns) over which the coefficients are fitted.
+    step : int, optional
+        Spacing of the coarse grid where the coefficients are solved
+        (default: a quarter of the window, at least 1).
+    niter : int
+        Fits; after each one, pixels off the model by ``clip_sigma`` in some
+        exposure (and their neighbours) leave the next.
+    usable : ndarray of bool, optional
+        Pixels that may take part at all (e.g. without defective lines).
+
+    Returns
+    -------
+    VariationFit
+    """
+    n, ny, nx = stack.shape
+    win = (window, window) if np.isscalar(window) else tuple(window)
+    step = step or max(1, min(win) // 3)
+    span = tuple(max(1, int(round(w / step))) | 1 for w in win)  # odd numbers of blocks
+    pad = ((0, -ny % step), (0, -nx % step))  # whole blocks; the padding takes no part in the fit
+    scene = np.pad(np.asarray(scene, dtype=np.float32), pad, mode="edge")
+    noise = sigma(scene, rnoise_e)
+    inv_var = 1.0 / (noise * noise)
+    # where a pixel leaves the fit, the basis takes the median over 3x3 pixels of the lowest values instead
+    # of the median: a coincident hit is in the median, not in the lowest values (and the 3x3 median keeps a
+    # defective column's wild values out of its neighbours' derivatives)
+    low = low_mean(np.pad(stack, ((0, 0),) + pad, mode="edge"), n - (n + 1) // 2)
+    # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
+    # leave the fit and the basis takes the mean of their valid neighbours there
+    defective = low < -DEFECT_RNOISE * rnoise_e
+    patch = ndimage.median_filter(low, size=3, mode="nearest")
+    if defective.any():
+        valid = (~defective).astype(np.float32)
+        mean = ndimage.uniform_filter(np.where(defective, 0, scene), 3, mode="nearest")
+        frac = ndimage.uniform_filter(valid, 3, mode="nearest")
+        fill = np.where(frac > 0, mean / np.maximum(frac, 1e-6), 0).astype(np.float32)
+        near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
+        patch = np.where(near, fill, patch)
+        scene = np.where(defective, fill, scene)
+    del low
+    # isolated spikes of the scene (hot pixels, coincident hits) leave the fit, and the basis takes the
+    # median of their neighbours there: their derivatives would spread them over the model around them
+    spikes = _spikes(scene, noise)
+    smooth = np.where(spikes, _neighbour_median(scene), scene)
+    keep = ~spikes & ~defective
+    keep[ny:, :] = False
+    keep[:, nx:] = False
+    if usable is not None:
+        keep[:ny, :nx] &= usable
+    diffs = [np.pad(stack[k], pad, mode="edge") - scene for k in range(n)]
+    chi_before = np.array([np.mean((d[keep] / noise[keep]) ** 2) for d in diffs])
+    used = keep.copy()
+    fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
+    for it in range(niter):
+        basis = scene_regressors(np.where(used | spikes, smooth, patch))
+        solver = _LocalSolver(basis, (inv_var * used).astype(np.float32), step, span)
+        for k in range(n):
+            fitted[k] = _evaluate(basis, _upsample(solver.coefficients(diffs[k]), scene.shape, step))
+        if it + 1 < niter:
+            off = np.zeros(scene.shape, dtype=bool)
+            for k in range(n):
+                off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
+            used = keep & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
+    fitted -= fitted.mean(axis=0, dtype=np.float32)
+    chi_after = np.array([np.mean(((diffs[k] - fitted[k])[used] / noise[used]) ** 2) for k in range(n)])
+    fitted, used = np.ascontiguousarray(fitted[:, :ny, :nx]), used[:ny, :nx]
+    _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
+              np.round(chi_before, 3).tolist(), np.round(chi_after, 3).tolist(), 100 * used.mean())
+    return VariationFit(model=fitted, used=used, chi2=np.stack([chi_before, chi_after]))
+
+
+def _neighbour_median(image: np.ndarray) -> np.ndarray:
+    """Median of the 8 neighbours of every pixel (edges replicated)."""
+    footprint = np.ones((3, 3), dtype=bool)
+    footprint[1, 1] = False
+    return ndimage.median_filter(image, footprint=footprint, mode="nearest")
+
+
+def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Pixels of the scene ``SHARP_SIGMA`` noise sigmas above all of their 8 neighbours (not resolved peaks)."""
+    footprint = np.ones((3, 3), dtype=bool)
+    footprint[1, 1] = False
+    return scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest") > SHARP_SIGMA * noise
