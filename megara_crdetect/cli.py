@@ -57,7 +57,7 @@ products (in --output_dir, all in electrons; written only if the whole run succe
 
 exit status:
   0 success, 1 aborted by the user (key x), 2 invalid input (one line "error: ..."; nothing written),
-  3 internal error (--log-level DEBUG shows the traceback), 130 interrupted (Ctrl-C, SIGINT),
+  3 internal error (--log-level DEBUG shows the traceback), 130 interrupted (SIGINT) by Ctrl-C,
   143 terminated (SIGTERM); nothing is written unless the status is 0
 
 many parameter files at once, on Dask: numina-crmasks batch --help
