@@ -371,19 +371,3 @@ def test_command_line_bad_megara_input(rawdir, tmp_path, capsys, top, message):
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert len(err) == 1 and err[0].startswith(message), err
     assert not list(out.glob("*.fits"))
-
-
-def test_command_line_raw_megara_frames(chain, tmp_path):
-    """``numina-crmasks params.yaml`` with raw MEGARA frames and master_bias: megaradrp's geometry and cards."""
-    from megara_crdetect import cli
-
-    out = tmp_path / "out"
-    params = _params(tmp_path, chain["data"], master_bias="master_bias.fits")
-    (tmp_path / "master_bias.fits").symlink_to(chain["data"] / "master_bias.fits")
-    assert cli.main([str(params), "--output_dir", str(out), "--no-figures"]) == 0
-    with fits.open(out / "crmasks.fits") as masks, fits.open(out / "combined_meancr2.fits") as comb:
-        assert masks["MEDIANCR"].shape == comb[0].data.shape == (4112, 4096)
-        for hdr in (masks[0].header, comb[0].header):
-            assert hdr["INSTRUME"] == "MEGARA" and hdr["INSCONF"] == sim.INSCONF and hdr["MBIASUID"] != "none"
-            assert any("units: electrons" in str(h) for h in hdr["HISTORY"])
-        assert comb[0].header["UUID"] != masks[0].header["UUID"]
