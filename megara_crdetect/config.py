@@ -560,7 +560,7 @@ class CRMaskConfig(_Validated):
     mm_seed: Any = param(123456, "Seed of the simulations (null: a different one each run)", "seed", low=0, **_MM)
     # -- issue #17: how real exposures differ (core/variation.py) -----------------
     mm_variation_model: bool = param(
-        True, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
+        False, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
         "scene, fitted robustly over windows) and remove it before the detection; see Algorithm, item 10",
         "bool", **_MM)
     mm_variation_window: int = param(
