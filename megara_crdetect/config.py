@@ -674,8 +674,9 @@ class CRMaskConfig(_Validated):
         "(the combined_<name>.fits results are always written)", "bool")
     # -- issue #17: how real exposures differ (core/variation.py) -----------------
     mm_variation_model: bool = param(
-        True, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
-        "scene, fitted robustly over windows) and remove it before the detection; see docs/method.md, How real exposures differ",
+        False, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
+        "scene, fitted robustly over windows) and remove it before the detection; see docs/method.md, How real "
+        "exposures differ",
         "bool", **_MM)
     mm_variation_window: int = param(
         15, "Size of the window (pixels) over which the coefficients of mm_variation_model are fitted", "int",

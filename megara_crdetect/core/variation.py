@@ -42,17 +42,20 @@ import numpy as np
 from scipy import ndimage
 
 from .noise import sigma
-from .stack import low_mean
+from .stack import AGREEMENT_SIGMA, low_mean
 
-__all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SHARP_SIGMA"]
+__all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SHARP_SIGMA", "SPIKE_SIGMA"]
 
 _log = logging.getLogger(__name__)
 
 #: A pixel whose residual exceeds this many noise sigmas in some exposure leaves the fit (with its neighbours).
 CLIP_SIGMA = 4.0
-#: A scene pixel this many noise sigmas above the median of its 8 neighbours (hot pixel, coincident hit)
-#: leaves the fit.
+#: A scene pixel this many noise sigmas above the median of its 8 neighbours whose exposures agree is a hot
+#: pixel: it takes no model.
 SHARP_SIGMA = 10.0
+#: A scene pixel this many noise sigmas above all of its 8 neighbours is a spike (hot pixel, coincident
+#: hit, even a faint one): it leaves the fit, and the basis there is the median of its neighbours.
+SPIKE_SIGMA = 10.0
 #: A pixel whose lowest value lies this many readout sigmas below zero is defective (bad column).
 DEFECT_RNOISE = 10.0
 #: Prior scale of each coefficient (offset in electrons, ratio, shifts in pixels, width terms): real
@@ -207,8 +210,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     noise = sigma(scene, rnoise_e)
     inv_var = 1.0 / (noise * noise)
     # where a pixel leaves the fit, the basis takes the median over 3x3 pixels of the lowest values instead
-    # of the median: a coincident hit is in the median, not in the lowest values (and the 3x3 median keeps a
-    # defective column's wild values out of its neighbours' derivatives)
+    # of the median: a coincident hit is in the median, not in the lowest values
     low = low_mean(np.pad(stack, ((0, 0),) + pad, mode="edge"), n - (n + 1) // 2)
     # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
     # leave the fit and the basis takes the mean of their valid neighbours there
@@ -247,6 +249,14 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
                 off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
             used = keep & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
     fitted -= fitted.mean(axis=0, dtype=np.float32)
+    # a sharp pixel whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
+    # and neither it nor its neighbours (whose derivatives it raises) take the model
+    padded = np.pad(stack, ((0, 0),) + pad, mode="edge")
+    agree = padded.max(axis=0) - padded.min(axis=0) < AGREEMENT_SIGMA * noise
+    del padded
+    hot = ndimage.binary_dilation(agree & (scene - _neighbour_median(scene) > SHARP_SIGMA * noise),
+                                  np.ones((3, 3), bool))
+    fitted[:, hot] = 0
     chi_after = np.array([np.mean(((diffs[k] - fitted[k])[used] / noise[used]) ** 2) for k in range(n)])
     fitted, used = np.ascontiguousarray(fitted[:, :ny, :nx]), used[:ny, :nx]
     _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
@@ -262,7 +272,7 @@ def _neighbour_median(image: np.ndarray) -> np.ndarray:
 
 
 def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Pixels of the scene ``SHARP_SIGMA`` noise sigmas above all of their 8 neighbours (not resolved peaks)."""
+    """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours (not resolved peaks)."""
     footprint = np.ones((3, 3), dtype=bool)
     footprint[1, 1] = False
-    return scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest") > SHARP_SIGMA * noise
+    return scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest") > SPIKE_SIGMA * noise
