@@ -72,7 +72,7 @@ def test_model_is_close_to_identity_on_equivalent_exposures():
 @pytest.mark.xfail(reason="open (#17): with the 3x3-median basis where pixels leave the fit, a bright "
                    "coincident hit on the trace peak is partly absorbed and the varying trace still gives "
                    "~40 MEDIANCR pixels; the pixelwise-min basis passed these but failed on a bad edge column",
-                   strict=False)
+                   strict=True)
 def test_coincident_hits_on_the_trace_are_not_absorbed_by_the_model():
     places = [(40, 78), (100, 81), (160, 30), (200, 120)]  # two on the trace, two on the sky
     stack = _hit(_exposures(varying=True), places)
@@ -86,7 +86,7 @@ def test_coincident_hits_on_the_trace_are_not_absorbed_by_the_model():
 @pytest.mark.xfail(reason="open (#17): with the 3x3-median basis where pixels leave the fit, a bright "
                    "coincident hit on the trace peak is partly absorbed and the varying trace still gives "
                    "~40 MEDIANCR pixels; the pixelwise-min basis passed these but failed on a bad edge column",
-                   strict=False)
+                   strict=True)
 def test_varying_trace_gives_no_mediancr_but_coincidences_are_found():
     places = [(40, 78), (100, 81), (160, 30)]
     clean = _exposures(varying=True, seed=3, scale=0.4)  # 3 % width, 0.06 px, 2 % flux: like the WHT triplet
