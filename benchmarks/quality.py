@@ -274,6 +274,16 @@ def print_table(oracle: dict, results: dict) -> None:
                  else ""))
 
 
+def _commands(ours_yaml: Path, ref_yaml: Path, workdir: Path, *, reference: bool) -> dict:
+    """The command of each program (ours without figures; the reference when asked), products in workdir/<name>."""
+    runs = {"ours": [sys.executable, "-m", "megara_crdetect", str(ours_yaml), "--output_dir",
+                     str(workdir / "ours"), "--no-figures"]}
+    if reference:
+        runs["ref"] = [sys.executable, "-m", "numina.array.crmasks", str(ref_yaml), "--output_dir",
+                       str(workdir / "ref")]
+    return runs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", type=int, nargs=2, default=(1596, 2016), metavar=("NY", "NX"))
@@ -305,11 +315,7 @@ def main(argv=None) -> int:
     sig = np.sqrt(np.maximum(truth, 0) + sim.rnoise_e**2)
     oracle, cr_any, harmful = oracle_figures(sim, truth, sig)
     print(f"set {args.set}, shape {shape}, seed {args.seed}, {n_coinc} coincident events, workdir {workdir}")
-    runs = {"ours": [sys.executable, "-m", "megara_crdetect", str(ours_yaml), "--output_dir",
-                     str(workdir / "ours"), "--no-figures"]}
-    if not args.no_reference:
-        runs["ref"] = [sys.executable, "-m", "numina.array.crmasks", str(ref_yaml), "--output_dir",
-                       str(workdir / "ref")]
+    runs = _commands(ours_yaml, ref_yaml, workdir, reference=not args.no_reference)
     results = {}
     for name, cmd in runs.items():
         info = _run(cmd, workdir / name, args.reuse)
@@ -358,11 +364,7 @@ def run_real(args, workdir: Path) -> int:
               f"({', '.join(f'{k} {sum(p[3] == k for p in rs.placements)}' for k in ('same', 'different', 'single'))})"
               f", {rs.region_name} {int(rs.region.sum())} px, real hits of the clean frames "
               f"{[int(v) for v in rs.known.sum(axis=(1, 2))]}, workdir {sub}")
-        runs = {"ours": [sys.executable, "-m", "megara_crdetect", str(ours_yaml), "--output_dir", str(sub / "ours"),
-                         "--no-figures"]}
-        if not args.no_reference:
-            runs["ref"] = [sys.executable, "-m", "numina.array.crmasks", str(ref_yaml), "--output_dir",
-                           str(sub / "ref")]
+        runs = _commands(ours_yaml, ref_yaml, sub, reference=not args.no_reference)
         results = {}
         for who, cmd in runs.items():
             info = _run(cmd, sub / who, args.reuse)
