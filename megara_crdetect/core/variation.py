@@ -64,6 +64,8 @@ CLIP_SIGMA = 4.0
 #: A scene pixel this many noise sigmas above all of its 8 neighbours is a spike (hot pixel, coincident
 #: hit, even a faint one): it leaves the fit, and the basis there is the median of its neighbours.
 SPIKE_SIGMA = 10.0
+#: ... and whose excess over the highest neighbour is at least this fraction of its height over the lowest.
+SPIKE_CONTRAST = 0.8
 #: Values this many noise sigmas above the lowest of their pixel (cosmic rays) stay out of the basis scene.
 BASIS_SIGMA = 4.0
 #: A pixel whose lowest value lies this many readout sigmas below zero is defective (bad column).
@@ -312,7 +314,11 @@ def _neighbour_median(image: np.ndarray) -> np.ndarray:
 
 
 def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours (not resolved peaks)."""
+    """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours, and sharper than any
+    resolved peak: their excess over the highest neighbour is ``SPIKE_CONTRAST`` of their height over the
+    lowest one (a point source or a sky-line spot one pixel wide has neighbours at ~0.6 of its peak)."""
     footprint = np.ones((3, 3), dtype=bool)
     footprint[1, 1] = False
-    return scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest") > SPIKE_SIGMA * noise
+    excess = scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest")
+    height = scene - ndimage.minimum_filter(scene, footprint=footprint, mode="nearest")
+    return (excess > SPIKE_SIGMA * noise) & (excess > SPIKE_CONTRAST * height)
