@@ -674,7 +674,7 @@ class CRMaskConfig(_Validated):
         "(the combined_<name>.fits results are always written)", "bool")
     # -- issue #17: how real exposures differ (core/variation.py) -----------------
     mm_variation_model: bool = param(
-        False, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
+        True, "Model how aligned exposures really differ (a local offset, ratio, shift and width change of the "
         "scene, fitted robustly over windows) and remove it before the detection; see docs/method.md, How real "
         "exposures differ",
         "bool", **_MM)

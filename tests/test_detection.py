@@ -155,8 +155,21 @@ def test_la_group_is_confirmed_by_its_brightest_pixel_only():
     t = np.zeros((5, 5), np.float32)
     t[2, 3] = 6.0  # only the neighbour disagrees (noise)
     assert not _confirm(flags, t, 4.0, target).any()
-    t[2, 2], t[2, 3] = 6.0, 0.0  # the brightest pixel disagrees: a cosmic ray
+    t[2, 2], t[2, 3] = 6.0, 2.5  # the brightest pixel disagrees: a cosmic ray, with its faint wing
     np.testing.assert_array_equal(_confirm(flags, t, 4.0, target), flags)
+
+
+def test_one_cosmic_ray_on_a_sharp_line_does_not_confirm_the_whole_line():
+    """L.A.Cosmic joins a hit on an arc line with the line; only the hit (and its disagreeing wing) is kept."""
+    flags = np.zeros((5, 40), bool)
+    flags[2, :] = True  # the arc line, one L.A.Cosmic group
+    target = np.full((5, 40), 100.0, np.float32)
+    t = np.full((5, 40), 0.8, np.float32)  # the exposures agree along the line ...
+    target[2, 20], t[2, 20] = 900.0, 30.0  # ... except at the hit
+    t[2, 21] = 3.0  # its wing disagrees mildly
+    t[2, 30] = 3.0  # a noise pixel farther along the line, not joined to the hit
+    kept = _confirm(flags, t, 4.0, target)
+    assert np.argwhere(kept).tolist() == [[2, 20], [2, 21]]
 
 
 def test_input_stack_is_not_modified_with_flux_factors():

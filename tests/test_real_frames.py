@@ -44,8 +44,7 @@ def run(tmp_path_factory):
         fits.PrimaryHDU(img).writeto(folder / names[-1])
     params = folder / "params.yaml"
     params.write_text(yaml.safe_dump({"images": names, "gain": GAIN, "rnoise": RNOISE, "bias": 0.0,
-                                      "requirements": {"crmethod": "mm_lacosmic",
-                                                                       "mm_variation_model": True}}))
+                                      "requirements": {"crmethod": "mm_lacosmic"}}))  # the model: default
     before = {n: (folder / n).read_bytes() for n in names}
     status = main([str(params), "--output_dir", str(folder / "out"), "--no-figures"])
     assert status == 0

@@ -30,7 +30,9 @@ def test_aligned_exposures_with_a_crosscorr_region_give_the_aligned_masks():
     assert np.array_equal(measured.mediancr, aligned.mediancr)
     assert np.array_equal(measured.crmasks, aligned.crmasks)
     assert np.array_equal(measured.problematic, aligned.problematic)
-    assert measured.repair_min is None
+    assert (measured.repair_min is None) == (aligned.repair_min is None)
+    if aligned.repair_min is not None:  # the exposure-difference model ran on both, as on aligned exposures
+        assert np.array_equal(measured.repair_min, aligned.repair_min)
 
 
 def test_real_offsets_are_kept():

@@ -273,21 +273,35 @@ def _two_pass(params: CRMaskConfig) -> bool:
     return any(isinstance(v, tuple) for v in (params.la_sigclip, params.la_sigfrac, params.la_objlim))
 
 
+#: Of a confirmed L.A.Cosmic group, pixels whose exposures disagree by less than this fraction of the
+#: confirmation level (and the pixels beyond them) are not confirmed with it.
+GROW_FRACTION = 0.5
+
+
 def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.ndarray:
     """Keep the groups of LA flags where the exposures disagree at the group's brightest pixel.
 
     ``level`` is a number or a per-pixel map (see :meth:`_Detections.confirm_level`).
     Testing only the brightest pixel of ``target`` in each group (the core of
     a cosmic ray, or the hot pixel itself) keeps one noisy neighbour that L.A.Cosmic
-    added to a hot pixel from confirming it.
+    added to a hot pixel from confirming it.  Of a confirmed group, only the
+    pixels joined to that brightest pixel through pixels where the exposures
+    disagree by at least ``GROW_FRACTION`` of ``level`` are kept (the dilation
+    adds the rim later): L.A.Cosmic joins a cosmic ray on an arc line or a
+    trace with the whole sharp feature, which one hit must not confirm along
+    all its length (2 320 pixels of one arc line in ``wht_arc_hybrid``).
     """
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
     labels, n = label_groups(flags)
     peak = np.full(n + 1, np.inf, dtype=np.float64)
     peak[1:] = ndimage.maximum(target, labels, np.arange(1, n + 1))
-    seeds = (t > level) & (target >= peak[labels])
-    return keep_groups_with(flags, seeds & flags, labels=(labels, n))
+    seeds = (t > level) & (target >= peak[labels]) & flags
+    if not seeds.any():
+        return np.zeros_like(flags)
+    core = keep_groups_with(flags, seeds, labels=(labels, n))
+    core &= (t > np.float32(GROW_FRACTION) * level) | seeds
+    return keep_groups_with(core, seeds)
 
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
@@ -388,7 +402,7 @@ def _unequal(factors: np.ndarray, offsets: np.ndarray, params: CRMaskConfig) -> 
     return bool(np.any(offsets != 0) or scaled)
 
 
-def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, rnoise_e: float) -> np.ndarray:
+def _offsets(median2d: np.ndarray, stack: np.ndarray, params: CRMaskConfig, rnoise_e: float) -> np.ndarray:
     n = stack.shape[0]
     if params.mm_xy_offsets is not None:
         return np.asarray(params.mm_xy_offsets, dtype=float)
@@ -396,7 +410,7 @@ def _offsets(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, rnoise_
         return np.zeros((n, 2))
     x0, x1, y0, y1 = params.mm_crosscorr_region
     region = (slice(y0 - 1, y1), slice(x0 - 1, x1))
-    measured = np.asarray(measure_offsets(stats.median2d, stack, region=region, rnoise_e=rnoise_e), dtype=float)
+    measured = np.asarray(measure_offsets(median2d, stack, region=region, rnoise_e=rnoise_e), dtype=float)
     if np.all(np.abs(measured) <= OFFSET_ZERO_PX):
         _log.info("measured offsets (largest %.4f px) are zero within their error (%.2f px): the exposures are "
                   "treated as aligned", float(np.abs(measured).max()), OFFSET_ZERO_PX)
@@ -791,12 +805,15 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range = stack.max(axis=0) - stack.min(axis=0)
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
+    median = median_of_stack(stack) if params.uses_mm else None
+    offsets = _offsets(median, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     variation = None
-    if _models_variation(params):  # exposures brought onto one scene: they differ by noise and cosmic rays
+    if _models_variation(params, offsets):  # exposures brought onto one scene: they differ by noise and CRs
         t1 = time.perf_counter()
-        variation = fit_variations(stack, median_of_stack(stack), rnoise_e, window=params.mm_variation_window)
+        variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window)
         stack = stack - variation.model
         timings["variation"] = time.perf_counter() - t1
+    del median
     cleanable = _fits_to_numpy(params, (ny, nx))
     if ignore is not None:
         cleanable &= ~ignore
@@ -818,7 +835,6 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
             progress("L.A.Cosmic", 1, 1)
         timings["lacosmic"] = time.perf_counter() - t1
 
-    offsets = _offsets(stats, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     mms = _MMStage(inflated=noise)
     if params.uses_mm:
         t1 = time.perf_counter()
@@ -837,7 +853,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     # aligned exposures brought onto one scene: the lowest of them, not of the raw exposures, repairs MEDIANCR
-    repair_min = None if variation is None else stats.min2d
+    repair_min = None if variation is None or not variation.model.any() else stats.min2d
     shifted = mms.model_flags is not None
     if shifted:  # residuals against their own model count as detections
         exposure_flags |= mms.model_flags & cleanable
@@ -904,14 +920,14 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     return out
 
 
-def _models_variation(params: CRMaskConfig) -> bool:
-    """Whether the exposure-difference model runs: ``mm_variation_model`` and aligned exposures.
+def _models_variation(params: CRMaskConfig, offsets: np.ndarray) -> bool:
+    """Whether the exposure-difference model runs: ``mm_variation_model``, an MM method and aligned exposures.
 
-    Shifted exposures have their own models (:mod:`~megara_crdetect.core.shiftmodel`).
+    Aligned: no offsets given, or offsets given or measured as zero (within
+    their error).  Shifted exposures have their own models
+    (:mod:`~megara_crdetect.core.shiftmodel`).
     """
-    if not params.mm_variation_model or params.mm_crosscorr_region is not None:
-        return False
-    return params.mm_xy_offsets is None or not np.any(np.asarray(params.mm_xy_offsets, dtype=float))
+    return bool(params.mm_variation_model) and params.uses_mm and not np.any(offsets)
 
 
 def _la_everywhere(params: CRMaskConfig) -> bool:

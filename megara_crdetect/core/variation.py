@@ -17,9 +17,19 @@ fitted by weighted least squares over a box window around every pixel (a
 local offset, a local ratio, a local shift and a local width change).  The
 fit is robust: pixels where any exposure stands more than ``CLIP_SIGMA``
 noise sigmas off the model of the previous iteration (and their 8
-neighbours) leave the fit of every exposure, and so do sharp pixels of the
-scene (hot pixels, coincident hits); a cosmic ray, a few sharp pixels, cannot
-be fitted by a ratio and a shift that hold over the whole window.  The fitted
+neighbours) leave the fit of every exposure, and so do spikes of the scene
+(hot pixels, coincident hits); a cosmic ray, a few sharp pixels, cannot be
+fitted by a ratio and a shift that hold over the whole window.  The basis
+(``m`` and its derivatives) is built not from the median, which a cosmic ray
+hitting most exposures spoils, but from the mean of the exposures brought onto
+one scene without the values that stand above the lowest one by more than
+the noise allows: a hit pixel has an ordinary basis and cannot explain itself
+away (its own spike in the basis would give it the leverage to).  Each
+window's coefficients are kept only where they are significant (their Wald
+``chi2`` with ``P`` parameters beyond the ``SIGNIFICANCE`` false-alarm level)
+and then shrunk by ``1 - P / chi2`` (James-Stein), so that where the data
+cannot tell a variation from the noise the model is identity and adds no
+noise of its own: on equivalent exposures it is zero almost everywhere.  The fitted
 part minus its mean over the exposures (only the differences between
 exposures matter, and a common part, e.g. from the noise of ``m`` itself,
 cancels) is real variation: it is subtracted from each exposure before the
@@ -40,27 +50,32 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import chi2 as _chi2
 
 from .noise import sigma
-from .stack import AGREEMENT_SIGMA, low_mean
+from .stack import AGREEMENT_SIGMA
 
-__all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SHARP_SIGMA", "SPIKE_SIGMA"]
+__all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SPIKE_SIGMA", "BASIS_SIGMA"]
 
 _log = logging.getLogger(__name__)
 
 #: A pixel whose residual exceeds this many noise sigmas in some exposure leaves the fit (with its neighbours).
 CLIP_SIGMA = 4.0
-#: A scene pixel this many noise sigmas above the median of its 8 neighbours whose exposures agree is a hot
-#: pixel: it takes no model.
-SHARP_SIGMA = 10.0
 #: A scene pixel this many noise sigmas above all of its 8 neighbours is a spike (hot pixel, coincident
 #: hit, even a faint one): it leaves the fit, and the basis there is the median of its neighbours.
 SPIKE_SIGMA = 10.0
+#: ... and whose excess over the highest neighbour is at least this fraction of its height over the lowest.
+SPIKE_CONTRAST = 0.8
+#: Values this many noise sigmas above the lowest of their pixel (cosmic rays) stay out of the basis scene.
+BASIS_SIGMA = 4.0
 #: A pixel whose lowest value lies this many readout sigmas below zero is defective (bad column).
 DEFECT_RNOISE = 10.0
 #: Prior scale of each coefficient (offset in electrons, ratio, shifts in pixels, width terms): real
 #: variations are smaller; where the data cannot tell, the fitted variation shrinks to zero (identity).
 PRIOR_SCALE = (20.0, 0.2, 1.0, 1.0, 0.5, 0.5)
+#: False-alarm probability of the test that keeps a window's variation (chi2 of its P coefficients): on
+#: equivalent exposures about one window in a thousand takes a (shrunk) model.
+SIGNIFICANCE = 1e-3
 #: Relative ridge added to the diagonal of the normalised normal equations (numerical safety only).
 RIDGE = 1e-6
 
@@ -134,12 +149,21 @@ class _LocalSolver:
         a *= self.scale[..., :, None] * self.scale[..., None, :]  # columns of very different magnitudes
         a[..., np.arange(npar), np.arange(npar)] += RIDGE
         self.inverse = np.linalg.inv(a)
+        self.normal = a
 
     def coefficients(self, target: np.ndarray) -> np.ndarray:
         """Coefficients (P, by, bx) of the fit of ``target`` at the block centres."""
         b = np.stack([_window_sums(w * target, self.step, self.span) for w in self.weighted], axis=-1)
         b *= self.scale
-        coef = np.einsum("...ij,...j->...i", self.inverse, b) * self.scale
+        coef_s = np.einsum("...ij,...j->...i", self.inverse, b)
+        # a window's variation is kept only if it is significant (Wald chi2 of its coefficients beyond the
+        # SIGNIFICANCE false-alarm level), and then shrunk by 1 - P / chi2 (James-Stein): where the data
+        # cannot tell a variation from the noise, the model is identity and adds no noise of its own
+        chi2 = np.einsum("...i,...ij,...j->...", coef_s, self.normal, coef_s)
+        npar = coef_s.shape[-1]
+        significant = chi2 > _chi2.isf(SIGNIFICANCE, npar)
+        coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
+        coef = coef_s * self.scale
         coef = np.moveaxis(coef, -1, 0)
         # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
         return ndimage.uniform_filter(coef, size=(1,) + self.span, mode="nearest")
@@ -209,37 +233,32 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     scene = np.pad(np.asarray(scene, dtype=np.float32), pad, mode="edge")
     noise = sigma(scene, rnoise_e)
     inv_var = 1.0 / (noise * noise)
-    # where a pixel leaves the fit, the basis takes the median over 3x3 pixels of the lowest values instead
-    # of the median: a coincident hit is in the median, not in the lowest values
-    low = low_mean(np.pad(stack, ((0, 0),) + pad, mode="edge"), n - (n + 1) // 2)
     # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
-    # leave the fit and the basis takes the mean of their valid neighbours there
-    defective = low < -DEFECT_RNOISE * rnoise_e
-    patch = ndimage.median_filter(low, size=3, mode="nearest")
+    # leave the fit, and the scene and the basis take the mean of their valid neighbours there
+    padded = np.pad(stack, ((0, 0),) + pad, mode="edge")
+    defective = padded.min(axis=0) < -DEFECT_RNOISE * rnoise_e
+    fill = near = None
     if defective.any():
         valid = (~defective).astype(np.float32)
         mean = ndimage.uniform_filter(np.where(defective, 0, scene), 3, mode="nearest")
         frac = ndimage.uniform_filter(valid, 3, mode="nearest")
         fill = np.where(frac > 0, mean / np.maximum(frac, 1e-6), 0).astype(np.float32)
         near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
-        patch = np.where(near, fill, patch)
         scene = np.where(defective, fill, scene)
-    del low
     # isolated spikes of the scene (hot pixels, coincident hits) leave the fit, and the basis takes the
     # median of their neighbours there: their derivatives would spread them over the model around them
     spikes = _spikes(scene, noise)
-    smooth = np.where(spikes, _neighbour_median(scene), scene)
     keep = ~spikes & ~defective
     keep[ny:, :] = False
     keep[:, nx:] = False
     if usable is not None:
         keep[:ny, :nx] &= usable
-    diffs = [np.pad(stack[k], pad, mode="edge") - scene for k in range(n)]
+    diffs = [padded[k] - scene for k in range(n)]
     chi_before = np.array([np.mean((d[keep] / noise[keep]) ** 2) for d in diffs])
     used = keep.copy()
     fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
     for it in range(niter):
-        basis = scene_regressors(np.where(used | spikes, smooth, patch))
+        basis = scene_regressors(_basis_scene(padded, fitted, noise, near, fill))
         solver = _LocalSolver(basis, (inv_var * used).astype(np.float32), step, span)
         for k in range(n):
             fitted[k] = _evaluate(basis, _upsample(solver.coefficients(diffs[k]), scene.shape, step))
@@ -249,19 +268,42 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
                 off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
             used = keep & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
     fitted -= fitted.mean(axis=0, dtype=np.float32)
-    # a sharp pixel whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
+    # a spike whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
     # and neither it nor its neighbours (whose derivatives it raises) take the model
-    padded = np.pad(stack, ((0, 0),) + pad, mode="edge")
     agree = padded.max(axis=0) - padded.min(axis=0) < AGREEMENT_SIGMA * noise
     del padded
-    hot = ndimage.binary_dilation(agree & (scene - _neighbour_median(scene) > SHARP_SIGMA * noise),
-                                  np.ones((3, 3), bool))
+    hot = ndimage.binary_dilation(agree & spikes, np.ones((3, 3), bool))
     fitted[:, hot] = 0
     chi_after = np.array([np.mean(((diffs[k] - fitted[k])[used] / noise[used]) ** 2) for k in range(n)])
     fitted, used = np.ascontiguousarray(fitted[:, :ny, :nx]), used[:ny, :nx]
     _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
               np.round(chi_before, 3).tolist(), np.round(chi_after, 3).tolist(), 100 * used.mean())
     return VariationFit(model=fitted, used=used, chi2=np.stack([chi_before, chi_after]))
+
+
+def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near: np.ndarray | None,
+                 fill: np.ndarray | None) -> np.ndarray:
+    """The scene the basis is built from: free of cosmic rays, even of those that spoil the median.
+
+    The mean of the exposures brought onto one scene by the current model
+    (``stack - fitted``), leaving out every value more than ``BASIS_SIGMA``
+    noise sigmas above the lowest one: a cosmic ray that hits some of the
+    exposures (even most of them) is not in it, so a hit pixel has an
+    ordinary basis and cannot explain itself away through its own
+    derivatives.  Where the exposures agree it is the plain mean, less noisy
+    than the median.  Next to defective pixels it takes ``fill``; isolated
+    spikes (hot pixels, hits in every exposure) take the median of their
+    neighbours.
+    """
+    corrected = stack - fitted
+    limit = corrected.min(axis=0)
+    limit += np.float32(BASIS_SIGMA) * noise
+    inside = corrected <= limit
+    corrected *= inside
+    out = corrected.sum(axis=0) / inside.sum(axis=0)
+    if near is not None:
+        out = np.where(near, fill, out)
+    return np.where(_spikes(out, noise), _neighbour_median(out), out).astype(np.float32)
 
 
 def _neighbour_median(image: np.ndarray) -> np.ndarray:
@@ -272,7 +314,11 @@ def _neighbour_median(image: np.ndarray) -> np.ndarray:
 
 
 def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours (not resolved peaks)."""
+    """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours, and sharper than any
+    resolved peak: their excess over the highest neighbour is ``SPIKE_CONTRAST`` of their height over the
+    lowest one (a point source or a sky-line spot one pixel wide has neighbours at ~0.6 of its peak)."""
     footprint = np.ones((3, 3), dtype=bool)
     footprint[1, 1] = False
-    return scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest") > SPIKE_SIGMA * noise
+    excess = scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest")
+    height = scene - ndimage.minimum_filter(scene, footprint=footprint, mode="nearest")
+    return (excess > SPIKE_SIGMA * noise) & (excess > SPIKE_CONTRAST * height)
