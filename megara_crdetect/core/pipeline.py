@@ -140,11 +140,14 @@ class CRMaskResult:
     ``boundaries`` and ``expected_false`` are keyed by diagram name
     (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
     ``bad_columns`` (0-based) are detector lines left out of the detection
-    (see :func:`_bad_lines`).  ``repair_min`` (shifted exposures only) is
+    (see :func:`_bad_lines`).  ``repair_min`` is
     the value that repairs MEDIANCR instead of min2d: the minimum of the
     exposures with their CRMASKk pixels replaced by their own models; for
     aligned exposures with ``mm_variation_model``, the minimum of the
-    exposures brought onto one scene.  ``variation`` is that model
+    exposures brought onto one scene; for aligned exposures, also where a
+    MEDIANCR pixel is hit in every exposure (min2d is spoiled there), the
+    clean level of its neighbours (see :func:`_repair_every_hit`); None:
+    min2d.  ``variation`` is that model
     (:func:`~megara_crdetect.core.variation.fit_variations`).
     """
 
