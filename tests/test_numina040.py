@@ -198,6 +198,9 @@ def test_cosmic_ray_hit_in_every_exposure_is_confirmed_and_repaired_from_neighbo
         scene[r, c] += 3000.0
     stack = np.stack([_noisy(scene, rng) for _ in range(3)])
     stack[0, 20, 30] += 800.0  # a cosmic ray on a hot pixel, one exposure
+    scene[85, 40] += 3000.0  # a hot pixel ...
+    stack[:, 85, 40] += 3000.0
+    stack[:2, 85, 41] += 500.0  # ... next to a cosmic ray in two exposures: one group, the hot pixel brightest
     events = [(42, 60), (62, 45), (45, 90)]  # on a fibre peak, its shoulder and between fibres
     for r, c in events:
         _every_exposure_event(stack, r, c)
@@ -212,6 +215,7 @@ def test_cosmic_ray_hit_in_every_exposure_is_confirmed_and_repaired_from_neighbo
         sig = np.sqrt(scene[r, c] + RNOISE**2)
         assert stack[:, r, c].min() - scene[r, c] > 5 * sig  # min2d would leave the cosmic ray
         assert abs(mediancr[r, c] - scene[r, c]) < 5 * sig and abs(meancr[r, c] - scene[r, c]) < 5 * sig
+    assert result.mediancr[85, 41]  # the cosmic ray disagrees by far more than the confirmation level
     for r, c in hot:
         assert not result.mediancr[r - 1:r + 2, c - 1:c + 2].any()
         assert not result.crmasks[1:, r, c].any()

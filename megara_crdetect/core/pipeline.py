@@ -105,6 +105,9 @@ HIT_SIGMA = 3.0
 #: feature that every exposure shares (a hot pixel) gives the same value in each.  See
 #: :meth:`_Detections.hit_everywhere`.
 EVERY_HIT_FACTOR = 2.0
+#: Any pixel of a group of the auxiliary detector whose disagreement exceeds this many times the
+#: confirmation level confirms the group (see :func:`_confirm`).
+SURE_FACTOR = 2.0
 #: Measured offsets (``mm_crosscorr_region``) all within this many pixels of zero are zero within their
 #: error (the fit's accuracy: 0.01 px on simulated sets; aligned sets measure <= 0.002 px), and the
 #: exposures are treated as aligned: shifted models of aligned exposures only add interpolation noise.
@@ -290,6 +293,11 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
     a cosmic ray, or the hot pixel itself) keeps one noisy neighbour that L.A.Cosmic
     added to a hot pixel from confirming it.
 
+    Any pixel of the group that disagrees beyond ``SURE_FACTOR`` times ``level``
+    confirms it as well: no noisy neighbour of a hot pixel goes that far, but
+    a cosmic ray that the detector's group joins to a brighter real feature
+    next to it (a fibre peak, a sky line) does.
+
     Where that brightest pixel is hit in every exposure
     (``hit_everywhere(pixels) -> pixels``, see :meth:`_Detections.hit_everywhere`),
     min2d is hit as well and ``target - min2d`` is only the difference of two
@@ -308,6 +316,7 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
     brightest = (target >= peak[labels]) & flags
     above = t > level
     seeds = above & brightest
+    seeds |= flags & (t > SURE_FACTOR * level)
     if hit_everywhere is not None:
         seeds |= _hit_cores(brightest & ~above, t, level, hit_everywhere)
     return keep_groups_with(flags, seeds, labels=(labels, n))
