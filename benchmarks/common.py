@@ -51,14 +51,18 @@ def write_inputs(sim, workdir: Path, extra: dict, *, ours_extra: dict | None = N
     return ours, ref
 
 
-def run_timed(cmd: list[str], log: Path, cwd: Path) -> dict:
+def run_timed(cmd: list[str], log: Path, cwd: Path, timeout: float | None = None) -> dict:
     """Run a command in ``cwd``; wall time and peak RSS of the child (GNU time when available).
 
     The reference resolves image paths relative to the current directory (ours
     relative to the YAML file), so both run from the folder of the data.
+    ``timeout`` (seconds): the command is stopped by coreutils ``timeout``
+    (exit status 124), so GNU time still reports what it used.
     """
     t0 = time.perf_counter()
     timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+    if timeout:
+        timer += ["timeout", f"{timeout:.0f}"]
     env = dict(os.environ, MPLBACKEND="Agg")
     with log.open("w") as fh:
         proc = subprocess.run(timer + cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False, cwd=cwd)

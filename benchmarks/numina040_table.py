@@ -2,7 +2,9 @@
 
 Usage::
 
-    python benchmarks/numina040_table.py RESULT.json [RESULT.json ...]
+    python benchmarks/numina040_table.py [--compact] RESULT.json [RESULT.json ...]
+
+``--compact``: one row per set and crmethod, each cell "ours | numina 0.40".
 
 Columns: wall time and peak RSS of each program (same run, same data), MEDIANCR recall of the
 spoiled median pixels (plain median more than 5 sigma above the truth), far false flags (MEDIANCR
@@ -59,5 +61,37 @@ def table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def _order(path: Path) -> tuple:
+    doc = json.loads(path.read_text())
+    methods = ("lacosmic", "mm_lacosmic", "deepcr", "mm_deepcr", "mmcosmic", "pycosmic", "mm_pycosmic", "conn",
+               "mm_conn")
+    sets = ("equivalent", "flux", "offsets")
+    method = doc.get("crmethod", "mm_lacosmic")
+    return (sets.index(doc["set"]) if doc["set"] in sets else 9, methods.index(method) if method in methods else 99)
+
+
+def compact(paths: list[Path]) -> str:
+    """One row per set and crmethod, each cell ``ours | numina 0.40`` (ours alone where numina did not run)."""
+    lines = ["| set | crmethod | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for path in sorted(paths, key=_order):
+        doc = json.loads(path.read_text())
+        workdir = path.parent / f"w_{path.stem}"
+        cells = {prog: _cells(doc["results"].get(prog), cpu_seconds(workdir / f"{prog}.log"))
+                 for prog in ("ours", "ref")}
+        ref_ran = doc["results"].get("ref") is not None
+        if ref_ran and doc["results"]["ref"].get("status") != 0:
+            row = [f"{o} \\| {cells['ref'][0] if i == 0 else '-'}" for i, o in enumerate(cells["ours"])]
+        elif ref_ran:
+            row = [f"{o} \\| {r}" for o, r in zip(cells["ours"], cells["ref"])]
+        else:
+            row = cells["ours"]
+        lines.append(f"| {doc['set']} | {doc.get('crmethod', 'mm_lacosmic')} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(table([Path(p) for p in sys.argv[1:]]))
+    args = sys.argv[1:]
+    if args and args[0] == "--compact":
+        print(compact([Path(p) for p in args[1:]]))
+    else:
+        print(table([Path(p) for p in args]))

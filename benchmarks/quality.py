@@ -112,6 +112,24 @@ COINCIDENT = {"flux_coinc": 300, "offsets_coinc": 300}
 COMBOS = ("median", "mediancr", "meancrt", "meancr", "meancr2")
 
 
+def set_parameters(name: str, shape: tuple[int, int]) -> dict:
+    """The parameters of a set (``EXTRA``), their regions clipped to a smaller frame.
+
+    The regions are FITS ``[xmin, xmax, ymin, ymax]`` written for 1596 x 2016; the
+    simulator keeps its guaranteed sky lines at FITS X = 240 and 262 for any width
+    >= 300, so on a smaller frame the same regions, cut at the edge, still hold them.
+    """
+    out = dict(EXTRA[name])
+    ny, nx = shape
+    for key in ("flux_factor_regions", "mm_crosscorr_region"):
+        if key not in out:
+            continue
+        boxes = out[key] if key == "flux_factor_regions" else [out[key]]
+        clipped = [[min(x0, nx), min(x1, nx), min(y0, ny), min(y1, ny)] for x0, x1, y0, y1 in boxes]
+        out[key] = clipped if key == "flux_factor_regions" else clipped[0]
+    return out
+
+
 def far_false(mask: np.ndarray, cr_any: np.ndarray) -> int:
     near = ndimage.binary_dilation(cr_any, structure=np.ones((3, 3), bool), iterations=2)
     return int((mask & ~near).sum())
@@ -296,6 +314,7 @@ def main(argv=None) -> int:
     p.add_argument("--crmethod", default="mm_lacosmic", help="crmethod of both programs (#16: any of numina 0.40's)")
     p.add_argument("--ours-extra", type=yaml.safe_load, default={}, help="extra requirements for our run (YAML)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--timeout", type=float, default=None, help="stop a program after this many seconds (exit 124)")
     p.add_argument("--reuse", action="store_true", help="figures of the outputs already in --workdir (no runs)")
     args = p.parse_args(argv)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="crquality-"))).resolve()
@@ -306,7 +325,8 @@ def main(argv=None) -> int:
     per = COINCIDENT.get(args.set, 150)
     n_coinc = args.n_coincident or max(per, int(per * shape[0] * shape[1] / (1596 * 2016)))
     sim = simulate_exposures(shape, 3, seed=args.seed, n_coincident=n_coinc, **SETS[args.set])
-    ours_yaml, ref_yaml = common.write_inputs(sim, workdir, {**EXTRA[args.set], "crmethod": args.crmethod})
+    extra = {**set_parameters(args.set, shape), "crmethod": args.crmethod}
+    ours_yaml, ref_yaml = common.write_inputs(sim, workdir, extra)
     if args.ours_extra:
         doc = yaml.safe_load(ours_yaml.read_text())
         doc["requirements"].update(args.ours_extra)
@@ -318,7 +338,7 @@ def main(argv=None) -> int:
     runs = _commands(ours_yaml, ref_yaml, workdir, reference=not args.no_reference)
     results = {}
     for name, cmd in runs.items():
-        info = _run(cmd, workdir / name, args.reuse)
+        info = _run(cmd, workdir / name, args.reuse, args.timeout)
         if info["status"] == 0:
             info.update(metrics(sim, workdir / name, oracle=oracle, truth=truth, sig=sig, cr_any=cr_any,
                                 harmful=harmful))
@@ -337,11 +357,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run(cmd: list[str], outdir: Path, reuse: bool) -> dict:
+def _run(cmd: list[str], outdir: Path, reuse: bool, timeout: float | None = None) -> dict:
     """Run one program (timed) unless ``reuse`` and its masks are there already."""
     if reuse and (outdir / "crmasks.fits").exists():
         return {"status": 0, "wall_s": None, "peak_rss_mb": None, "reused": True}
-    return run_timed(cmd, outdir.parent / f"{outdir.name}.log", outdir.parent)
+    return run_timed(cmd, outdir.parent / f"{outdir.name}.log", outdir.parent, timeout)
 
 
 def run_real(args, workdir: Path) -> int:

@@ -170,7 +170,7 @@ def crmasks_hdulist(result: CRMaskResult, params: CRMaskConfig, detector: Detect
         hdus.append(hdu)
     if result.repair_min is not None:
         hdu = fits.ImageHDU(result.repair_min.astype(np.float32), name="CLEANMIN")
-        hdu.header["COMMENT"] = "Minimum of the exposures with their CRMASKk pixels replaced by their models"
+        hdu.header["COMMENT"] = "Repair value of MEDIANCR and MEANCR instead of the plain minimum of the exposures"
         hdus.append(hdu)
     rp = params.pixels_to_be_replaced_by_local_median
     if rp:

@@ -1,10 +1,10 @@
-"""The local-level tests (noise dips, raised medians) on hand-made stack statistics."""
+"""The local-level tests (noise dips, raised medians, spoiled minima) on hand-made stack statistics."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from megara_crdetect.core.locallevel import noise_dips, raised_medians
+from megara_crdetect.core.locallevel import noise_dips, raised_medians, spoiled_minima
 from megara_crdetect.core.stack import StackStats
 
 SIGMA = 5.0
@@ -82,3 +82,23 @@ def test_hot_pixels_and_clusters_are_not_raised_medians():
     assert not raised_medians(where, stats_of(stack), noise, offset=0.0).any()
     stack[:, 2, 1] += np.array([0.0, 10.0, 20.0], np.float32) * SIGMA  # hit in all three, unequally
     assert raised_medians(where, stats_of(stack), noise, offset=0.0)[2, 1]
+
+
+def test_spoiled_minima_take_the_level_along_the_trace_on_a_peak_and_in_a_valley():
+    """A pixel hit in every exposure: min2d is repaired from the flattest line, not across the profile."""
+    profile = np.array([100.0, 300.0, 800.0, 300.0, 100.0, 40.0, 20.0, 40.0, 100.0])  # peak at row 2, valley at 6
+    scene = (profile[:, None] * np.ones((1, 9))).astype(np.float32)
+    stack = np.stack([scene] * 3)
+    peak, valley, flat = (2, 4), (6, 4), (4, 1)
+    for r, c in (peak, valley):
+        stack[:, r, c] += np.float32([400.0, 900.0, 250.0])  # every exposure hit
+    stack[:, flat[0], flat[1]] += np.float32([0.0, 900.0, 0.0])  # one exposure: min2d clean
+    s = np.sort(stack, axis=0)
+    stats = StackStats(min2d=s[0], max2d=s[2], median2d=s[1], mean2d=stack.mean(axis=0))
+    noise = np.sqrt(np.maximum(stats.min2d, 0) + 3.4**2).astype(np.float32)
+    where = np.zeros(scene.shape, bool)
+    for p in (peak, valley, flat):
+        where[p] = True
+    spoiled, values = spoiled_minima(where, stats, noise)
+    assert spoiled[peak] and spoiled[valley] and not spoiled[flat]
+    np.testing.assert_allclose(values, [scene[peak], scene[valley]], rtol=1e-6)  # np.nonzero order

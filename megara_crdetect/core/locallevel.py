@@ -21,6 +21,15 @@ four means of opposite neighbours (the linear interpolations through the
 pixel along the row, the column and both diagonals), which follows a
 gradient or a line flank where the plain median of the neighbours would not.
 
+Spoiled minima
+--------------
+Where every exposure is hit, min2d (the value that repairs MEDIANCR) is
+spoiled as well.  Among pixels known to be hit in every exposure, those whose
+min2d stands ``RAISED_SIGMA`` noise sigmas above even the highest of the four
+means of opposite neighbours' min2d are repaired with the mean of the two
+neighbours along the flattest of the four lines (the neighbours' min2d is
+clean wherever not every exposure is hit there).
+
 Raised medians
 --------------
 Where an exposure is known to be hit, the median may be spoiled although
@@ -40,7 +49,8 @@ import numpy as np
 from .masks import keep_groups_with, label_groups
 from .stack import AGREEMENT_SIGMA, StackStats
 
-__all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "typical_spread"]
+__all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "spoiled_minima",
+           "typical_spread"]
 
 #: A neighbourhood is quiet when (max2d - min2d) / noise stays below this at every neighbour.
 QUIET_SIGMA = 5.0
@@ -167,3 +177,69 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
     hit = stats.median2d[ys, xs] - level > raised_sigma * u
     out[ys[hit], xs[hit]] = True
     return keep_groups_with(out, out & (stats.max2d - stats.min2d > AGREEMENT_SIGMA * noise))
+
+
+def spoiled_minima(where: np.ndarray, stats: StackStats, noise: np.ndarray,
+                   raised_sigma: float = RAISED_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of ``where`` whose min2d stands above the clean level of their neighbours, and that level.
+
+    Parameters
+    ----------
+    where : ndarray of bool, shape (ny, nx)
+        Pixels known to be hit in every exposure (judged only there).
+    stats : StackStats
+        Stack statistics of aligned exposures (``min2d``).
+    noise : ndarray, shape (ny, nx)
+        Single-exposure noise sigma (electrons); the median of the
+        neighbours' is used (the pixel's own follows its spoiled min2d).
+    raised_sigma : float
+        Excess of min2d over the highest of the four means of opposite
+        neighbours, in noise sigmas.
+
+    Returns
+    -------
+    spoiled : ndarray of bool, shape (ny, nx)
+        The pixels whose min2d is spoiled.
+    values : ndarray, shape (m,)
+        Their repair value, in the order of ``np.nonzero(spoiled)``: the
+        mean of the two opposite neighbours' min2d along the flattest of the
+        four lines through the pixel (row, column, diagonals), the one whose
+        min2d changes least from the neighbours to the pixels beyond them
+        (:func:`_flattest_means`): along a fibre trace or a sky line, not
+        across it, on a peak as in a valley.
+    """
+    ys, xs = _inner(where)
+    out = np.zeros(where.shape, dtype=bool)
+    if ys.size == 0:
+        return out, np.zeros(0, dtype=stats.min2d.dtype)
+    yy, xx = neighbour_index(ys, xs, where.shape)
+    means = _opposite_means(stats.min2d[yy, xx])
+    u = np.median(noise[yy, xx], axis=1)
+    hit = stats.min2d[ys, xs] - means.max(axis=1) > raised_sigma * u
+    out[ys[hit], xs[hit]] = True
+    return out, _flattest_means(stats.min2d, ys[hit], xs[hit])
+
+
+#: the four lines through a pixel: row, column and both diagonals
+_LINES = np.array([(0, 1), (1, 0), (1, 1), (1, -1)])
+
+
+def _flattest_means(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Mean of the two neighbours of each pixel along the line where ``image`` is flattest around it.
+
+    Flatness of a line: ``|image[p - 2d] - image[p - d]| + |image[p + 2d] - image[p + d]|``
+    (the pixel itself is not used: it is the one to replace).  Indices are
+    clipped at the image edges.
+    """
+    ny, nx = image.shape
+
+    def at(k: int) -> np.ndarray:  # (m, 4) values at distance k along each line
+        yy = np.clip(ys[:, None] + k * _LINES[:, 0], 0, ny - 1)
+        xx = np.clip(xs[:, None] + k * _LINES[:, 1], 0, nx - 1)
+        return image[yy, xx]
+
+    near_minus, near_plus = at(-1), at(1)
+    slope = np.abs(at(-2) - near_minus) + np.abs(at(2) - near_plus)
+    best = np.argmin(slope, axis=1)
+    rows = np.arange(ys.size)
+    return (0.5 * (near_minus[rows, best] + near_plus[rows, best])).astype(image.dtype)

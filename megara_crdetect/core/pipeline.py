@@ -64,7 +64,7 @@ from . import mmdiagram as mm
 from . import shiftmodel as sm
 from .combine import combine, problematic_pixels
 from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
-from .locallevel import noise_dips, raised_medians, typical_spread
+from .locallevel import neighbour_index, noise_dips, raised_medians, spoiled_minima, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
 from .noise import sigma
 from .offsets import measure_offsets
@@ -100,6 +100,14 @@ STATIC_BUSY_CHI2 = 25.0
 #: hit) an exposure standing this many noise sigmas above the clean reference (min2d; with offsets its own
 #: model, in model sigmas) is one of the hit exposures, and its CRMASKk says so.
 HIT_SIGMA = 3.0
+#: A pixel whose min2d stands above the clean level of its neighbours is hit in every exposure when its
+#: exposures also differ (max2d - min2d) by this many times the level that confirms a detection: a sharp
+#: feature that every exposure shares (a hot pixel) gives the same value in each.  See
+#: :meth:`_Detections.hit_everywhere`.
+EVERY_HIT_FACTOR = 2.0
+#: Any pixel of a group of the auxiliary detector whose disagreement exceeds this many times the
+#: confirmation level confirms the group (see :func:`_confirm`).
+SURE_FACTOR = 2.0
 #: Measured offsets (``mm_crosscorr_region``) all within this many pixels of zero are zero within their
 #: error (the fit's accuracy: 0.01 px on simulated sets; aligned sets measure <= 0.002 px), and the
 #: exposures are treated as aligned: shifted models of aligned exposures only add interpolation noise.
@@ -135,11 +143,14 @@ class CRMaskResult:
     ``boundaries`` and ``expected_false`` are keyed by diagram name
     (``median``, ``mean``, ``exposure1``...).  ``bad_rows`` and
     ``bad_columns`` (0-based) are detector lines left out of the detection
-    (see :func:`_bad_lines`).  ``repair_min`` (shifted exposures only) is
+    (see :func:`_bad_lines`).  ``repair_min`` is
     the value that repairs MEDIANCR instead of min2d: the minimum of the
     exposures with their CRMASKk pixels replaced by their own models; for
     aligned exposures with ``mm_variation_model``, the minimum of the
-    exposures brought onto one scene.  ``variation`` is that model
+    exposures brought onto one scene; for aligned exposures, also where a
+    MEDIANCR pixel is hit in every exposure (min2d is spoiled there), the
+    clean level of its neighbours (see :func:`_repair_every_hit`); None:
+    min2d.  ``variation`` is that model
     (:func:`~megara_crdetect.core.variation.fit_variations`).
     """
 
@@ -278,30 +289,66 @@ def _two_pass(params: CRMaskConfig) -> bool:
 GROW_FRACTION = 0.5
 
 
-def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray) -> np.ndarray:
+def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
+             hit_everywhere: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Keep the groups of LA flags where the exposures disagree at the group's brightest pixel.
 
     ``level`` is a number or a per-pixel map (see :meth:`_Detections.confirm_level`).
     Testing only the brightest pixel of ``target`` in each group (the core of
     a cosmic ray, or the hot pixel itself) keeps one noisy neighbour that L.A.Cosmic
-    added to a hot pixel from confirming it.  Of a confirmed group, only the
-    pixels joined to that brightest pixel through pixels where the exposures
-    disagree by at least ``GROW_FRACTION`` of ``level`` are kept (the dilation
-    adds the rim later): L.A.Cosmic joins a cosmic ray on an arc line or a
-    trace with the whole sharp feature, which one hit must not confirm along
-    all its length (2 320 pixels of one arc line in ``wht_arc_hybrid``).
+    added to a hot pixel from confirming it.
+
+    Any pixel of the group that disagrees beyond ``SURE_FACTOR`` times ``level``
+    confirms it as well: no noisy neighbour of a hot pixel goes that far, but
+    a cosmic ray that the detector's group joins to a brighter real feature
+    next to it (a fibre peak, a sky line) does.
+
+    Where that brightest pixel is hit in every exposure
+    (``hit_everywhere(pixels) -> pixels``, see :meth:`_Detections.hit_everywhere`),
+    min2d is hit as well and ``target - min2d`` is only the difference of two
+    deposits, which may be small: the group is then kept when, besides, one of
+    the eight neighbours of that pixel disagrees beyond ``level`` (its median
+    is spoiled: two of its exposures are hit).  A hot pixel passes
+    ``hit_everywhere`` only with a cosmic ray in some exposure, and its
+    neighbours then disagree beyond ``level`` only where a cosmic ray hits
+    two exposures of them: a spoiled median that is to be flagged anyway.
+
+    Of a confirmed group, only the pixels joined to its seeds through pixels
+    where the exposures disagree by at least ``GROW_FRACTION`` of ``level``
+    are kept (the dilation adds the rim later): L.A.Cosmic joins a cosmic ray
+    on an arc line or a trace with the whole sharp feature, which one hit must
+    not confirm along all its length (2 320 pixels of one arc line in
+    ``wht_arc_hybrid``).
     """
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
     labels, n = label_groups(flags)
     peak = np.full(n + 1, np.inf, dtype=np.float64)
     peak[1:] = ndimage.maximum(target, labels, np.arange(1, n + 1))
-    seeds = (t > level) & (target >= peak[labels]) & flags
+    brightest = (target >= peak[labels]) & flags
+    above = t > level
+    seeds = above & brightest
+    seeds |= flags & (t > SURE_FACTOR * level)
+    if hit_everywhere is not None:
+        seeds |= _hit_cores(brightest & ~above, t, level, hit_everywhere)
     if not seeds.any():
         return np.zeros_like(flags)
     core = keep_groups_with(flags, seeds, labels=(labels, n))
     core &= (t > np.float32(GROW_FRACTION) * level) | seeds
     return keep_groups_with(core, seeds)
+
+
+def _hit_cores(cores: np.ndarray, t: np.ndarray, level, hit_everywhere) -> np.ndarray:
+    """Pixels of ``cores`` hit in every exposure with a neighbour that disagrees beyond ``level``."""
+    cores = hit_everywhere(cores)
+    ys, xs = np.nonzero(cores)
+    if ys.size == 0:
+        return cores
+    yy, xx = neighbour_index(ys, xs, cores.shape)
+    lev = level if np.isscalar(level) else level[yy, xx]
+    ok = (t[yy, xx] > lev).any(axis=1)
+    cores[ys[~ok], xs[~ok]] = False
+    return cores
 
 
 def _expected_images(stats: StackStats, stack: np.ndarray, params: CRMaskConfig,
@@ -494,6 +541,25 @@ class _Detections:
         q = mm.column_quantile(sims.hist[diagram], sims.grid, CONFIRM_FRACTION).astype(np.float32)
         return np.maximum(np.float32(base), q[sims.grid.column_index(self.scale(diagram))])
 
+    def hit_everywhere(self, where: np.ndarray) -> np.ndarray:
+        """Pixels of ``where`` hit in every exposure: min2d is spoiled as well.
+
+        Their min2d stands ``RAISED_SIGMA`` noise sigmas above the clean level
+        of its neighbours (:func:`~megara_crdetect.core.locallevel.spoiled_minima`)
+        and the exposures differ (max2d - min2d) by ``EVERY_HIT_FACTOR`` times
+        the level that confirms a detection on the median: far beyond the
+        noise, which a sharp feature that every exposure shares (a hot
+        pixel) does not do.
+        """
+        spoiled, _ = spoiled_minima(where, self.stats, self.noise)
+        ys, xs = np.nonzero(spoiled)
+        level = self.confirm_level("median")
+        level = level if np.isscalar(level) else level[ys, xs]
+        spread = (self.stats.max2d[ys, xs] - self.stats.min2d[ys, xs]) / self.noise[ys, xs]
+        keep = spread > EVERY_HIT_FACTOR * level
+        spoiled[ys[~keep], xs[~keep]] = False
+        return spoiled
+
     def of(self, name: str, target: np.ndarray, boundary_name: str | None = None) -> tuple:
         """(LA confirmed flags or None, MM flags or None) of a target, within the cleanable map."""
         la = mmf = None
@@ -502,7 +568,7 @@ class _Detections:
             t = _normalised(target, self.stats, self.scale(diagram))
             level = self.confirm_level(diagram)
             # pixels that cannot be flagged (skipped regions, bad lines) cannot confirm a group either
-            la = _confirm(self.la_flags[name] & self.cleanable, t, level, target)
+            la = _confirm(self.la_flags[name] & self.cleanable, t, level, target, self.hit_everywhere)
         b = self.boundaries.get(diagram)
         if b is not None:
             mmf = _mm_flags(target, self.stats, self.scale(diagram), b, threshold_e=self.threshold_e,
@@ -874,6 +940,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         result.mediancr_codes[~result.mediancr] = 0
     t1 = time.perf_counter()
     result.crmasks |= _hit_exposures(result.mediancr, det, stack)
+    if not shifted:
+        _repair_every_hit(result, det)
     _finish_masks(result, det, params, stack, exposure_flags)
     timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
@@ -918,6 +986,30 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     excess = stack[:, ys, xs] - det.stats.min2d[ys, xs]
     out[:, ys, xs] = excess > np.float32(HIT_SIGMA) * det.noise[ys, xs]
     return out
+
+
+def _repair_every_hit(result: CRMaskResult, det: _Detections) -> None:
+    """MEDIANCR pixels hit in every exposure: repaired from their neighbours, masked in every CRMASKk (in place).
+
+    Where every exposure is hit (:meth:`_Detections.hit_everywhere`), min2d
+    is a cosmic ray too: the repair value (``repair_min``, written as
+    ``CLEANMIN``) takes the clean level of the neighbours
+    (:func:`~megara_crdetect.core.locallevel.spoiled_minima`), and every
+    CRMASKk masks the pixel (no exposure is clean there: meancr takes the
+    repair value, and the DQ plane says ``CR_ALL_EXPOSURES``).  Aligned
+    exposures only.
+    """
+    every = det.hit_everywhere(result.mediancr)
+    count = int(every.sum())
+    result.counts["mediancr_every_exposure"] = count
+    if count == 0:
+        return
+    _, values = spoiled_minima(every, det.stats, det.noise)
+    repair = (det.stats.min2d if result.repair_min is None else result.repair_min).copy()
+    repair[every] = values
+    result.repair_min = repair
+    result.crmasks[:, every] = True
+    _log.info("%d MEDIANCR pixels hit in every exposure: repaired from their neighbours", count)
 
 
 def _models_variation(params: CRMaskConfig, offsets: np.ndarray) -> bool:
