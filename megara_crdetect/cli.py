@@ -25,6 +25,7 @@ from . import __version__
 from .config import parse_run_config
 from .errors import ConfigError, InputError, Terminated, UserAbort
 from .progress import ProgressReporter
+from .review import warmup
 
 __all__ = ["main", "ProgressReporter", "EXIT_STATUS"]
 
@@ -141,6 +142,8 @@ def _execute(args) -> int:
     from .runner import run
 
     _check_output_dir(args.output_dir)
+    if not args.no_figures:  # matplotlib loads in a thread while the inputs are read and the detection runs
+        warmup.start()
     if args.example is not None:
         from .examples import write_example
         _log.info("writing example %d into %s", args.example, args.output_dir)
@@ -156,6 +159,7 @@ def _execute(args) -> int:
     review = None
     if cfg.params.interactive:
         from .review.interactive import make_review
+        warmup.finish()  # pyplot windows in this thread: no matplotlib work in another one
         review = make_review(cfg, base_dir=params_path.parent)
     progress = ProgressReporter()
     try:

@@ -440,4 +440,55 @@ def test_background_figures_write_the_same_files(run, tmp_path):
     for name in ("mediancr_candidates.csv", "mediancr_regions.reg", "review_edits.yaml"):
         assert (background / name).read_text() == (serial / name).read_text()
     assert pdf_pages(background / "mediancr_identified_cr.pdf") == pdf_pages(serial / "mediancr_identified_cr.pdf")
-    assert calls[-1] == ("figures", 2, 2)
+    # one job per file; the three review files are one job; problematic_pixels.pdf may be written empty-handed
+    jobs = len(list(serial.iterdir())) - 2 + (not (serial / "problematic_pixels.pdf").exists())
+    assert calls[-1] == ("figures", jobs, jobs)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)  # per file, in order
+    assert not list(background.glob(".*"))  # no part file left
+
+
+def complete(path) -> bool:
+    """A PNG that decodes, a PDF with its end-of-file marker, a text file that ends with a newline."""
+    if path.suffix == ".png":
+        return imread(path).shape[0] > 100
+    if path.suffix == ".pdf":
+        return path.read_bytes().rstrip().endswith(b"%%EOF") and pdf_pages(path) > 0
+    return path.read_text().endswith("\n")
+
+
+def test_failed_figure_leaves_no_file(tmp_path):
+    from megara_crdetect.review.figures import _atomic
+
+    def half(part):
+        part.write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _atomic(tmp_path / "a.png", half)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_figure_processes_leave_only_complete_files(run, tmp_path, caplog):
+    """Figure processes stopped half-way (SIGKILL while a file is being written): every file left under
+    its name is complete, no part file stays, and the loss is reported."""
+    import os
+    import signal
+    import time
+
+    from megara_crdetect.review.figures import start_figures
+
+    res, stack, cfg = run
+    out = tmp_path / "killed"
+    wait = start_figures(res, stack, cfg, stage_in(out), processes=2)
+    deadline = time.monotonic() + 30
+    while not list(out.glob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert list(out.glob(".*.part")), "no figure was being written"
+    for proc in wait.processes:
+        if proc.exitcode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    with caplog.at_level("ERROR", logger="megara_crdetect.review.figures"):
+        wait()
+    assert not list(out.glob(".*"))
+    assert all(complete(p) for p in out.iterdir())
+    assert "some figures are missing" in caplog.text

@@ -27,7 +27,8 @@ from scipy import ndimage
 from ._plot import CODE_CMAP, CODE_NORM, MARKERS, agg_figure, fits_extent, limits
 from .events import ReviewData, cutout, label_events
 
-__all__ = ["DEFAULT_PAGES", "MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf"]
+__all__ = ["DEFAULT_PAGES", "MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf",
+           "warm_up"]
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +63,20 @@ def n_pages(n_events: int, maxplots: int) -> int:
     """Pages to draw: the first :data:`DEFAULT_PAGES` events for ``maxplots = -1``, none for 0, else at most
     ``maxplots``."""
     return min(DEFAULT_PAGES if maxplots < 0 else maxplots, n_events)
+
+
+def warm_up() -> None:
+    """Draw a small page into memory (loads the PDF backend and the metrics of its fonts)."""
+    import io
+
+    with _pdf_context():
+        fig = agg_figure((2, 2))
+        ax = fig.add_subplot()
+        ax.imshow(np.zeros((2, 2)))
+        _title(ax, "x")
+        ax.text(0, 0, "x", family="monospace")
+        with PdfPages(io.BytesIO()) as pdf:
+            pdf.savefig(fig)
 
 
 class _Slot:
