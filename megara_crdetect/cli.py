@@ -122,10 +122,14 @@ def _load_yaml(path: Path):
 
 
 def _figure_writer(args):
-    if args.no_figures:
-        return None
+    return None if args.no_figures else _start_figures
+
+
+def _start_figures(*args, **kwargs):
+    """:func:`~megara_crdetect.review.figures.start_figures`, imported once the masks exist (matplotlib is
+    loaded meanwhile by the warm-up thread, not by this one)."""
     from .review.figures import start_figures
-    return start_figures
+    return start_figures(*args, **kwargs)
 
 
 def _check_output_dir(path: str) -> None:

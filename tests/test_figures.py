@@ -208,9 +208,9 @@ class TestWriteFigures:
         return out, timings, calls, ReviewData(res, RNOISE, stack)
 
     @pytest.mark.parametrize("name, size", [
-        ("diagnostic_histogram2d.png", (1500, 1950)), ("diagnostic_mediancr.png", (1500, 1950)),
-        ("diagnostic_meancr.png", (825, 1950)), ("diagnostic_crmask1.png", (825, 1950)),
-        ("diagnostic_crmask3.png", (825, 1950))])
+        ("diagnostic_histogram2d.png", (1200, 1560)), ("diagnostic_mediancr.png", (1200, 1560)),
+        ("diagnostic_meancr.png", (660, 1560)), ("diagnostic_crmask1.png", (660, 1560)),
+        ("diagnostic_crmask3.png", (660, 1560))])
     def test_png_files(self, written, name, size):
         img = imread(written[0] / name)
         assert img.shape[:2] == size
@@ -295,10 +295,10 @@ class TestOptionalFigures:
                 timings[name] = 1
         return out, timings
 
-    @pytest.mark.parametrize("name, size", [("image_number_at_median_position.png", (825, 1950)),
-                                            ("flux_factor1.png", (825, 1200)), ("flux_factor3.png", (825, 1200)),
-                                            ("xyoffset_crosscorr_1.png", (1200, 1500)),
-                                            ("xyoffset_crosscorr_3.png", (1200, 1500))])
+    @pytest.mark.parametrize("name, size", [("image_number_at_median_position.png", (660, 1560)),
+                                            ("flux_factor1.png", (660, 960)), ("flux_factor3.png", (660, 960)),
+                                            ("xyoffset_crosscorr_1.png", (960, 1200)),
+                                            ("xyoffset_crosscorr_3.png", (960, 1200))])
     def test_written(self, written, name, size):
         out, timings = written
         assert imread(out / name).shape[:2] == size

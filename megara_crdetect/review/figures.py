@@ -186,7 +186,7 @@ def _run_jobs(jobs, strict: bool = False) -> dict[str, float]:
     """Run ``(name, cost, job)`` items; a failing figure is logged and skipped (re-raised if ``strict``)."""
     timings = {}
     for name, _, job in jobs:
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         try:
             out = job()
         except Exception as exc:  # noqa: BLE001 - a diagnostic must not lose the products
@@ -196,6 +196,7 @@ def _run_jobs(jobs, strict: bool = False) -> dict[str, float]:
             _log.debug("figure failure", exc_info=True)
             continue
         timings[name] = time.perf_counter() - t1
+        _log.debug("%s: %.2f s (CPU %.2f s)", name, timings[name], time.process_time() - c1)
         if name == "mediancr_identified_cr.pdf":
             timings["pages"] = out
     return timings
@@ -228,9 +229,9 @@ class _Queue:
 
     @property
     def done(self) -> int:
-        """Jobs finished."""
-        with self._lock:
-            return self._counts[1]
+        """Jobs finished (read without the lock: a process killed while holding it must not block the
+        caller)."""
+        return self._counts[1]
 
 
 def start_figures(result, stack_e: np.ndarray, cfg, stage, *, progress: Progress | None = None,
