@@ -25,6 +25,7 @@ from . import __version__
 from .config import parse_run_config
 from .errors import ConfigError, InputError, Terminated, UserAbort
 from .progress import ProgressReporter
+from .review import warmup
 
 __all__ = ["main", "ProgressReporter", "EXIT_STATUS"]
 
@@ -121,10 +122,14 @@ def _load_yaml(path: Path):
 
 
 def _figure_writer(args):
-    if args.no_figures:
-        return None
+    return None if args.no_figures else _start_figures
+
+
+def _start_figures(*args, **kwargs):
+    """:func:`~megara_crdetect.review.figures.start_figures`, imported once the masks exist (matplotlib is
+    loaded meanwhile by the warm-up thread, not by this one)."""
     from .review.figures import start_figures
-    return start_figures
+    return start_figures(*args, **kwargs)
 
 
 def _check_output_dir(path: str) -> None:
@@ -141,6 +146,8 @@ def _execute(args) -> int:
     from .runner import run
 
     _check_output_dir(args.output_dir)
+    if not args.no_figures:  # matplotlib loads in a thread while the inputs are read and the detection runs
+        warmup.start()
     if args.example is not None:
         from .examples import write_example
         _log.info("writing example %d into %s", args.example, args.output_dir)
@@ -156,6 +163,7 @@ def _execute(args) -> int:
     review = None
     if cfg.params.interactive:
         from .review.interactive import make_review
+        warmup.finish()  # pyplot windows in this thread: no matplotlib work in another one
         review = make_review(cfg, base_dir=params_path.parent)
     progress = ProgressReporter()
     try:

@@ -211,3 +211,28 @@ def test_output_dir_that_is_a_file_is_a_one_line_error(dataset, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --output_dir = '{target}': exists and is not a folder"]
     assert target.read_text() == "not a folder"
+
+
+def test_default_run_writes_complete_figures(dataset, tmp_path):
+    """The default run (figures on): every figure is there and complete, nothing half-written or hidden is
+    left, and the warm-up thread that loaded matplotlib during the detection is over."""
+    import re
+    import threading
+
+    from matplotlib.image import imread
+
+    sim, folder, images = dataset
+    params = write_params(folder, images, name="params_figures.yaml", maxplots=5)
+    out = tmp_path / "out"
+    assert main([str(params), "--output_dir", str(out), "--log-level", "WARNING"]) == 0
+    names = {p.name for p in out.iterdir()}
+    pngs = {"diagnostic_histogram2d.png", "diagnostic_mediancr.png", "diagnostic_meancr.png",
+            *(f"diagnostic_crmask{k}.png" for k in (1, 2, 3))}
+    assert pngs | {"mediancr_identified_cr.pdf", "mediancr_candidates.csv", "mediancr_regions.reg",
+                   "review_edits.yaml"} <= names
+    assert not [n for n in names if n.startswith(".")]
+    for name in pngs:
+        assert imread(out / name).shape[:2] in ((1200, 1560), (660, 1560)), name
+    pdf = (out / "mediancr_identified_cr.pdf").read_bytes()
+    assert pdf.rstrip().endswith(b"%%EOF") and 1 <= len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf)) <= 5
+    assert not [t for t in threading.enumerate() if t.name == "figures-warm-up"]

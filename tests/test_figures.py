@@ -208,9 +208,9 @@ class TestWriteFigures:
         return out, timings, calls, ReviewData(res, RNOISE, stack)
 
     @pytest.mark.parametrize("name, size", [
-        ("diagnostic_histogram2d.png", (1500, 1950)), ("diagnostic_mediancr.png", (1500, 1950)),
-        ("diagnostic_meancr.png", (825, 1950)), ("diagnostic_crmask1.png", (825, 1950)),
-        ("diagnostic_crmask3.png", (825, 1950))])
+        ("diagnostic_histogram2d.png", (1200, 1560)), ("diagnostic_mediancr.png", (1200, 1560)),
+        ("diagnostic_meancr.png", (660, 1560)), ("diagnostic_crmask1.png", (660, 1560)),
+        ("diagnostic_crmask3.png", (660, 1560))])
     def test_png_files(self, written, name, size):
         img = imread(written[0] / name)
         assert img.shape[:2] == size
@@ -295,10 +295,10 @@ class TestOptionalFigures:
                 timings[name] = 1
         return out, timings
 
-    @pytest.mark.parametrize("name, size", [("image_number_at_median_position.png", (825, 1950)),
-                                            ("flux_factor1.png", (825, 1200)), ("flux_factor3.png", (825, 1200)),
-                                            ("xyoffset_crosscorr_1.png", (1200, 1500)),
-                                            ("xyoffset_crosscorr_3.png", (1200, 1500))])
+    @pytest.mark.parametrize("name, size", [("image_number_at_median_position.png", (660, 1560)),
+                                            ("flux_factor1.png", (660, 960)), ("flux_factor3.png", (660, 960)),
+                                            ("xyoffset_crosscorr_1.png", (960, 1200)),
+                                            ("xyoffset_crosscorr_3.png", (960, 1200))])
     def test_written(self, written, name, size):
         out, timings = written
         assert imread(out / name).shape[:2] == size
@@ -440,4 +440,55 @@ def test_background_figures_write_the_same_files(run, tmp_path):
     for name in ("mediancr_candidates.csv", "mediancr_regions.reg", "review_edits.yaml"):
         assert (background / name).read_text() == (serial / name).read_text()
     assert pdf_pages(background / "mediancr_identified_cr.pdf") == pdf_pages(serial / "mediancr_identified_cr.pdf")
-    assert calls[-1] == ("figures", 2, 2)
+    # one job per file; the three review files are one job; problematic_pixels.pdf may be written empty-handed
+    jobs = len(list(serial.iterdir())) - 2 + (not (serial / "problematic_pixels.pdf").exists())
+    assert calls[-1] == ("figures", jobs, jobs)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)  # per file, in order
+    assert not list(background.glob(".*"))  # no part file left
+
+
+def complete(path) -> bool:
+    """A PNG that decodes, a PDF with its end-of-file marker, a text file that ends with a newline."""
+    if path.suffix == ".png":
+        return imread(path).shape[0] > 100
+    if path.suffix == ".pdf":
+        return path.read_bytes().rstrip().endswith(b"%%EOF") and pdf_pages(path) > 0
+    return path.read_text().endswith("\n")
+
+
+def test_failed_figure_leaves_no_file(tmp_path):
+    from megara_crdetect.review.figures import _atomic
+
+    def half(part):
+        part.write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _atomic(tmp_path / "a.png", half)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_figure_processes_leave_only_complete_files(run, tmp_path, caplog):
+    """Figure processes stopped half-way (SIGKILL while a file is being written): every file left under
+    its name is complete, no part file stays, and the loss is reported."""
+    import os
+    import signal
+    import time
+
+    from megara_crdetect.review.figures import start_figures
+
+    res, stack, cfg = run
+    out = tmp_path / "killed"
+    wait = start_figures(res, stack, cfg, stage_in(out), processes=2)
+    deadline = time.monotonic() + 30
+    while not list(out.glob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert list(out.glob(".*.part")), "no figure was being written"
+    for proc in wait.processes:
+        if proc.exitcode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    with caplog.at_level("ERROR", logger="megara_crdetect.review.figures"):
+        wait()
+    assert not list(out.glob(".*"))
+    assert all(complete(p) for p in out.iterdir())
+    assert "some figures are missing" in caplog.text

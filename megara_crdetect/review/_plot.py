@@ -11,7 +11,9 @@ __all__ = ["CODE_COLOURS", "CODE_CMAP", "CODE_NORM", "MARKERS", "DPI", "agg_figu
            "fits_extent", "block_mean", "display_image", "column_hist2d", "uniform_hist2d", "log_norm",
            "count_cmap", "maxpool"]
 
-DPI = 150
+#: Resolution of the PNG figures: a 13 x 10 inch figure is 1560 x 1200 pixels (150 dpi drew 56 % more
+#: pixels for 13 % more CPU, no more legible on a screen).
+DPI = 120
 #: Colours of the MEDIANCR codes in detection maps: none, dilation, MM, LA, both, user, pair.
 CODE_COLOURS = ("black", "0.6", "tab:blue", "red", "yellow", "magenta", "cyan")
 CODE_CMAP = colors.ListedColormap(CODE_COLOURS, name="mediancr_codes")

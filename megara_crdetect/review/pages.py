@@ -27,7 +27,8 @@ from scipy import ndimage
 from ._plot import CODE_CMAP, CODE_NORM, MARKERS, agg_figure, fits_extent, limits
 from .events import ReviewData, cutout, label_events
 
-__all__ = ["DEFAULT_PAGES", "MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf"]
+__all__ = ["DEFAULT_PAGES", "MAX_TOP", "CRPage", "ProblematicPage", "n_pages", "write_cr_pdf", "write_problematic_pdf",
+           "warm_up"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +65,20 @@ def n_pages(n_events: int, maxplots: int) -> int:
     return min(DEFAULT_PAGES if maxplots < 0 else maxplots, n_events)
 
 
+def warm_up() -> None:
+    """Draw a small page into memory (loads the PDF backend and the metrics of its fonts)."""
+    import io
+
+    with _pdf_context():
+        fig = agg_figure((2, 2))
+        ax = fig.add_subplot()
+        ax.imshow(np.zeros((2, 2)))
+        _title(ax, "x")
+        ax.text(0, 0, "x", family="monospace")
+        with PdfPages(io.BytesIO()) as pdf:
+            pdf.savefig(fig)
+
+
 class _Slot:
     """One image panel whose data, extent and colour limits change from page to page."""
 
@@ -73,6 +88,7 @@ class _Slot:
                                norm=norm, aspect="equal")
         self.rect = Rectangle((0, 0), 1, 1, fill=False, ec="cyan", lw=0.8)
         ax.add_patch(self.rect)
+        ax.patch.set_visible(False)  # the cut-out covers the whole panel
         _few_ticks(ax, ticks)
 
     def show(self, cut: np.ndarray, extent, *, clim=None, title: str | None = None, box=None) -> None:
@@ -166,6 +182,9 @@ class CRPage:
         self.mm_lines[1] = ax.plot([], [], ls="none", marker=".", ms=4, color="0.3")[0]
         ax.set_xlabel("noise scale u [e-]", fontsize=7)
         ax.set_ylabel("(median2d - min2d) / u", fontsize=7)
+        # fixed label positions: placing them beside the tick labels lays out every tick label once more
+        ax.xaxis.set_label_coords(0.5, -0.12)
+        ax.yaxis.set_label_coords(-0.16, 0.5)
         _title(ax, "MM diagram of this event")
 
     def _update_mm(self, i: int) -> None:
@@ -175,6 +194,7 @@ class CRPage:
         for code, line in self.mm_lines.items():
             sel = codes == code
             line.set_data(u[sel], t[sel])
+            line.set_visible(bool(sel.any()))  # an empty line still costs a draw
         lo, hi = max(float(u.min()) * 0.8, self.data.rnoise_e * 0.95), float(u.max()) * 1.25 + 1.0
         if self.mm_boundary is not None:
             uu = np.linspace(lo, hi, 50)
