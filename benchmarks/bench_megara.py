@@ -78,6 +78,11 @@ ROUTES = {
     "ours_variation": ("MEGARACR", {**OURS_REQUIREMENTS, "mm_variation_model": True}),
     "megaradrp_mm_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic"}),
     "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
+    # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with
+    # teareduce's merge_peak_tail_masks, which scans the whole frame once per detected group: hours on a
+    # full frame with thousands of cosmic rays.  One pass (both values 5) is the setting that completes.
+    "megaradrp_mm_lacosmic_1pass": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
+                                               "la_sigclip": [5.0, 5.0]}),
 }
 #: --quick: a cheap run of the whole harness (the geometry cannot shrink: megaradrp's profile has fixed
 #: trim regions for unbinned 4212 x 4196 frames), fewer events and cheap settings for every route
