@@ -17,12 +17,29 @@ are compared with the noise-free truth:
 * false flags: flagged pixels farther than 1 pixel (the dilation) from any
   hit pixel (MEDIANCR; CRMASK1..3 against the hits of their own exposure).
 
-Run it alone (it is heavy): ``flock /tmp/heavy.lock python benchmarks/bench_megara.py [workdir]``.
+Routes (each its own ``numina run``, capped by ``--cap``, killed after it):
+ours with its defaults, ours with ``mm_variation_model: true``, and megaradrp's
+own recipe with each crmethod of numina 0.40 that can run here (``mm_lacosmic``
+and ``lacosmic``; see :data:`ROUTES`), with megaradrp's defaults except
+:data:`MEGARADRP_UNATTENDED`.  CPU time and peak RSS are those of the
+``numina run`` process and its children (``wait4``); the load average is
+recorded before and after each route.  Results go to ``<workdir>/bench_megara.json``
+(merged with the routes of earlier runs in the same workdir) and ``--json``.
+
+Heavy: ``python benchmarks/bench_megara.py [workdir] --lock /tmp/heavy.lock`` takes
+the lock around each route (up to ``--cap`` each) instead of around the whole
+run.  ``--quick`` checks the harness end to end in a few minutes (fewer
+events, cheap settings; same full-size frames: megaradrp's profile only
+knows the unbinned raw geometry).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -39,15 +56,39 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import _megarasim as sim  # noqa: E402
 
+log = logging.getLogger("bench_megara")
+
 EXPTIME = 600.0
 N_SINGLE = 1500  # events per exposure
 N_PAIRS = 300  # events hit in 2 of the 3 exposures
 RON_E = sim.RON_ADU * max(sim.GAINS)
-#: megaradrp's route: its default requirement block, except what has to change here (see the report)
-MEGARADRP_REQUIREMENTS = {"master_bias": "master_bias.fits", "crmethod": "mm_lacosmic", "interactive": False,
-                          "la_niter": 1, "maxplots": 0}
+#: what megaradrp's route must change in its default requirement block to run unattended here:
+#: the master bias, no interactive prompt, no figures (with figures on, megaradrp's recipe stopped with
+#: "ValueError: boundaryfit must be provided for mediancr plots" and spends its time in up to 1000 PDFs)
+MEGARADRP_UNATTENDED = {"master_bias": "master_bias.fits", "interactive": False, "maxplots": 0}
 #: ours: our defaults (mm_lacosmic, 4 L.A.Cosmic iterations), read noise in electrons as megaradrp's
 OURS_REQUIREMENTS = {"master_bias": "master_bias.fits", "rnoise": 3.4, "maxplots": 0}
+#: route name -> (instrument of the OB, requirements).  megaradrp's crmethods in numina 0.40: lacosmic,
+#: mm_lacosmic, pycosmic, mm_pycosmic, deepcr, mm_deepcr, conn, mm_conn (no mmcosmic); its default
+#: mm_pycosmic and the pycosmic/deepcr/conn ones need packages not installable here (PyCosmic; deepCR,
+#: cosmic-conn with torch and downloaded models), so its routes are mm_lacosmic and lacosmic, each with
+#: its own defaults for everything else
+ROUTES = {
+    "ours": ("MEGARACR", OURS_REQUIREMENTS),
+    "ours_variation": ("MEGARACR", {**OURS_REQUIREMENTS, "mm_variation_model": True}),
+    "megaradrp_mm_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic"}),
+    "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
+    # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with
+    # teareduce's merge_peak_tail_masks, which scans the whole frame once per detected group: hours on a
+    # full frame with thousands of cosmic rays.  One pass (both values 5) is the setting that completes.
+    "megaradrp_mm_lacosmic_1pass": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
+                                               "la_sigclip": [5.0, 5.0]}),
+}
+#: --quick: a cheap run of the whole harness (the geometry cannot shrink: megaradrp's profile has fixed
+#: trim regions for unbinned 4212 x 4196 frames), fewer events and cheap settings for every route
+QUICK_EVENTS = (200, 40)
+QUICK_SETTINGS = {"MEGARACR": {"crmethod": "mmcosmic", "mm_nsimulations": 2},
+                  "MEGARA": {"la_niter": 1, "mm_nsimulations": 2}}
 
 
 def _footprint(rng) -> np.ndarray:
@@ -66,7 +107,7 @@ def _footprint(rng) -> np.ndarray:
     return pts
 
 
-def make_hits(rng) -> np.ndarray:
+def make_hits(rng, n_single: int = N_SINGLE, n_pairs: int = N_PAIRS) -> np.ndarray:
     """Cosmic-ray electrons of the 3 exposures (4112 x 4096 each)."""
     ny, nx = sim.SHAPE
     hits = np.zeros((3, ny, nx), np.float32)
@@ -77,21 +118,21 @@ def make_hits(rng) -> np.ndarray:
         hits[k, y[ok], x[ok]] += rng.uniform(300, 8000, ok.sum()).astype(np.float32)
 
     for k in range(3):
-        for _ in range(N_SINGLE):
+        for _ in range(n_single):
             put(k, _footprint(rng), int(rng.integers(ny)), int(rng.integers(nx)))
-    for _ in range(N_PAIRS):
+    for _ in range(n_pairs):
         pts, y0, x0 = _footprint(rng), int(rng.integers(ny)), int(rng.integers(nx))
         for k in rng.choice(3, 2, replace=False):
             put(int(k), pts, y0, x0)
     return hits
 
 
-def simulate(work: Path) -> None:
+def simulate(work: Path, n_single: int = N_SINGLE, n_pairs: int = N_PAIRS) -> None:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2026)
     rate = sim.scene()
-    hits = make_hits(rng)
+    hits = make_hits(rng, n_single, n_pairs)
     sim.write_bias_frames(data, 3)
     sim.write_science_frames(data, rate, list(hits), EXPTIME)
     np.savez_compressed(work / "truth.npz", truth=sim.trimmed_view(rate * EXPTIME),
@@ -184,40 +225,103 @@ def evaluate(work: Path, masks_path: Path) -> dict:
     return out
 
 
-def main(argv: list[str]) -> int:
-    work = Path(argv[0] if argv else "/tmp/bench_megara").resolve()
-    timeout = float(argv[1]) if len(argv) > 1 else 3000.0
+def _load() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+@contextlib.contextmanager
+def _locked(path: str | None):
+    """Hold ``path`` (flock, as ``flock /tmp/heavy.lock``) while one route runs; nothing if None."""
+    if not path:
+        yield 0.0
+        return
     t0 = time.perf_counter()
-    if not (work / "truth.npz").exists():
-        simulate(work)
-    print(f"simulated OB in {time.perf_counter() - t0:.0f} s", flush=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_route(work: Path, name: str, instrument: str, requirements: dict, cap: float) -> dict:
+    """One route: its OB through ``numina run`` (capped), then its masks through megaradrp's combination."""
     frames = ["science_1.fits", "science_2.fits", "science_3.fits"]
-    if not (work / "data" / "master_bias.fits").exists():
-        bias = _ob(work, "bias", {"id": "bias", "instrument": "MEGARA", "mode": "MegaraBiasImage",
-                                  "frames": ["bias_1.fits", "bias_2.fits", "bias_3.fits"]})
-        print("MegaraBiasImage:", timed_numina(work, bias, 600), flush=True)
-        shutil.copy(work / "obsidbias_results" / "master_bias.fits", work / "data" / "master_bias.fits")
-    runs = {}
-    ours = _ob(work, "ours", {"id": "ours", "instrument": "MEGARACR", "mode": "MegaraCrDetection",
-                              "frames": frames, "requirements": OURS_REQUIREMENTS})
-    runs["ours"] = timed_numina(work, ours, timeout)
-    print("ours:", runs["ours"], flush=True)
-    theirs = _ob(work, "megaradrp", {"id": "megaradrp", "instrument": "MEGARA", "mode": "MegaraCrDetection",
-                                     "frames": frames, "requirements": MEGARADRP_REQUIREMENTS})
-    runs["megaradrp"] = timed_numina(work, theirs, timeout)
-    print("megaradrp:", runs["megaradrp"], flush=True)
-    for name in runs:
-        masks = work / f"obsid{name}_results" / "crmasks.fits"
-        if runs[name]["exit"] == 0 and masks.exists():
-            runs[name].update(evaluate(work, masks))
-        print(name, runs[name], flush=True)
-    (work / "bench_megara.json").write_text(json.dumps(runs, indent=1))
-    keys = ["exit", "wall_s", "cpu_s", "peak_rss_mb", "residual_meancr2", "residual_mediancr", "mediancr_flagged",
-            "false_mediancr", "false_crmaskk", "cr_pixels", "coincident_pixels"]
-    print("| route | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
+    ob = _ob(work, name, {"id": name, "instrument": instrument, "mode": "MegaraCrDetection",
+                          "frames": frames, "requirements": requirements})
+    shutil.rmtree(work / f"obsid{name}_results", ignore_errors=True)
+    shutil.rmtree(work / f"obsid{name}_work", ignore_errors=True)
+    result = {"instrument": instrument, "requirements": requirements, "cap_s": cap, "load_before": _load()}
+    result.update(timed_numina(work, ob, cap))
+    result["load_after"] = _load()
+    log.info("%s: %s", name, result)
+    masks = work / f"obsid{name}_results" / "crmasks.fits"
+    if result["exit"] == 0 and masks.exists():
+        try:
+            result.update(evaluate(work, masks))
+        except Exception as exc:  # keep the timings of a long run whatever the evaluation does
+            log.exception("evaluation of %s failed", name)
+            result["evaluation_error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+KEYS = ["exit", "wall_s", "cpu_s", "peak_rss_mb", "residual_meancr2", "residual_mediancr", "mediancr_flagged",
+        "false_mediancr", "false_crmaskk", "cr_pixels", "coincident_pixels"]
+
+
+def table(runs: dict) -> str:
+    """The results as a Markdown table."""
+    lines = ["| route | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for name, r in runs.items():
-        print(f"| {name} | " + " | ".join(str(r.get(k, "-")) for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(str(r.get(k, "-")) for k in KEYS) + " |")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workdir", nargs="?", default="/tmp/bench_megara")
+    parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES),
+                        help="routes to run, in this order (default: all)")
+    parser.add_argument("--cap", type=float, default=2700.0,
+                        help="wall-time cap of each numina run in seconds (the run is killed after it)")
+    parser.add_argument("--quick", action="store_true",
+                        help="check the harness end to end: fewer events, cheap settings for every route")
+    parser.add_argument("--lock", default=None,
+                        help="flock this file around each route (e.g. /tmp/heavy.lock), not around the whole run")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse(argv)
+    work = Path(args.workdir).resolve()
+    events = QUICK_EVENTS if args.quick else (N_SINGLE, N_PAIRS)
+    out = work / "bench_megara.json"
+    runs = json.loads(out.read_text()) if out.exists() else {}
+    with _locked(args.lock) as waited:
+        t0 = time.perf_counter()
+        if not (work / "truth.npz").exists():
+            simulate(work, *events)
+        log.info("simulated OB in %.0f s (waited %.0f s for the lock)", time.perf_counter() - t0, waited)
+        if not (work / "data" / "master_bias.fits").exists():
+            bias = _ob(work, "bias", {"id": "bias", "instrument": "MEGARA", "mode": "MegaraBiasImage",
+                                      "frames": ["bias_1.fits", "bias_2.fits", "bias_3.fits"]})
+            log.info("MegaraBiasImage: %s", timed_numina(work, bias, 600))
+            shutil.copy(work / "obsidbias_results" / "master_bias.fits", work / "data" / "master_bias.fits")
+    for name in args.routes:
+        instrument, requirements = ROUTES[name]
+        if args.quick:
+            requirements = {**requirements, **QUICK_SETTINGS[instrument]}
+        with _locked(args.lock) as waited:
+            log.info("route %s (waited %.0f s for the lock)", name, waited)
+            runs[name] = run_route(work, name, instrument, requirements, args.cap)
+        runs[name]["quick"] = args.quick
+        out.write_text(json.dumps(runs, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
+        log.info("%s: %s", name, runs[name])
+    print(table({k: runs[k] for k in args.routes}))
     return 0
 
 

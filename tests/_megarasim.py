@@ -25,13 +25,13 @@ BIASES = (1000.0, 1030.0)
 RON_ADU = 2.0
 
 
-def detector():
-    """megaradrp's simulated MEGARA detector, normal read mode, no binning."""
+def detector(direction: str = "normal"):
+    """megaradrp's simulated MEGARA detector, no binning, read mode ``normal`` or ``mirror``."""
     from megaradrp.instrument.components.detector import MegaraDetector, ReadParams
 
     return MegaraDetector("MEGARA", SHAPE, oscan=50, pscan=50, qe=1.0, dark=0.0,
                           readpars1=ReadParams(GAINS[0], RON_ADU, BIASES[0]),
-                          readpars2=ReadParams(GAINS[1], RON_ADU, BIASES[1]), bins="11")
+                          readpars2=ReadParams(GAINS[1], RON_ADU, BIASES[1]), bins="11", direction=direction)
 
 
 def header(obsmode: str, exptime: float, number: int, obj: str = "SIMULATED") -> fits.Header:
@@ -85,15 +85,16 @@ def scene(seed: int = 3) -> np.ndarray:
 
 
 def write_science_frames(folder: Path, rate: np.ndarray, hits: list[np.ndarray], exptime: float, *,
-                         seed: int = 2, obsmode: str = "MegaraLcbImage") -> list[str]:
-    """``science_<k>.fits``: raw frames of ``rate * exptime`` electrons plus the hits of exposure k."""
+                         seed: int = 2, obsmode: str = "MegaraLcbImage", direction: str = "normal",
+                         prefix: str = "science") -> list[str]:
+    """``<prefix>_<k>.fits``: raw frames of ``rate * exptime`` electrons plus the hits of exposure k."""
     from megaradrp.simulation.actions import simulate_flat
 
     np.random.seed(seed)
-    det = detector()
+    det = detector(direction)
     names = []
     for k, hit in enumerate(hits):
-        name = f"science_{k + 1}.fits"
+        name = f"{prefix}_{k + 1}.fits"
         source = rate + hit / exptime
         fits.PrimaryHDU(simulate_flat(det, exptime, source).astype(np.float32),
                         header=header(obsmode, exptime, 10 + k, obj="SIM-TARGET")).writeto(folder / name,
