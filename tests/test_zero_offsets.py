@@ -30,9 +30,12 @@ def test_aligned_exposures_with_a_crosscorr_region_give_the_aligned_masks():
     assert np.array_equal(measured.mediancr, aligned.mediancr)
     assert np.array_equal(measured.crmasks, aligned.crmasks)
     assert np.array_equal(measured.problematic, aligned.problematic)
+    # no shifted models: the repair value is the aligned run's (min2d of the exposures corrected by the
+    # exposure-difference model, repaired from the neighbours only where every exposure is hit)
     assert (measured.repair_min is None) == (aligned.repair_min is None)
-    if aligned.repair_min is not None:  # the exposure-difference model ran on both, as on aligned exposures
+    if aligned.repair_min is not None:
         assert np.array_equal(measured.repair_min, aligned.repair_min)
+        assert np.count_nonzero(aligned.repair_min != aligned.stats.min2d) == aligned.counts["mediancr_every_exposure"]
 
 
 def test_real_offsets_are_kept():

@@ -972,9 +972,10 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     repair uses) or above its own model (shifted, ``det.above_model``; there
     the lowest exposure may be the hit one).  An unhit exposure masked by
     noise costs a little noise in meancr, never a bias.  (Where every exposure
-    is hit, min2d is spoiled too; a test of min2d against its neighbours
-    found a quarter of such pixels on a flux set and as many false ones, so
-    there is none.)
+    is hit, min2d is spoiled too; a test of min2d against its neighbours alone
+    found a quarter of such pixels on a flux set and as many false ones.
+    :func:`_repair_every_hit` adds, besides, exposures that differ far beyond
+    the noise, and masks such pixels in every CRMASKk.)
     """
     out = np.zeros(stack.shape, dtype=bool)
     ys, xs = np.nonzero(mediancr)
