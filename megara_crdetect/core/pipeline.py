@@ -871,7 +871,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         raw_range = stack.max(axis=0) - stack.min(axis=0)
         static = _static_offsets(stack, factors, rnoise_e)
         stack = stack / factors.astype(np.float32)[:, None, None]
-    median = median_of_stack(stack) if params.uses_mm else None
+    # the median: for measuring offsets and for the exposure-difference model, only when one of them runs
+    median = (median_of_stack(stack)
+              if params.uses_mm and (params.mm_crosscorr_region is not None or params.mm_variation_model) else None)
     offsets = _offsets(median, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
     variation = None
     if _models_variation(params, offsets):  # exposures brought onto one scene: they differ by noise and CRs

@@ -34,8 +34,7 @@ part minus its mean over the exposures (only the differences between
 exposures matter, and a common part, e.g. from the noise of ``m`` itself,
 cancels) is real variation: it is subtracted from each exposure before the
 detection, which then sees exposures that differ by noise and cosmic rays
-only.  On equivalent exposures the fitted part is noise averaged over a
-window, a small fraction of one exposure's noise.
+only.
 
 The coefficients are solved at the centres of blocks of ``step`` x ``step``
 pixels from sums over a window of blocks, and interpolated bilinearly; the
@@ -52,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import chi2 as _chi2
 
+from .locallevel import neighbour_index
 from .noise import sigma
 from .stack import AGREEMENT_SIGMA
 
@@ -214,7 +214,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
         Box (rows, columns) over which the coefficients are fitted.
     step : int, optional
         Spacing of the coarse grid where the coefficients are solved
-        (default: a quarter of the window, at least 1).
+        (default: a third of the window, at least 1).
     niter : int
         Fits; after each one, pixels off the model by ``clip_sigma`` in some
         exposure (and their neighbours) leave the next.
@@ -245,8 +245,8 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
         fill = np.where(frac > 0, mean / np.maximum(frac, 1e-6), 0).astype(np.float32)
         near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
         scene = np.where(defective, fill, scene)
-    # isolated spikes of the scene (hot pixels, coincident hits) leave the fit, and the basis takes the
-    # median of their neighbours there: their derivatives would spread them over the model around them
+    # isolated spikes of the median (hot pixels, coincident hits) leave the fit: their derivatives would spread
+    # them over the model around them (the basis scene replaces its own spikes, see _basis_scene)
     spikes = _spikes(scene, noise)
     keep = ~spikes & ~defective
     keep[ny:, :] = False
@@ -306,17 +306,9 @@ def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near:
     out = out.astype(np.float32, copy=False)
     ys, xs = np.nonzero(_spikes(out, noise))
     if ys.size:  # few pixels: the median of their neighbours there only
-        out[ys, xs] = _neighbour_median_at(out, ys, xs)
+        yy, xx = neighbour_index(ys, xs, out.shape)
+        out[ys, xs] = np.partition(out[yy, xx], 4, axis=1)[:, 4]  # upper middle of 8, as ndimage's median
     return out
-
-
-def _neighbour_median_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Median of the 8 neighbours of the pixels (ys, xs) (edges replicated; ndimage's rank 4 of 0..7)."""
-    ny, nx = image.shape
-    dy, dx = np.array([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b]).T
-    yy = np.clip(ys[:, None] + dy, 0, ny - 1)
-    xx = np.clip(xs[:, None] + dx, 0, nx - 1)
-    return np.partition(image[yy, xx], 4, axis=1)[:, 4]  # the upper of the two middle values, as ndimage
 
 
 def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
