@@ -172,31 +172,8 @@ def timed_numina(work: Path, ob: Path, timeout: float) -> dict:
 
 def combine(work: Path, masks_path: Path, method: str) -> np.ndarray:
     """megaradrp's combination of the raw frames with these masks (as MegaraLcbImage does)."""
-    from megaradrp.processing.combine import basic_processing_with_combination_frames_crmasks
-    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
-    from megaradrp.recipes.scientific.lcb import LCBImageRecipe
-    from numina.array import combine as ncombine
-    from numina.core import ObservationResult
-    from numina.types.dataframe import DataFrame
-
-    from megara_crdetect.megara import megara_profile
-
-    data = work / "data"
     names = ["science_1.fits", "science_2.fits", "science_3.fits"]
-    frames = [DataFrame(filename=str(data / n)) for n in names]
-    with fits.open(data / names[0]) as first:
-        ins = megara_profile(first, names[0])
-    ob = ObservationResult(instrument="MEGARA", mode="MegaraLcbImage")
-    ob.frames, ob.configuration = frames, ins
-    lcb = LCBImageRecipe()
-    calibs = CRMasksRecipe.create_input(obresult=ob, master_bias=DataFrame(filename=str(data / "master_bias.fits")))
-    flows = lcb.init_filters_generic(calibs, lcb.create_getters(), ins)
-    with fits.open(masks_path) as hdul:
-        masks = fits.HDUList([h.copy() for h in hdul])
-    result = basic_processing_with_combination_frames_crmasks(
-        frames, DataFrame(frame=masks), flows, method=getattr(ncombine, method),
-        method_kwargs={"apply_flux_factor": True})
-    return np.asarray(result[0].data, dtype=np.float64)
+    return np.asarray(sim.megaradrp_combination(work / "data", names, masks_path, method).data, dtype=np.float64)
 
 
 def evaluate(work: Path, masks_path: Path) -> dict:

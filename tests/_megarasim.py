@@ -106,3 +106,46 @@ def write_science_frames(folder: Path, rate: np.ndarray, hits: list[np.ndarray],
 def trimmed_view(electrons: np.ndarray) -> np.ndarray:
     """Where an electron image lands in megaradrp's trimmed frame (the readout flips the rows)."""
     return np.flipud(electrons)
+
+
+def megaradrp_lcb_flows(frames: list, first: Path, master_bias) -> list:
+    """MegaraLcbImage's own preprocessing flows for these raw frames (numina DataFrames).
+
+    Its getters (overscan, trim; bpm, bias, dark, gain, slit flat, diffuse light) fed with the
+    calibrations this OB has (``master_bias``, a DataFrame; its wavelength calibration, fibre flat and
+    apertures are needed only after the combination); ``first`` is the first frame's path (profile).
+    """
+    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
+    from megaradrp.recipes.scientific.lcb import LCBImageRecipe
+    from numina.core import ObservationResult
+
+    from megara_crdetect.megara import megara_profile
+
+    with fits.open(first) as hdul:
+        ins = megara_profile(hdul, first.name)
+    ob = ObservationResult(instrument="MEGARA", mode="MegaraLcbImage")
+    ob.frames, ob.configuration = frames, ins
+    lcb = LCBImageRecipe()
+    return lcb.init_filters_generic(CRMasksRecipe.create_input(obresult=ob, master_bias=master_bias),
+                                    lcb.create_getters(), ins)
+
+
+def megaradrp_combination(data: Path, names: list[str], masks_path: Path, method: str) -> fits.PrimaryHDU:
+    """megaradrp's combination of the raw frames ``data/names`` with our masks, as MegaraLcbImage calls it.
+
+    Preprocessed by :func:`megaradrp_lcb_flows` with ``data/master_bias.fits``; ``method`` is a numina
+    combination (``meancr2``, ``mediancr``...).  Returns the combined HDU.
+    """
+    from megaradrp.processing.combine import basic_processing_with_combination_frames_crmasks
+    from numina.array import combine
+    from numina.types.dataframe import DataFrame
+
+    frames = [DataFrame(filename=str(data / n)) for n in names]
+    flows = megaradrp_lcb_flows(frames, data / names[0], DataFrame(filename=str(data / "master_bias.fits")))
+    # megaradrp opens the masks and leaves them open: hand it a copy in memory
+    with fits.open(masks_path) as hdul:
+        masks = fits.HDUList([h.copy() for h in hdul])
+    result = basic_processing_with_combination_frames_crmasks(
+        frames, DataFrame(frame=masks), flows, method=getattr(combine, method),
+        method_kwargs={"apply_flux_factor": True})
+    return result[0]

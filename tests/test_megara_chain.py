@@ -127,40 +127,15 @@ def test_chain_masks_in_megaradrp_geometry(chain):
 
 def test_chain_megaradrp_meancr2_combination(chain):
     """megaradrp's combination (what MegaraLcbImage calls with method: meancr2) accepts our masks."""
-    from megaradrp.processing.combine import basic_processing_with_combination_frames_crmasks
-    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
-    from megaradrp.recipes.scientific.lcb import LCBImageRecipe
-    from numina.array import combine
-    from numina.core import ObservationResult
-    from numina.types.dataframe import DataFrame
-
-    from megara_crdetect.megara import megara_profile
-
-    data = chain["data"]
-    frames = [DataFrame(filename=str(data / f)) for f in FRAMES]
-    with fits.open(data / FRAMES[0]) as first:
-        ins = megara_profile(first, FRAMES[0])
-    ob = ObservationResult(instrument="MEGARA", mode="MegaraLcbImage")
-    ob.frames, ob.configuration = frames, ins
-    # MegaraLcbImage's own getters (overscan, trim; bpm, bias, dark, gain, slit flat, diffuse light),
-    # fed with the calibrations this OB has (its wavelength calibration, fibre flat and apertures are
-    # needed only after the combination)
-    lcb = LCBImageRecipe()
-    calibs = CRMasksRecipe.create_input(obresult=ob, master_bias=DataFrame(filename=str(data / "master_bias.fits")))
-    flows = lcb.init_filters_generic(calibs, lcb.create_getters(), ins)
-    # megaradrp opens the masks and leaves them open: hand it a copy in memory
-    with fits.open(chain["results"] / "crmasks.fits") as hdul:
-        masks = fits.HDUList([h.copy() for h in hdul])
-    result = basic_processing_with_combination_frames_crmasks(
-        frames, DataFrame(frame=masks), flows, method=combine.meancr2, method_kwargs={"apply_flux_factor": True})
-    image = result[0].data
+    combined = sim.megaradrp_combination(chain["data"], list(FRAMES), chain["results"] / "crmasks.fits", "meancr2")
+    image = combined.data
     assert image.shape == (4112, 4096)
     truth = sim.trimmed_view(chain["rate"] * EXPTIME)
     track = chain["track"]
     flipped = (slice(4112 - track[0].stop, 4112 - track[0].start), track[1])
     # the coincidence is repaired: within 6 sigma of the noise-free truth (not +5000 e-)
     assert np.all(np.abs(image[flipped] - truth[flipped]) < 6 * np.sqrt(truth[flipped] + 3.4 ** 2) + 50)
-    assert any("Masks uuid" in h for h in result[0].header["HISTORY"])
+    assert any("Masks uuid" in h for h in combined.header["HISTORY"])
 
 
 # ---------------------------------------------------------------------------
@@ -548,11 +523,7 @@ def test_mirror_read_mode_as_megaradrp(chain, tmp_path):
     gives the very same array, so our masks stay aligned with megaradrp's
     combination of the same frames.
     """
-    from megaradrp.recipes.calibration.crdetect import CRMasksRecipe
-    from megaradrp.recipes.scientific.lcb import LCBImageRecipe
-    from numina.core import ObservationResult
-
-    from megara_crdetect.megara import megara_profile, preprocess
+    from megara_crdetect.megara import preprocess
 
     rate = np.full(sim.SHAPE, 1.0, np.float32)
     marks = np.zeros(sim.SHAPE, np.float32)
@@ -562,13 +533,7 @@ def test_mirror_read_mode_as_megaradrp(chain, tmp_path):
     bias = _frames(chain["data"], ["master_bias.fits"])[0]
     ours = preprocess(frames, ["mirror_1.fits"], master_bias=bias).stack[0]
     assert ours.shape == (4112, 4096)
-    with fits.open(tmp_path / "mirror_1.fits") as first:
-        ins = megara_profile(first, "mirror_1.fits")
-    ob = ObservationResult(instrument="MEGARA", mode="MegaraLcbImage")
-    ob.frames, ob.configuration = frames, ins
-    lcb = LCBImageRecipe()
-    flows = lcb.init_filters_generic(CRMasksRecipe.create_input(obresult=ob, master_bias=bias), lcb.create_getters(),
-                                     ins)
+    flows = sim.megaradrp_lcb_flows(frames, tmp_path / "mirror_1.fits", bias)
     with frames[0].open() as hdul:
         theirs = hdul
         for flow in flows:
