@@ -125,53 +125,72 @@ def _window_sums(image: np.ndarray, step: int, span: tuple[int, int]) -> np.ndar
     return ndimage.uniform_filter(_block_sums(image, step), size=span, mode="constant") * (span[0] * span[1])
 
 
-class _LocalSolver:
-    """Weighted local least squares of a target on the basis, over windows of blocks.
+def _regressors(scene: np.ndarray) -> list[np.ndarray]:
+    """The non-constant part of the basis: m, dm/dx, dm/dy, d2m/dx2, d2m/dy2 (float32, edges replicated)."""
+    m = np.asarray(scene, dtype=np.float32)
+    p = np.pad(m, 1, mode="edge")
+    c = p[1:-1, 1:-1]
+    left, right, down, up = p[1:-1, :-2], p[1:-1, 2:], p[:-2, 1:-1], p[2:, 1:-1]
+    return [m, 0.5 * (right - left), 0.5 * (up - down), right - 2 * c + left, up - 2 * c + down]
 
-    The normal matrix depends on the weights and the basis only, so it is
-    inverted once and reused for every exposure.
+
+def _local_coefficients(basis: list[np.ndarray], weight: np.ndarray, targets: list[np.ndarray], step: int,
+                        span: tuple[int, int]) -> list[np.ndarray]:
+    """Weighted local least squares of every target on the basis, over windows of blocks.
+
+    ``basis`` holds the non-constant regressors (the constant one is implicit).
+    The normal matrix depends on the weights and the basis only, so it is built
+    and inverted once for all the targets.  One weighted regressor is held at
+    a time: the memory is a few planes, not one per regressor.
+
+    Returns
+    -------
+    list of ndarray, shape (P, by, bx)
+        The coefficients of every target at the block centres.
     """
-
-    def __init__(self, basis: list[np.ndarray], weight: np.ndarray, step: int, span: tuple[int, int]):
-        npar = len(basis)
-        self.step, self.span = step, span
-        self.weighted = [weight * g for g in basis]
-        first = _window_sums(self.weighted[0] * basis[0], step, span)
-        a = np.empty(first.shape + (npar, npar))
-        for i in range(npar):
-            for j in range(i, npar):
-                a[..., i, j] = a[..., j, i] = first if i == j == 0 else _window_sums(self.weighted[i] * basis[j],
-                                                                                    step, span)
-        prior = 1.0 / np.square(np.asarray(PRIOR_SCALE[:npar]))
-        a[..., np.arange(npar), np.arange(npar)] += prior  # Gaussian prior on each coefficient
-        diag = np.einsum("...ii->...i", a).copy()
-        self.scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
-        a *= self.scale[..., :, None] * self.scale[..., None, :]  # columns of very different magnitudes
-        a[..., np.arange(npar), np.arange(npar)] += RIDGE
-        self.inverse = np.linalg.inv(a)
-        self.normal = a
-
-    def coefficients(self, target: np.ndarray) -> np.ndarray:
-        """Coefficients (P, by, bx) of the fit of ``target`` at the block centres."""
-        b = np.stack([_window_sums(w * target, self.step, self.span) for w in self.weighted], axis=-1)
-        b *= self.scale
-        coef_s = np.einsum("...ij,...j->...i", self.inverse, b)
-        # a window's variation is kept only if it is significant (Wald chi2 of its coefficients beyond the
-        # SIGNIFICANCE false-alarm level), and then shrunk by 1 - P / chi2 (James-Stein): where the data
-        # cannot tell a variation from the noise, the model is identity and adds no noise of its own
-        chi2 = np.einsum("...i,...ij,...j->...", coef_s, self.normal, coef_s)
-        npar = coef_s.shape[-1]
-        significant = chi2 > _chi2.isf(SIGNIFICANCE, npar)
-        coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
-        coef = coef_s * self.scale
-        coef = np.moveaxis(coef, -1, 0)
-        # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
-        return ndimage.uniform_filter(coef, size=(1,) + self.span, mode="nearest")
+    npar = len(basis) + 1
+    regressors = [None] + list(basis)  # None: the constant
+    nb = None
+    rhs = []
+    for i, g in enumerate(regressors):
+        wg = weight if g is None else weight * g
+        if nb is None:
+            nb = _block_sums(wg, step).shape
+            a = np.empty(nb + (npar, npar))
+            rhs = [np.empty(nb + (npar,)) for _ in targets]
+        for j in range(i, npar):
+            a[..., i, j] = a[..., j, i] = _window_sums(wg if j == 0 else wg * regressors[j], step, span)
+        for b, target in zip(rhs, targets):
+            b[..., i] = _window_sums(wg * target, step, span)
+        del wg
+    prior = 1.0 / np.square(np.asarray(PRIOR_SCALE[:npar]))
+    a[..., np.arange(npar), np.arange(npar)] += prior  # Gaussian prior on each coefficient
+    diag = np.einsum("...ii->...i", a).copy()
+    scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
+    a *= scale[..., :, None] * scale[..., None, :]  # columns of very different magnitudes
+    a[..., np.arange(npar), np.arange(npar)] += RIDGE
+    inverse = np.linalg.inv(a)
+    return [_significant(b * scale, inverse, a, scale, span) for b in rhs]
 
 
-def _upsample(coef: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray:
-    """Bilinear interpolation of block-centre coefficients (P, by, bx) to every pixel (P, ny, nx)."""
-    cy, cx = coef.shape[1:]
+def _significant(b: np.ndarray, inverse: np.ndarray, normal: np.ndarray, scale: np.ndarray,
+                 span: tuple[int, int]) -> np.ndarray:
+    """Solve one target's scaled normal equations; keep and shrink only significant windows."""
+    coef_s = np.einsum("...ij,...j->...i", inverse, b)
+    # a window's variation is kept only if it is significant (Wald chi2 of its coefficients beyond the
+    # SIGNIFICANCE false-alarm level), and then shrunk by 1 - P / chi2 (James-Stein): where the data
+    # cannot tell a variation from the noise, the model is identity and adds no noise of its own
+    chi2 = np.einsum("...i,...ij,...j->...", coef_s, normal, coef_s)
+    npar = coef_s.shape[-1]
+    significant = chi2 > _chi2.isf(SIGNIFICANCE, npar)
+    coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
+    coef = np.moveaxis(coef_s * scale, -1, 0)
+    # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
+    return ndimage.uniform_filter(coef, size=(1,) + span, mode="nearest")
+
+
+def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
+    """Bilinear interpolation from block centres to every pixel: returns ``f(c, out)``."""
     centre = (step - 1) / 2
 
     def axis(n: int, nc: int):
@@ -179,21 +198,32 @@ def _upsample(coef: np.ndarray, shape: tuple[int, int], step: int) -> np.ndarray
         lo = np.minimum(pos.astype(np.int32), max(nc - 2, 0))
         return lo, np.minimum(lo + 1, nc - 1), (pos - lo).astype(np.float32)
 
-    y0, y1, fy = axis(shape[0], cy)
-    x0, x1, fx = axis(shape[1], cx)
+    y0, y1, fy = axis(shape[0], ncoef[0])
+    x0, x1, fx = axis(shape[1], ncoef[1])
     fy, fx = fy[:, None], fx[None, :]
-    out = np.empty((coef.shape[0],) + shape, dtype=np.float32)
-    for p, c in enumerate(coef.astype(np.float32)):
+
+    def interpolate(c: np.ndarray, out: np.ndarray) -> np.ndarray:
         along = c[:, x0] * (1 - fx) + c[:, x1] * fx  # (by, nx)
-        np.multiply(along[y0], 1 - fy, out=out[p])
-        out[p] += along[y1] * fy
-    return out
+        np.multiply(along[y0], 1 - fy, out=out)
+        out += along[y1] * fy
+        return out
+
+    return interpolate
 
 
-def _evaluate(basis: list[np.ndarray], coef: np.ndarray) -> np.ndarray:
-    out = np.zeros(basis[0].shape, dtype=np.float32)
-    for g, c in zip(basis, coef):
-        out += g * c
+def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarray:
+    """The model ``sum_p g_p c_p`` at every pixel, the coefficients interpolated one plane at a time."""
+    shape = basis[0].shape
+    interpolate = _interpolator(shape, coef.shape[1:], step)
+    out = np.zeros(shape, dtype=np.float32)
+    plane = np.empty(shape, dtype=np.float32)
+    for g, c in zip([None] + list(basis), coef.astype(np.float32)):
+        if not c.any():  # an all-zero plane adds nothing
+            continue
+        interpolate(c, plane)
+        if g is not None:
+            plane *= g
+        out += plane
     return out
 
 
@@ -258,10 +288,11 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     used = keep.copy()
     fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
     for it in range(niter):
-        basis = scene_regressors(_basis_scene(padded, fitted, noise, near, fill))
-        solver = _LocalSolver(basis, (inv_var * used).astype(np.float32), step, span)
+        basis = _regressors(_basis_scene(padded, fitted, noise, near, fill))
+        coefs = _local_coefficients(basis, (inv_var * used).astype(np.float32), diffs, step, span)
         for k in range(n):
-            fitted[k] = _evaluate(basis, _upsample(solver.coefficients(diffs[k]), scene.shape, step))
+            fitted[k] = _evaluate(basis, coefs[k], step)
+        del basis, coefs
         if it + 1 < niter:
             off = np.zeros(scene.shape, dtype=bool)
             for k in range(n):
@@ -295,12 +326,21 @@ def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near:
     spikes (hot pixels, hits in every exposure) take the median of their
     neighbours.
     """
-    corrected = stack - fitted
-    limit = corrected.min(axis=0)
+    # one exposure at a time: the memory is a few planes, not a corrected copy of the stack
+    limit = stack[0] - fitted[0]
+    for k in range(1, len(stack)):
+        np.minimum(limit, stack[k] - fitted[k], out=limit)
     limit += np.float32(BASIS_SIGMA) * noise
-    inside = corrected <= limit
-    corrected *= inside
-    out = corrected.sum(axis=0) / inside.sum(axis=0)
+    total = np.zeros(limit.shape, dtype=np.float32)
+    count = np.zeros(limit.shape, dtype=np.int64)
+    for k in range(len(stack)):
+        corrected = stack[k] - fitted[k]
+        inside = corrected <= limit
+        corrected *= inside
+        total += corrected
+        count += inside
+    del corrected, inside, limit
+    out = total / count
     if near is not None:
         out = np.where(near, fill, out)
     out = out.astype(np.float32, copy=False)
