@@ -115,3 +115,18 @@ def test_varying_trace_gives_no_more_mediancr_than_equivalent_exposures_and_coin
     # with the model, a varying trace gives about what equal exposures give: noise pixels at the boundary
     # (measured 18 / 0 / 0 against 0 / 0 / 0: two single pixels, each dilated to 9, on seed 3)
     assert sum(on) <= sum(same) + 18, (on, same)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strips_give_the_whole_frame_model(workers):
+    """The model is fitted in strips of rows with a margin: any strip height, any thread count, same bits."""
+    stack = _hit(_exposures(varying=True, seed=5), [(40, 60), (121, 79), (200, 100)])
+    stack[1, :, 17] = -500.0  # a defective column
+    m = median_of_stack(stack)
+    whole = fit_variations(stack, m, RN, strip_rows=10**6)
+    assert np.abs(whole.model).max() > 1.0  # there is a model to compare
+    for rows in (20, 45, 100):
+        part = fit_variations(stack, m, RN, strip_rows=rows, workers=workers)
+        np.testing.assert_array_equal(part.model, whole.model)
+        np.testing.assert_array_equal(part.used, whole.used)
+        np.testing.assert_allclose(part.chi2, whole.chi2, rtol=1e-12)

@@ -150,8 +150,9 @@ class CRMaskResult:
     exposures brought onto one scene; for aligned exposures, also where a
     MEDIANCR pixel is hit in every exposure (min2d is spoiled there), the
     clean level of its neighbours (see :func:`_repair_every_hit`); None:
-    min2d.  ``variation`` is that model
-    (:func:`~megara_crdetect.core.variation.fit_variations`).
+    min2d.  ``variation`` is that model's fit
+    (:func:`~megara_crdetect.core.variation.fit_variations`: ``used`` and
+    ``chi2``; its ``model`` is released once subtracted, to save memory).
     """
 
     stats: StackStats
@@ -875,11 +876,14 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     median = (median_of_stack(stack)
               if params.uses_mm and (params.mm_crosscorr_region is not None or params.mm_variation_model) else None)
     offsets = _offsets(median, stack, params, rnoise_e) if params.uses_mm else np.zeros((n, 2))
-    variation = None
+    variation, modelled = None, False
     if _models_variation(params, offsets):  # exposures brought onto one scene: they differ by noise and CRs
         t1 = time.perf_counter()
-        variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window)
-        stack = stack - variation.model
+        variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window, workers=workers)
+        modelled = bool(variation.model.any())
+        # the exposures brought onto one scene take the model's memory: the model itself is not kept
+        stack = np.subtract(stack, variation.model, out=variation.model)
+        variation.model = None
         timings["variation"] = time.perf_counter() - t1
     del median
     cleanable = _fits_to_numpy(params, (ny, nx))
@@ -921,7 +925,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     # aligned exposures brought onto one scene: the lowest of them, not of the raw exposures, repairs MEDIANCR
-    repair_min = None if variation is None or not variation.model.any() else stats.min2d
+    repair_min = stats.min2d if modelled else None
     shifted = mms.model_flags is not None
     if shifted:  # residuals against their own model count as detections
         exposure_flags |= mms.model_flags & cleanable

@@ -39,12 +39,18 @@ only.
 The coefficients are solved at the centres of blocks of ``step`` x ``step``
 pixels from sums over a window of blocks, and interpolated bilinearly; the
 normal matrix is the same for every exposure and is inverted once per
-iteration.
+iteration.  Everything is local, so the model is fitted in strips of rows
+(``STRIP_ROWS``) with a margin wider than the reach of the ``niter`` fits, on
+several threads: the result is the whole frame's, bit for bit (the window
+sums are plain sums in a fixed order, the interpolation weights exact), and
+the memory is that of a few strips, not of a dozen full frames.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +92,10 @@ class VariationFit:
 
     Attributes
     ----------
-    model : ndarray, shape (N, ny, nx), float32
+    model : ndarray, shape (N, ny, nx), float32, or None
         Fitted variation of every exposure (electrons), summing to zero over
-        the exposures; ``stack - model`` are the exposures brought onto one scene.
+        the exposures; ``stack - model`` are the exposures brought onto one
+        scene (None in a pipeline result: released once subtracted).
     used : ndarray of bool, shape (ny, nx)
         Pixels that took part in the last fit.
     chi2 : ndarray, shape (2, N)
@@ -96,7 +103,7 @@ class VariationFit:
         median over the used pixels, before and after the model.
     """
 
-    model: np.ndarray
+    model: np.ndarray | None
     used: np.ndarray
     chi2: np.ndarray
 
@@ -120,9 +127,28 @@ def _block_sums(image: np.ndarray, step: int) -> np.ndarray:
     return rows.reshape(by, bx, step).sum(axis=2).astype(np.float64)
 
 
+def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
+    """Sums over ``span`` (odd) cells centred on every cell of the last two axes, in a fixed order.
+
+    ``mode`` "constant" (zeros outside) or "edge".  Unlike a running-sum
+    filter, every output depends only on its own window, so the result of a
+    part of the grid does not depend on where the part starts.
+    """
+    pads = [(0, 0)] * (grid.ndim - 2) + [(h // 2, h // 2) for h in span]
+    padded = np.pad(grid, pads, mode=mode)
+    ny, nx = grid.shape[-2:]
+    rows = padded[..., 0:ny, :].copy()
+    for i in range(1, span[0]):
+        rows += padded[..., i:i + ny, :]
+    out = rows[..., 0:nx].copy()
+    for j in range(1, span[1]):
+        out += rows[..., j:j + nx]
+    return out
+
+
 def _window_sums(image: np.ndarray, step: int, span: tuple[int, int]) -> np.ndarray:
     """Sums over ``span`` blocks (rows, columns) centred on every block."""
-    return ndimage.uniform_filter(_block_sums(image, step), size=span, mode="constant") * (span[0] * span[1])
+    return _box_sum(_block_sums(image, step), span, "constant")
 
 
 def _regressors(scene: np.ndarray) -> list[np.ndarray]:
@@ -186,17 +212,22 @@ def _significant(b: np.ndarray, inverse: np.ndarray, normal: np.ndarray, scale: 
     coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
     coef = np.moveaxis(coef_s * scale, -1, 0)
     # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
-    return ndimage.uniform_filter(coef, size=(1,) + span, mode="nearest")
+    return _box_sum(coef, span, "edge") / (span[0] * span[1])
 
 
 def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
     """Bilinear interpolation from block centres to every pixel: returns ``f(c, out)``."""
-    centre = (step - 1) / 2
-
     def axis(n: int, nc: int):
-        pos = np.clip((np.arange(n, dtype=np.float32) - centre) / step, 0, nc - 1)
-        lo = np.minimum(pos.astype(np.int32), max(nc - 2, 0))
-        return lo, np.minimum(lo + 1, nc - 1), (pos - lo).astype(np.float32)
+        # position (i - (step - 1) / 2) / step in whole blocks and a fraction, in integers (exact anywhere)
+        lo, rest = np.divmod(2 * np.arange(n) - (step - 1), 2 * step)
+        frac = (rest / (2 * step)).astype(np.float32)
+        frac[lo < 0] = 0  # before the first centre and after the last one: the edge value
+        lo = np.clip(lo, 0, nc - 1)
+        frac[lo >= nc - 1] = 0
+        if nc > 1:  # the last centre as the upper end of the last interval
+            last = lo >= nc - 1
+            lo[last], frac[last] = nc - 2, 1
+        return lo, np.minimum(lo + 1, nc - 1), frac
 
     y0, y1, fy = axis(shape[0], ncoef[0])
     x0, x1, fx = axis(shape[1], ncoef[1])
@@ -227,9 +258,15 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
     return out
 
 
+#: Rows of the strips the model is fitted in (a multiple of the block step is used): the fit is local, so
+#: strips with a margin give exactly the whole-frame result with a fraction of its memory, on several threads.
+STRIP_ROWS = 512
+
+
 def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, window: int | tuple = 15,
                    step: int | None = None, niter: int = 3, clip_sigma: float = CLIP_SIGMA,
-                   usable: np.ndarray | None = None) -> VariationFit:
+                   usable: np.ndarray | None = None, workers: int | None = None,
+                   strip_rows: int = STRIP_ROWS) -> VariationFit:
     """Fit the smooth local variation of every exposure against the common scene.
 
     Parameters
@@ -250,6 +287,11 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
         exposure (and their neighbours) leave the next.
     usable : ndarray of bool, optional
         Pixels that may take part at all (e.g. without defective lines).
+    workers : int, optional
+        Threads fitting strips of rows at the same time (default: cores).
+    strip_rows : int
+        Rows of each strip.  Every strip is fitted with a margin wider than
+        the reach of ``niter`` fits, so the result does not depend on it.
 
     Returns
     -------
@@ -259,8 +301,58 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     win = (window, window) if np.isscalar(window) else tuple(window)
     step = step or max(1, min(win) // 3)
     span = tuple(max(1, int(round(w / step))) | 1 for w in win)  # odd numbers of blocks
+    scene = np.asarray(scene, dtype=np.float32)
+    strips = _strips(ny, step, span, niter, strip_rows)
+    fitted = np.empty(stack.shape, dtype=np.float32)
+    used = np.empty((ny, nx), dtype=bool)
+    parts = []
+
+    def one(bounds: tuple[int, int, int, int]) -> None:
+        lo, hi, a, b = bounds  # rows [lo, hi) are kept from the fit of rows [a, b)
+        part = _fit_rows(stack[:, a:b], scene[a:b], rnoise_e, step, span, niter, clip_sigma,
+                         None if usable is None else usable[a:b], keep=(lo - a, hi - a))
+        fitted[:, lo:hi], used[lo:hi] = part[0], part[1]
+        parts.append(part[2])
+
+    workers = max(1, min(len(strips), workers or os.cpu_count() or 1))
+    if workers == 1:
+        for bounds in strips:
+            one(bounds)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, strips))
+    sums = np.sum(parts, axis=0)
+    chi = sums[0::2] / np.maximum(sums[1::2], 1)  # (before, after) x exposures
+    _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
+              np.round(chi[0], 3).tolist(), np.round(chi[1], 3).tolist(), 100 * used.mean())
+    return VariationFit(model=fitted, used=used, chi2=chi)
+
+
+def _strips(ny: int, step: int, span: tuple[int, int], niter: int, rows: int) -> list[tuple[int, int, int, int]]:
+    """Strips ``(lo, hi, a, b)``: rows [lo, hi) taken from a fit of rows [a, b), all block-aligned.
+
+    The margin covers what one fit reaches (window sums and their mean over
+    ``span`` blocks each side, the interpolation, the basis' derivatives and
+    spikes, the clipping's dilation), ``niter`` times, in whole blocks.
+    """
+    reach = niter * (2 * (span[0] // 2) + 3) + 1  # blocks
+    margin = reach * step
+    rows = max(step, rows // step * step)
+    if ny <= rows + 2 * margin:
+        return [(0, ny, 0, ny)]
+    out = []
+    for lo in range(0, ny, rows):
+        hi = min(lo + rows, ny)
+        out.append((lo, hi, max(0, lo - margin), min(ny, hi + margin)))
+    return out
+
+
+def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, span: tuple[int, int],
+              niter: int, clip_sigma: float, usable: np.ndarray | None, keep: tuple[int, int]):
+    """The model of a block-aligned strip; returns its rows ``keep`` (fitted, used) and chi2 sums."""
+    n, ny, nx = stack.shape
     pad = ((0, -ny % step), (0, -nx % step))  # whole blocks; the padding takes no part in the fit
-    scene = np.pad(np.asarray(scene, dtype=np.float32), pad, mode="edge")
+    scene = np.pad(scene, pad, mode="edge")
     noise = sigma(scene, rnoise_e)
     inv_var = 1.0 / (noise * noise)
     # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
@@ -269,23 +361,21 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     defective = padded.min(axis=0) < -DEFECT_RNOISE * rnoise_e
     fill = near = None
     if defective.any():
-        valid = (~defective).astype(np.float32)
-        mean = ndimage.uniform_filter(np.where(defective, 0, scene), 3, mode="nearest")
-        frac = ndimage.uniform_filter(valid, 3, mode="nearest")
-        fill = np.where(frac > 0, mean / np.maximum(frac, 1e-6), 0).astype(np.float32)
+        total = _box_sum(np.where(defective, 0, scene), (3, 3), "edge")
+        count = _box_sum((~defective).astype(np.float32), (3, 3), "edge")
+        fill = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
         near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
         scene = np.where(defective, fill, scene)
     # isolated spikes of the median (hot pixels, coincident hits) leave the fit: their derivatives would spread
     # them over the model around them (the basis scene replaces its own spikes, see _basis_scene)
     spikes = _spikes(scene, noise)
-    keep = ~spikes & ~defective
-    keep[ny:, :] = False
-    keep[:, nx:] = False
+    keep_fit = ~spikes & ~defective
+    keep_fit[ny:, :] = False
+    keep_fit[:, nx:] = False
     if usable is not None:
-        keep[:ny, :nx] &= usable
+        keep_fit[:ny, :nx] &= usable
     diffs = [padded[k] - scene for k in range(n)]
-    chi_before = np.array([np.mean((d[keep] / noise[keep]) ** 2) for d in diffs])
-    used = keep.copy()
+    used = keep_fit.copy()
     fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
     for it in range(niter):
         basis = _regressors(_basis_scene(padded, fitted, noise, near, fill))
@@ -297,7 +387,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
             off = np.zeros(scene.shape, dtype=bool)
             for k in range(n):
                 off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
-            used = keep & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
+            used = keep_fit & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
     fitted -= fitted.mean(axis=0, dtype=np.float32)
     # a spike whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
     # and neither it nor its neighbours (whose derivatives it raises) take the model
@@ -305,11 +395,16 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     del padded
     hot = ndimage.binary_dilation(agree & spikes, np.ones((3, 3), bool))
     fitted[:, hot] = 0
-    chi_after = np.array([np.mean(((diffs[k] - fitted[k])[used] / noise[used]) ** 2) for k in range(n)])
-    fitted, used = np.ascontiguousarray(fitted[:, :ny, :nx]), used[:ny, :nx]
-    _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
-              np.round(chi_before, 3).tolist(), np.round(chi_after, 3).tolist(), 100 * used.mean())
-    return VariationFit(model=fitted, used=used, chi2=np.stack([chi_before, chi_after]))
+    r0, r1 = keep
+    inner = np.zeros(used.shape, dtype=bool)
+    inner[r0:r1] = True
+    before, after = keep_fit & inner, used & inner
+    sums = np.zeros((4, n))  # chi2 sums and counts before and after the model
+    sums[1], sums[3] = before.sum(), after.sum()
+    for k in range(n):
+        sums[0, k] = np.sum(np.square(diffs[k][before] / noise[before]), dtype=np.float64)
+        sums[2, k] = np.sum(np.square((diffs[k] - fitted[k])[after] / noise[after]), dtype=np.float64)
+    return fitted[:, r0:r1, :nx], used[r0:r1, :nx], sums
 
 
 def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near: np.ndarray | None,
