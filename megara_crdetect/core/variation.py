@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import chi2 as _chi2
+from scipy.special import chdtri
 
 from .locallevel import neighbour_index
 from .noise import sigma
@@ -208,7 +208,7 @@ def _significant(b: np.ndarray, inverse: np.ndarray, normal: np.ndarray, scale: 
     # cannot tell a variation from the noise, the model is identity and adds no noise of its own
     chi2 = np.einsum("...i,...ij,...j->...", coef_s, normal, coef_s)
     npar = coef_s.shape[-1]
-    significant = chi2 > _chi2.isf(SIGNIFICANCE, npar)
+    significant = chi2 > chdtri(npar, SIGNIFICANCE)
     coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
     coef = np.moveaxis(coef_s * scale, -1, 0)
     # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
