@@ -155,7 +155,7 @@ def _png_jobs(data: ReviewData, cfg) -> list[tuple[str, Callable, tuple[float, f
 
 #: Estimated CPU seconds of the files (measured on the guide's examples, 2016 x 1596 pixels), used
 #: to start the longest first: a PNG per square inch of figure, a page of each PDF.
-PNG_COST, CR_PAGE_COST, PROBLEMATIC_PAGE_COST = 0.007, 0.03, 0.016
+PNG_COST, CR_PAGE_COST, PROBLEMATIC_PAGE_COST = 0.007, 0.003, 0.002
 
 
 def _figure_jobs(data: ReviewData, cfg, stage, progress: Progress | None):
