@@ -312,7 +312,9 @@ def _child(jobs, queue: _Queue) -> None:  # pragma: no cover - runs in a forked 
         while (index := queue.claim()) is not None:
             timings.update(_run_jobs([jobs[index]]))
             queue.finished()
-        _log.debug("figure process: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        cpu = os.times()
+        _log.debug("figure process: %s; CPU user %.2f s, system %.2f s", ", ".join(
+            f"{k} {v:.1f} s" for k, v in timings.items()), cpu.user, cpu.system)
     finally:
         os._exit(0)  # no atexit handlers / finalisers of the parent's objects in the child
 
