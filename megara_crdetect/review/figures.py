@@ -3,8 +3,9 @@
 Called by :func:`megara_crdetect.runner.run` as ``figures(result, stack_e,
 cfg, stage)`` after the masks are computed; everything is written into the
 run's staging folder, so the figures appear together with the products or not
-at all.  Figures use matplotlib's object API with the Agg canvas (no pyplot,
-no display).
+at all.  PNG figures use matplotlib's object API with the Agg canvas (no
+pyplot, no display); the multi-page PDFs are written by
+:mod:`~megara_crdetect.review.lightpdf` (see :mod:`~megara_crdetect.review.pages`).
 
 Files (all in the output folder):
 
