@@ -301,7 +301,7 @@ class TestLightPdf:
                 page = pdf.page(200, 100)
                 page.image(rgb, 10, 10, 30, 20)
                 page.text(100, 50, f"page (#{k + 1}) a\\b", ha="center")
-                page.markers([50, 60], [50, 60], marker="o", size=5, color="red")
+                page.markers([50, 60, np.nan], [50, 60, 70], marker="o", size=5, color="red")
                 pdf.add(page)
         raw = path.read_bytes()
         assert raw.startswith(b"%PDF-1.4") and raw.rstrip().endswith(b"%%EOF") and pdf_pages(path) == 3
@@ -319,6 +319,7 @@ class TestLightPdf:
         images = [s for body, s in objs.values() if b"/Image" in body]
         assert len(images) == 3 and images[0] == rgb[::-1].tobytes()  # top row first
         assert b"/Count 3" in b" ".join(body for body, _ in objs.values())
+        assert all(b"nan" not in c for c in contents) and contents[0].count(b" c h") == 2  # two circles, not three
 
     def test_text_width_from_the_font_metrics(self):
         from megara_crdetect.review.lightpdf import text_width

@@ -116,7 +116,9 @@ class Page:
 
     def markers(self, xs, ys, *, marker: str, size: float, color, filled: bool = False, lw: float = 1.0) -> None:
         """Markers of ``size`` points (matplotlib's ``ms``) at the points."""
-        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        xs, ys = np.asarray(xs, float).ravel(), np.asarray(ys, float).ravel()
+        keep = np.isfinite(xs) & np.isfinite(ys)  # a NaN would make the page unreadable
+        xs, ys = xs[keep], ys[keep]
         if xs.size == 0:
             return
         h = size / 2.0
