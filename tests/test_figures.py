@@ -275,6 +275,82 @@ class TestPages:
         assert pages.write_problematic_pdf(tmp_path / "none.pdf", data0) == 0 and not (tmp_path / "none.pdf").exists()
 
 
+def pdf_objects(path) -> dict[int, tuple[bytes, bytes]]:
+    """Objects of a PDF written by :mod:`lightpdf`: number -> (dictionary, decompressed stream or b"")."""
+    import zlib
+
+    raw = path.read_bytes()
+    out = {}
+    for m in re.finditer(rb"(\d+) 0 obj\n(<<.*?>>)(\nstream\n)?", raw, re.S):
+        body, stream = m.group(2), b""
+        if m.group(3):
+            n = int(re.search(rb"/Length (\d+)", body).group(1))
+            stream = zlib.decompress(raw[m.end():m.end() + n])
+        out[int(m.group(1))] = (body, stream)
+    return out
+
+
+class TestLightPdf:
+    def test_file_structure_text_and_images(self, tmp_path):
+        from megara_crdetect.review import lightpdf
+
+        path = tmp_path / "t.pdf"
+        rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+        with lightpdf.PdfWriter(path) as pdf:
+            for k in range(3):
+                page = pdf.page(200, 100)
+                page.image(rgb, 10, 10, 30, 20)
+                page.text(100, 50, f"page (#{k + 1}) a\\b", ha="center")
+                page.markers([50, 60, np.nan], [50, 60, 70], marker="o", size=5, color="red")
+                pdf.add(page)
+        raw = path.read_bytes()
+        assert raw.startswith(b"%PDF-1.4") and raw.rstrip().endswith(b"%%EOF") and pdf_pages(path) == 3
+        # every cross-reference entry points at its object, startxref at the table
+        start = int(raw.rsplit(b"startxref", 1)[1].split()[0])
+        assert raw[start:].startswith(b"xref")
+        rows = raw[start:].split(b"\n")[2:]
+        for number, row in enumerate(rows[1:9], start=1):
+            offset, _, kind = row.split()
+            if kind == b"n":
+                assert raw[int(offset):].startswith(b"%d 0 obj" % number)
+        objs = pdf_objects(path)
+        contents = [s for body, s in objs.values() if s and b"/Image" not in body]
+        assert len(contents) == 3 and b"(page \\(#2\\) a\\\\b) Tj" in contents[1]
+        images = [s for body, s in objs.values() if b"/Image" in body]
+        assert len(images) == 3 and images[0] == rgb[::-1].tobytes()  # top row first
+        assert b"/Count 3" in b" ".join(body for body, _ in objs.values())
+        assert all(b"nan" not in c for c in contents) and contents[0].count(b" c h") == 2  # two circles, not three
+
+    def test_text_width_from_the_font_metrics(self):
+        from megara_crdetect.review.lightpdf import text_width
+
+        assert text_width("ab", 10) == pytest.approx((556 + 556) / 100)  # Helvetica a and b: 556/1000 em
+        assert text_width("ab", 10, "mono") == pytest.approx(12.0)
+
+    def test_cr_page_shows_the_event(self, run, tmp_path):
+        from matplotlib import colormaps, colors
+
+        from megara_crdetect.review.lightpdf import rgb_image
+
+        res, stack, _ = run
+        data = ReviewData(res, RNOISE, stack)
+        i = data.events.labels[EVENTS[2]] - 1
+        pages.write_cr_pdf(tmp_path / "cr.pdf", data, maxplots=i + 1, semiwindow=6, color_scale="minmax")
+        objs = pdf_objects(tmp_path / "cr.pdf")
+        ev = data.events
+        content = [s for body, s in objs.values() if s and b"/Image" not in body][i].decode("latin-1")
+        assert f"(CR#{i + 1}/{len(ev)}: " in content
+        assert f"(peak pixel [X, Y] = [{ev.x_peak[i]}, {ev.y_peak[i]}])" in content
+        assert "(MM diagram of this event)" in content and "(exposure 3)" in content
+        # the exposure 2 cut-out, colour-mapped with the median's limits, is one of the page's images
+        r, c = EVENTS[2]
+        med = res.stats.median2d[r - 6:r + 7, c - 5:c + 8]
+        norm = colors.Normalize(float(med.min()), float(med.max()))
+        expected = rgb_image(stack[1, r - 6:r + 7, c - 5:c + 8], colormaps["gray"], norm)[::-1].tobytes()
+        page_images = [s for body, s in objs.values() if b"/Image" in body][6 * i:6 * (i + 1)]
+        assert expected in page_images
+
+
 class TestOptionalFigures:
     @pytest.fixture(scope="class")
     def written(self, run, tmp_path_factory):

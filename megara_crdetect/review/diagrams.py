@@ -277,13 +277,20 @@ def _log_u_axis(ax, grid: mm.DiagramGrid, u_top: float = np.inf) -> None:
 
 
 def _symlog(t: np.ndarray) -> np.ndarray:
-    """matplotlib's symlog transform (base 10, linscale 1, :data:`LINTHRESH`) in float32, vectorised."""
+    """matplotlib's symlog transform (base 10, linscale 1, :data:`LINTHRESH`) in float32, vectorised.
+
+    The logarithm is taken only where ``|t| > LINTHRESH`` (few pixels of a
+    frame: the linear part alone costs a tenth of the whole on 3 Mpixels).
+    """
     t = np.asarray(t, dtype=np.float32)
     lin = np.float32(1.0 / (1.0 - 0.1))  # linscale / (1 - 1/base)
-    a = np.abs(t)
-    out = np.where(a <= LINTHRESH, a * lin,
-                   np.float32(LINTHRESH) * (lin + np.log10(np.maximum(a, LINTHRESH) / np.float32(LINTHRESH))))
-    return np.copysign(out, t).astype(np.float32, copy=False)
+    tf = t.reshape(-1)
+    out = np.multiply(tf, lin, dtype=np.float32)
+    idx = np.flatnonzero(np.abs(tf) > LINTHRESH)
+    if idx.size:
+        v = tf[idx]
+        out[idx] = np.copysign(np.float32(LINTHRESH) * (lin + np.log10(np.abs(v) / np.float32(LINTHRESH))), v)
+    return out.reshape(t.shape)
 
 
 def _detection_counts(grid: mm.DiagramGrid, columns: np.ndarray, t: np.ndarray, nrows: int = 300):

@@ -3,8 +3,9 @@
 Called by :func:`megara_crdetect.runner.run` as ``figures(result, stack_e,
 cfg, stage)`` after the masks are computed; everything is written into the
 run's staging folder, so the figures appear together with the products or not
-at all.  Figures use matplotlib's object API with the Agg canvas (no pyplot,
-no display).
+at all.  PNG figures use matplotlib's object API with the Agg canvas (no
+pyplot, no display); the multi-page PDFs are written by
+:mod:`~megara_crdetect.review.lightpdf` (see :mod:`~megara_crdetect.review.pages`).
 
 Files (all in the output folder):
 
@@ -155,7 +156,7 @@ def _png_jobs(data: ReviewData, cfg) -> list[tuple[str, Callable, tuple[float, f
 
 #: Estimated CPU seconds of the files (measured on the guide's examples, 2016 x 1596 pixels), used
 #: to start the longest first: a PNG per square inch of figure, a page of each PDF.
-PNG_COST, CR_PAGE_COST, PROBLEMATIC_PAGE_COST = 0.007, 0.03, 0.016
+PNG_COST, CR_PAGE_COST, PROBLEMATIC_PAGE_COST = 0.007, 0.003, 0.002
 
 
 def _figure_jobs(data: ReviewData, cfg, stage, progress: Progress | None):
@@ -312,7 +313,9 @@ def _child(jobs, queue: _Queue) -> None:  # pragma: no cover - runs in a forked 
         while (index := queue.claim()) is not None:
             timings.update(_run_jobs([jobs[index]]))
             queue.finished()
-        _log.debug("figure process: %s", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        cpu = os.times()
+        _log.debug("figure process: %s; CPU user %.2f s, system %.2f s", ", ".join(
+            f"{k} {v:.1f} s" for k, v in timings.items()), cpu.user, cpu.system)
     finally:
         os._exit(0)  # no atexit handlers / finalisers of the parent's objects in the child
 
