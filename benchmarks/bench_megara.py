@@ -19,9 +19,12 @@ are compared with the noise-free truth:
 
 Routes (each its own ``numina run``, capped by ``--cap``, killed after it):
 ours with its defaults, ours with ``mm_variation_model: true``, and megaradrp's
-own recipe with each crmethod of numina 0.40 that can run here (``mm_lacosmic``
-and ``lacosmic``; see :data:`ROUTES`), with megaradrp's defaults except
-:data:`MEGARADRP_UNATTENDED`.  CPU time and peak RSS are those of the
+own recipe with each crmethod of numina 0.40 that can run here (``mm_lacosmic``,
+``lacosmic``, and ``mm_deepcr`` with ``--deepcr-python``; see :data:`ROUTES`), with
+megaradrp's defaults except :data:`MEGARADRP_UNATTENDED` and the keys of the route
+(the routes that complete on the full-size OB: ``megaradrp_mm_lacosmic_sigclip100``,
+``megaradrp_mm_lacosmic_sigclip50``, ``megaradrp_mm_deepcr``; docs/megara.md says
+why megaradrp's defaults do not).  CPU time and peak RSS are those of the
 ``numina run`` process and its children (``wait4``); the load average is
 recorded before and after each route.  Results go to ``<workdir>/bench_megara.json``
 (merged with the routes of earlier runs in the same workdir) and ``--json``.
