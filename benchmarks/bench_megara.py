@@ -83,7 +83,8 @@ ROUTES = {
     "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
     # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with
     # teareduce's merge_peak_tail_masks, which scans the whole frame once per detected group: hours on a
-    # full frame with thousands of cosmic rays.  One pass (both values 5) is the setting that completes.
+    # full frame with thousands of cosmic rays.  One pass (both values 5) avoids the merge but not the
+    # MEDIANCR figure below (stopped at 22 GB).
     "megaradrp_mm_lacosmic_1pass": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
                                                "la_sigclip": [5.0, 5.0]}),
     # numina draws its MEDIANCR diagnostic figure whatever maxplots/interactive/debug say, with one
@@ -257,9 +258,6 @@ def run_route(work: Path, name: str, instrument: str, requirements: dict, cap: f
     result["load_after"] = _load()
     log.info("%s: %s", name, result)
     masks = work / f"obsid{name}_results" / "crmasks.fits"
-    if not masks.exists():  # numina names a result file after the result (crmasks), whatever the recipe
-        found = sorted((work / f"obsid{name}_results").glob("crmasks*.fits"))
-        masks = found[0] if found else masks
     if result["exit"] == 0 and masks.exists():
         try:
             result.update(evaluate(work, masks))
