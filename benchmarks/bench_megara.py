@@ -19,9 +19,12 @@ are compared with the noise-free truth:
 
 Routes (each its own ``numina run``, capped by ``--cap``, killed after it):
 ours with its defaults, ours with ``mm_variation_model: true``, and megaradrp's
-own recipe with each crmethod of numina 0.40 that can run here (``mm_lacosmic``
-and ``lacosmic``; see :data:`ROUTES`), with megaradrp's defaults except
-:data:`MEGARADRP_UNATTENDED`.  CPU time and peak RSS are those of the
+own recipe with each crmethod of numina 0.40 that can run here (``mm_lacosmic``,
+``lacosmic``, and ``mm_deepcr`` with ``--deepcr-python``; see :data:`ROUTES`), with
+megaradrp's defaults except :data:`MEGARADRP_UNATTENDED` and the keys of the route
+(the routes that complete on the full-size OB: ``megaradrp_mm_lacosmic_sigclip100``,
+``megaradrp_mm_lacosmic_sigclip50``, ``megaradrp_mm_deepcr``; docs/megara.md says
+why megaradrp's defaults do not).  CPU time and peak RSS are those of the
 ``numina run`` process and its children (``wait4``); the load average is
 recorded before and after each route.  Results go to ``<workdir>/bench_megara.json``
 (merged with the routes of earlier runs in the same workdir) and ``--json``.
@@ -80,10 +83,26 @@ ROUTES = {
     "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
     # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with
     # teareduce's merge_peak_tail_masks, which scans the whole frame once per detected group: hours on a
-    # full frame with thousands of cosmic rays.  One pass (both values 5) is the setting that completes.
+    # full frame with thousands of cosmic rays.  One pass (both values 5) avoids the merge but not the
+    # MEDIANCR figure below (stopped at 22 GB).
     "megaradrp_mm_lacosmic_1pass": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
                                                "la_sigclip": [5.0, 5.0]}),
+    # numina draws its MEDIANCR diagnostic figure whatever maxplots/interactive/debug say, with one
+    # matplotlib text label per pixel L.A.Cosmic flags in the median (~13 kB and ~2 ms each): at 5 sigma
+    # L.A.Cosmic flags the sharp fibre peaks of this scene (8 % of the pixels) and the figure needs > 20 GB.
+    # One pass with its threshold raised until the median's flagged fraction (printed in megaradrp's log)
+    # falls below 1 % (50) or to nothing (100; L.A.Cosmic then finds no cosmic ray either and the
+    # Median-Minimum step does all the work) is what completes (docs/megara.md)
+    "megaradrp_mm_lacosmic_sigclip50": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
+                                                   "la_sigclip": [50.0, 50.0]}),
+    "megaradrp_mm_lacosmic_sigclip100": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic",
+                                                    "la_sigclip": [100.0, 100.0]}),
+    # deepCR (CPU torch) + Median-Minimum; megaradrp's default dc_mask 'ACS_WFC' is no deepCR model name
+    # (deepCR 0.3.1 ships 'ACS-WFC', 'decam', 'WFC3-UVIS'): needs --deepcr-python
+    "megaradrp_mm_deepcr": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_deepcr", "dc_mask": "ACS-WFC"}),
 }
+#: routes whose recipe imports deepCR (torch): run with the numina of --deepcr-python's environment
+NEEDS_DEEPCR = {"megaradrp_mm_deepcr"}
 #: --quick: a cheap run of the whole harness (the geometry cannot shrink: megaradrp's profile has fixed
 #: trim regions for unbinned 4212 x 4196 frames), fewer events and cheap settings for every route
 QUICK_EVENTS = (200, 40)
@@ -145,9 +164,12 @@ def _ob(work: Path, name: str, body: dict) -> Path:
     return path
 
 
-def timed_numina(work: Path, ob: Path, timeout: float) -> dict:
-    """``numina run`` in its own process: exit status, wall time, peak RSS (MB)."""
-    exe = Path(sys.executable).with_name("numina")
+def timed_numina(work: Path, ob: Path, timeout: float, python: str | None = None) -> dict:
+    """``numina run`` in its own process: exit status, wall time, peak RSS (MB).
+
+    ``python``: the interpreter of another environment whose ``numina`` runs the OB (default: this one).
+    """
+    exe = Path(python or sys.executable).with_name("numina")
     log = open(work / f"{ob.stem}.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(exe), "run", ob.name, "--datadir", "data"], cwd=work, stdout=log,
@@ -221,7 +243,8 @@ def _locked(path: str | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def run_route(work: Path, name: str, instrument: str, requirements: dict, cap: float) -> dict:
+def run_route(work: Path, name: str, instrument: str, requirements: dict, cap: float,
+              python: str | None = None) -> dict:
     """One route: its OB through ``numina run`` (capped), then its masks through megaradrp's combination."""
     frames = ["science_1.fits", "science_2.fits", "science_3.fits"]
     ob = _ob(work, name, {"id": name, "instrument": instrument, "mode": "MegaraCrDetection",
@@ -229,7 +252,9 @@ def run_route(work: Path, name: str, instrument: str, requirements: dict, cap: f
     shutil.rmtree(work / f"obsid{name}_results", ignore_errors=True)
     shutil.rmtree(work / f"obsid{name}_work", ignore_errors=True)
     result = {"instrument": instrument, "requirements": requirements, "cap_s": cap, "load_before": _load()}
-    result.update(timed_numina(work, ob, cap))
+    if python:
+        result["python"] = python
+    result.update(timed_numina(work, ob, cap, python))
     result["load_after"] = _load()
     log.info("%s: %s", name, result)
     masks = work / f"obsid{name}_results" / "crmasks.fits"
@@ -266,6 +291,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lock", default=None,
                         help="flock this file around each route (e.g. /tmp/heavy.lock), not around the whole run")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--deepcr-python", default=None,
+                        help="python of an environment with deepCR and CPU torch (plus this package, numina, "
+                             "megaradrp) for the routes that need deepCR; without it they are skipped")
     return parser.parse_args(argv)
 
 
@@ -288,17 +316,21 @@ def main(argv: list[str]) -> int:
             shutil.copy(work / "obsidbias_results" / "master_bias.fits", work / "data" / "master_bias.fits")
     for name in args.routes:
         instrument, requirements = ROUTES[name]
+        python = args.deepcr_python if name in NEEDS_DEEPCR else None
+        if name in NEEDS_DEEPCR and not python:
+            log.warning("route %s skipped: it needs deepCR (give --deepcr-python)", name)
+            continue
         if args.quick:
             requirements = {**requirements, **QUICK_SETTINGS[instrument]}
         with _locked(args.lock) as waited:
             log.info("route %s (waited %.0f s for the lock)", name, waited)
-            runs[name] = run_route(work, name, instrument, requirements, args.cap)
+            runs[name] = run_route(work, name, instrument, requirements, args.cap, python)
         runs[name]["quick"] = args.quick
         out.write_text(json.dumps(runs, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
         log.info("%s: %s", name, runs[name])
-    print(table({k: runs[k] for k in args.routes}))
+    print(table({k: runs[k] for k in args.routes if k in runs}))
     return 0
 
 
