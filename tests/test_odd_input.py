@@ -44,8 +44,9 @@ def _nothing_written(out: Path) -> bool:
                                                    (signal.SIGINT, 130, "interrupted")])
 def test_signal_mid_run_removes_the_staging_folder(tmp_path, signum, status, word):
     """A real process, signalled once its staging folder exists (during the detection)."""
-    images = _frames(tmp_path, shape=(300, 400))
-    params = _params(tmp_path, images, crmethod="mm_lacosmic", mm_nsimulations=20)
+    # large enough that the detection lasts seconds on a quiet machine (the signal must arrive during it)
+    images = _frames(tmp_path, shape=(800, 1000))
+    params = _params(tmp_path, images, crmethod="mm_lacosmic", mm_nsimulations=40)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "megara_crdetect", str(params), "--output_dir", str(out),
                              "--no-figures"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
