@@ -7,6 +7,7 @@
 # numina 0.40 (benchmarks/quality.py). numina 0.40 runs only the methods it can run here (not
 # pycosmic/mm_pycosmic: PyCosmic is not on the package index; not conn/mm_conn: its cosmic_conn import
 # crashes; not mmcosmic, which 0.40 removed); those rows are ours only. Each program is stopped after $TIMEOUT seconds (default 900).
+# METHODS (default: all nine) restricts the crmethods run, e.g. METHODS="lacosmic deepcr".
 # `uptime` before and after every run goes to OUTDIR/load.log. Then:
 #   python benchmarks/numina040_table.py OUTDIR/*.json
 set -u
@@ -15,6 +16,7 @@ export NY=${2:-798} NX=${3:-1008} SEED=${4:-2025}
 shift $(( $# < 4 ? $# : 4 ))
 export HERE; HERE=$(cd "$(dirname "$0")" && pwd)
 export PY=${PYTHON:-python} TIMEOUT=${TIMEOUT:-900} LOCK=${LOCK:-/tmp/heavy.lock}
+export METHODS=${METHODS:-lacosmic mm_lacosmic deepcr mm_deepcr mmcosmic pycosmic mm_pycosmic conn mm_conn}
 mkdir -p "$OUT"
 for s in ${*:-equivalent flux offsets}; do
   S=$s flock "$LOCK" bash -c '
@@ -25,7 +27,11 @@ for s in ${*:-equivalent flux offsets}; do
         --timeout "$TIMEOUT" --workdir "$OUT/w_${S}_$m" --json "$OUT/${S}_$m.json" "$@" > "$OUT/${S}_$m.txt" 2>&1
       echo "$(date -u +%T) $S $m end (exit $?): $(uptime)" >> "$OUT/load.log"
     }
-    for m in lacosmic mm_lacosmic deepcr mm_deepcr; do run "$m"; done
-    for m in mmcosmic pycosmic mm_pycosmic conn mm_conn; do run "$m" --no-reference; done
+    for m in $METHODS; do
+      case $m in
+        lacosmic|mm_lacosmic|deepcr|mm_deepcr) run "$m" ;;
+        *) run "$m" --no-reference ;;  # numina 0.40 cannot run these here
+      esac
+    done
   '
 done

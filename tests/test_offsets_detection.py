@@ -384,3 +384,29 @@ def test_median_diagram_detections_of_shifted_exposures_need_a_hit_exposure():
     assert not (res.mediancr & ~near).any()
     spoiled = (np.median(stack, axis=0) - np.median(sim.expected, axis=0)) / _sigma(sim)[1] > 5
     assert spoiled.sum() >= 10 and (res.mediancr & spoiled).sum() == spoiled.sum()
+
+
+def test_an_auxiliary_detector_alone_keeps_the_lines_of_declared_shifted_exposures():
+    """``lacosmic`` alone: with the offsets declared, shift residuals along sky lines and fibre traces are not
+    defective detector lines, and coincidences on them are flagged (#16).
+
+    Judged against the plain noise, every line whose exposures differ by the shift looked defective and was
+    left out of the detection, cosmic rays on it included.
+    """
+    sim = simulate_exposures((240, 320), 3, offsets=OFFSETS, cr_fraction=0.002, n_coincident=0, seed=5)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    col = 236  # a flank of the sky line at FITS X = 240
+    rows = [40, 100, 160]
+    for r in rows:
+        stack[:2, r, col] += 1500.0  # a coincidence: the median is spoiled
+    detector = Detector(sim.gain, sim.rnoise, sim.bias)
+    for declared in (False, True):
+        extra = {"mm_xy_offsets": [list(o) for o in OFFSETS]} if declared else {}
+        res = compute_crmasks(stack, CRMaskConfig(crmethod="lacosmic", **extra), detector=detector, workers=1)
+        if declared:
+            assert res.bad_rows.size == 0 and res.bad_columns.size == 0
+            assert res.mediancr[rows, col].all()
+            assert (res.mediancr_codes[rows, col] == 3).all()  # found by the detector, confirmed
+        else:  # the defect: the shifted sky line taken as a defective column, its coincidences lost
+            assert col in res.bad_columns.tolist()
+            assert not res.mediancr[rows, col].any()

@@ -18,7 +18,9 @@ Order of operations
    its group has ``(target - min2d) / u`` above ``la_confirm_sigma`` and above
    what the simulations put in its column 1/10 000 of the time.  Hot pixels and other
    sharp features identical in every exposure are therefore not reported
-   (the reference flags them).
+   (the reference flags them).  A detector alone on exposures declared
+   shifted is confirmed by the exposures less the common scene shifted to
+   each of them (:func:`_aux_alone_stage`).
 4. MMcosmic: simulated exposures from the median (noise model, flux factors
    -- drawn raw and normalised like the data when divided out of the
    originals --, offsets), one normalised diagram and one boundary per target (median,
@@ -266,7 +268,8 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
     return flags, results[names.index("median")][1] if "median" in names else None
 
 
-def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray):
+def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray,
+                   median_spread: np.ndarray | None = None):
     """Pixels that may seed a confirmed L.A.Cosmic group, or None when every flag counts.
 
     :func:`_confirm` keeps a group only if its brightest pixel has ``(target - min2d) / u``
@@ -274,10 +277,17 @@ def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray):
     ``noise`` (the inflated scale of the other diagrams is larger); groups without
     such a pixel are dropped whatever L.A.Cosmic found around them.  The cleaned median
     (LAMEDIAN) is then exact only on the kept groups, so ``use_lamedian`` needs the whole frame.
+    ``median_spread`` (an auxiliary detector alone on shifted exposures, see
+    :func:`_aux_alone_stage`) confirms detections on the median instead: where it
+    exceeds the level, every target may seed a group too.
     """
     if params.la_confirm_sigma <= 0 or params.use_lamedian:
         return None
-    return lambda target: _normalised(target, stats, noise) > params.la_confirm_sigma
+    level = params.la_confirm_sigma
+    if median_spread is None:
+        return lambda target: _normalised(target, stats, noise) > level
+    shifted = median_spread / noise > level
+    return lambda target: (_normalised(target, stats, noise) > level) | shifted
 
 
 def _two_pass(params: CRMaskConfig) -> bool:
@@ -506,7 +516,7 @@ class _Detections:
 
     def __init__(self, stats, noise, params, detector, la_flags, boundaries, cleanable, sims=None,
                  inflated=None, *, model_flags=None, static=None, dilatable=None, untrusted_model=None,
-                 untrusted_moved=None, static_px=None):
+                 untrusted_moved=None, static_px=None, median_spread=None):
         self.stats, self.noise, self.params, self.detector = stats, noise, params, detector
         self.la_flags, self.boundaries, self.cleanable, self.sims = la_flags, boundaries, cleanable, sims
         self.dilatable = cleanable if dilatable is None else dilatable  # where dilation may reach
@@ -516,6 +526,7 @@ class _Detections:
         self.untrusted_model = untrusted_model  # shifted exposures: where the shifted model is not trusted
         self.untrusted_moved = untrusted_moved  # ... and where the moved-median rule is not trusted either
         self.static_px = static_px  # shifted exposures: hot pixels, left out of the scene
+        self.median_spread = median_spread  # auxiliary detector alone, shifted: see _aux_alone_stage
         self.moved = None  # shifted exposures: where the masked hits move the median (_moved_medians)
         self.confirmed = None  # shifted exposures: residual detections against the other exposures too
         self.moved_border = None  # shifted exposures: moved medians on the border frame
@@ -567,6 +578,8 @@ class _Detections:
         diagram = boundary_name or name
         if name in self.la_flags:
             t = _normalised(target, self.stats, self.scale(diagram))
+            if name == "median" and self.median_spread is not None:  # shifted: the exposures less their models
+                t = self.median_spread / self.scale(diagram)
             level = self.confirm_level(diagram)
             # pixels that cannot be flagged (skipped regions, bad lines) cannot confirm a group either
             la = _confirm(self.la_flags[name] & self.cleanable, t, level, target, self.hit_everywhere)
@@ -720,6 +733,7 @@ class _MMStage:
     static_model: np.ndarray | None = None  # shifted exposures: where the shifted model is not trusted
     static_moved: np.ndarray | None = None  # ... and where the moved-median rule is not trusted either
     static_px: np.ndarray | None = None  # shifted exposures: hot pixels, left out of the scene
+    median_spread: np.ndarray | None = None  # auxiliary detector alone, shifted: see _aux_alone_stage
 
 
 def _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
@@ -895,6 +909,8 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     targets = _targets(stats, stack)
     timings["statistics"] = time.perf_counter() - t0
 
+    mms = _MMStage(inflated=noise) if params.uses_mm else _aux_alone_stage(stats, stack, params, factors, floor,
+                                                                           noise, rnoise_e)
     la_flags, lamedian = {}, None
     if params.uses_aux:
         t1 = time.perf_counter()
@@ -902,12 +918,11 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         if progress is not None:
             progress("L.A.Cosmic", 0, 1)
         la_flags, lamedian = _la_detections(la_targets, params, detector, workers,
-                                            _la_candidates(params, stats, noise))
+                                            _la_candidates(params, stats, noise, mms.median_spread))
         if progress is not None:
             progress("L.A.Cosmic", 1, 1)
         timings["lacosmic"] = time.perf_counter() - t1
 
-    mms = _MMStage(inflated=noise)
     if params.uses_mm:
         t1 = time.perf_counter()
         mms = _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
@@ -921,7 +936,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     det = _Detections(stats, noise, params, detector, la_flags, mms.boundaries, cleanable, mms.sims, mms.inflated,
                       model_flags=mms.model_flags, static=static, dilatable=dilatable,
                       untrusted_model=mms.static_model, untrusted_moved=mms.static_moved,
-                      static_px=mms.static_px)
+                      static_px=mms.static_px, median_spread=mms.median_spread)
     t1 = time.perf_counter()
     exposure_flags = np.stack([det.union(f"exposure{k + 1}", stack[k]) for k in range(n)])
     # aligned exposures brought onto one scene: the lowest of them, not of the raw exposures, repairs MEDIANCR
@@ -952,6 +967,51 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     return result
+
+
+def _aux_alone_stage(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, factors: np.ndarray,
+                     floor: np.ndarray, noise: np.ndarray, rnoise_e: float) -> _MMStage:
+    """An auxiliary detector alone on exposures declared shifted: their disagreement without the shifts.
+
+    Without the MM stage nothing models the offsets, yet where the exposures
+    are declared shifted (``mm_xy_offsets`` or ``mm_crosscorr_region``) they
+    differ along every fibre trace and sky line by the shift alone.  Judged
+    against the plain noise, those lines looked like defective detector
+    lines (:func:`_bad_lines`) and were left out of the detection, cosmic
+    rays on them included (``lacosmic``, offsets set 798 x 1008, seed 2025:
+    45 rows and 90 columns; recall of the spoiled median pixels 0.055
+    against numina 0.40's 0.073); let in but confirmed by ``median2d -
+    min2d``, the shifted flanks confirmed the detector's flags there (far
+    false flags 2 -> 226, seed 7).  So the offsets are measured (or taken)
+    as for MM and the common scene is shifted to each exposure
+    (:func:`_expected_images`).  The noise is inflated by the spread of
+    those models, as the MM stage does (the defective-line test and the
+    confirmation on the exposures, the mean and meancr), and a detection on
+    the median is confirmed by the exposures less their own models
+    (``median_spread``: median minus minimum of ``exposure_k - model_k``),
+    where a coincidence stands out whichever exposure the shift raised.
+    No offsets declared, or offsets zero: the plain noise and min2d.
+    """
+    out = _MMStage(inflated=noise)
+    if params.mm_xy_offsets is None and params.mm_crosscorr_region is None:
+        return out
+    offsets = _offsets(stats.median2d, stack, params, rnoise_e)
+    if not np.any(offsets):
+        return out
+    models = _expected_images(stats, stack, params, None, factors, offsets, noise)
+    # hot pixels do not move: left out of the scene, as in the MM stage, each exposure keeps them above its model
+    _, above = sm.model_flags(stack, models, rnoise_e, with_above=True)
+    static_px = sm.static_pixels(stats, floor, noise, stack, models.max(axis=0) - models.min(axis=0), above)
+    if static_px.any():
+        models = _expected_images(stats, stack, params, None, factors, offsets, noise, static_px)
+    low = models.min(axis=0)
+    out.inflated = mm.inflate(noise.copy(), models.max(axis=0) - low)
+    spread = stats.median2d - stats.min2d
+    spread -= median_of_stack(models)
+    spread += low  # median2d - min2d less that of the models
+    np.subtract(stack, models, out=models)  # each exposure less its model
+    out.median_spread = np.maximum(spread, median_of_stack(models) - models.min(axis=0))
+    return out
 
 
 def _above_models(stack: np.ndarray, models: np.ndarray, rnoise_e: float) -> np.ndarray:
@@ -1050,7 +1110,7 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
                          replacement=result.repair_min).value  # the image apply_crmasks will write
     if params.uses_aux and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1,
-                               _la_candidates(params, det.stats, det.noise))
+                               _la_candidates(params, det.stats, det.noise, det.median_spread))
         det.la_flags["meancr"] = la["meancr"]
     result.meancr = det.union("meancr", meancr_img, boundary_name="mean")
     result.problematic = problematic_pixels(result.crmasks)
