@@ -102,3 +102,23 @@ def test_spoiled_minima_take_the_level_along_the_trace_on_a_peak_and_in_a_valley
     spoiled, values = spoiled_minima(where, stats, noise)
     assert spoiled[peak] and spoiled[valley] and not spoiled[flat]
     np.testing.assert_allclose(values, [scene[peak], scene[valley]], rtol=1e-6)  # np.nonzero order
+
+
+def test_a_coincidence_on_the_curved_flank_of_a_fibre_is_not_a_dip():
+    """Numbers of a MEGARA OB: the rows above and below differ by 10x; the row itself is the local level."""
+    y = np.arange(9)[:, None] * np.ones((1, 9))
+    profile = 20.0 + 20000.0 * np.exp(-0.5 * ((y - 6.0) / 1.2) ** 2)  # fibre across rows, trace along them
+    stack = np.stack([profile] * 3).astype(np.float32)
+    pixel = (4, 4)
+    stack[:, 4, 4] += (4700.0, 6200.0, 0.0)  # hit in two exposures
+    stats = stats_of(stack)
+    around = stats.median2d[3:6, 3:6]
+    across = 0.5 * (around[0, 1] + around[2, 1])  # the line across the flank passes far above the pixel's level
+    assert stats.median2d[pixel] - across < across - stats.min2d[pixel]  # judged by it: a "dip"
+    noise = np.sqrt(stats.min2d + 3.4**2).astype(np.float32)
+    candidates = np.zeros(stack.shape[1:], bool)
+    candidates[pixel] = True
+    assert not noise_dips(candidates, stats, noise)[pixel]
+    flat = np.full_like(stack, 2000.0)
+    flat[1, 4, 4] -= 6 * 45.0  # a true dip of min2d on a flat level stays a dip
+    assert noise_dips(candidates, stats_of(flat), np.full(candidates.shape, 45.0, np.float32))[pixel]
