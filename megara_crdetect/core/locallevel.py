@@ -107,13 +107,17 @@ def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
     if ys.size == 0:
         return out
     yy, xx = neighbour_index(ys, xs, candidates.shape)
-    # the local level along the flattest line through the pixel (the pair of opposite neighbours that agree
-    # best): on the steep, curved flank of a fibre profile the lines across it pass far above the pixel's
-    # own level, and a raised median there looked like a dip of min2d (single-pixel coincidences of
-    # thousands of electrons were dropped on a MEGARA OB)
+    # the local level: the median of the four lines through the pixel where they agree (a locally linear
+    # scene); where they disagree beyond the noise (the steep, curved flank of a fibre profile, whose lines
+    # across pass far above the pixel's own level) the flattest line, whose two neighbours agree best.
+    # With the four lines there, raised medians looked like dips of min2d and single-pixel coincidences of
+    # thousands of electrons were dropped on a MEGARA OB.
     around = stats.median2d[yy, xx]
+    means = _opposite_means(around)
+    level = np.median(means, axis=1)
+    curved = means.max(axis=1) - means.min(axis=1) > quiet_sigma * noise[ys, xs]
     flattest = np.argmin(np.abs(around[:, :4] - around[:, :3:-1]), axis=1)
-    level = np.take_along_axis(_opposite_means(around), flattest[:, None], axis=1)[:, 0]
+    level[curved] = np.take_along_axis(means, flattest[:, None], axis=1)[curved, 0]
     spread = (stats.max2d[yy, xx] - stats.min2d[yy, xx]) / noise[yy, xx]
     quiet = spread.max(axis=1) < quiet_sigma
     median, low = stats.median2d[ys, xs], stats.min2d[ys, xs]
