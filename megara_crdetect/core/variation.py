@@ -110,11 +110,8 @@ class VariationFit:
 
 def scene_regressors(scene: np.ndarray) -> list[np.ndarray]:
     """The local basis of the model: 1, m, dm/dx, dm/dy, d2m/dx2, d2m/dy2 (float32, edges replicated)."""
-    m = np.asarray(scene, dtype=np.float32)
-    p = np.pad(m, 1, mode="edge")
-    c = p[1:-1, 1:-1]
-    left, right, down, up = p[1:-1, :-2], p[1:-1, 2:], p[:-2, 1:-1], p[2:, 1:-1]
-    return [np.ones_like(m), m, 0.5 * (right - left), 0.5 * (up - down), right - 2 * c + left, up - 2 * c + down]
+    rest = _regressors(scene)
+    return [np.ones_like(rest[0])] + rest
 
 
 def _block_sums(image: np.ndarray, step: int) -> np.ndarray:
@@ -176,14 +173,11 @@ def _local_coefficients(basis: list[np.ndarray], weight: np.ndarray, targets: li
     """
     npar = len(basis) + 1
     regressors = [None] + list(basis)  # None: the constant
-    nb = None
-    rhs = []
+    nb = (weight.shape[0] // step, weight.shape[1] // step)  # the strip is padded to whole blocks
+    a = np.empty(nb + (npar, npar))
+    rhs = [np.empty(nb + (npar,)) for _ in targets]
     for i, g in enumerate(regressors):
         wg = weight if g is None else weight * g
-        if nb is None:
-            nb = _block_sums(wg, step).shape
-            a = np.empty(nb + (npar, npar))
-            rhs = [np.empty(nb + (npar,)) for _ in targets]
         for j in range(i, npar):
             a[..., i, j] = a[..., j, i] = _window_sums(wg if j == 0 else wg * regressors[j], step, span)
         for b, target in zip(rhs, targets):
@@ -221,12 +215,10 @@ def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
         # position (i - (step - 1) / 2) / step in whole blocks and a fraction, in integers (exact anywhere)
         lo, rest = np.divmod(2 * np.arange(n) - (step - 1), 2 * step)
         frac = (rest / (2 * step)).astype(np.float32)
-        frac[lo < 0] = 0  # before the first centre and after the last one: the edge value
+        frac[lo < 0] = 0  # before the first centre: the first value
         lo = np.clip(lo, 0, nc - 1)
-        frac[lo >= nc - 1] = 0
-        if nc > 1:  # the last centre as the upper end of the last interval
-            last = lo >= nc - 1
-            lo[last], frac[last] = nc - 2, 1
+        last = lo >= nc - 1  # at or after the last centre: the last value, as the upper end of the last interval
+        lo[last], frac[last] = max(nc - 2, 0), 1 if nc > 1 else 0
         return lo, np.minimum(lo + 1, nc - 1), frac
 
     y0, y1, fy = axis(shape[0], ncoef[0])
