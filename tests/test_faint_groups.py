@@ -45,12 +45,12 @@ def test_faint_two_exposure_group_is_masked_in_both_hit_exposures():
     assert not res.mediancr[EVENT].any()  # the per-pixel tests do not see it
     assert res.crmasks[0][EVENT].all() and res.crmasks[1][EVENT].all()
     assert not res.crmasks[2][EVENT].any()
-    assert res.counts["crmask_faint_groups"] >= 18
+    assert res.counts["faint_group_pixels"] >= 18
     assert not res.problematic[EVENT].any()
 
 
 def test_pure_noise_gets_no_extra_pixels():
-    added = [_run(_noise_stack(seed)).counts["crmask_faint_groups"] for seed in (1, 2)]
+    added = [_run(_noise_stack(seed)).counts["faint_group_pixels"] for seed in (1, 2)]
     # 1e-6 false groups per pixel and map: 0.2 groups expected over both frames
     assert sum(added) <= 4, added
 

@@ -1078,7 +1078,7 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
                               raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
     added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable)
     added &= ~result.crmasks
-    result.counts["crmask_faint_groups"] = int(added.sum())
+    result.counts["faint_group_pixels"] = int(added.sum())
     result.crmasks |= added
     _log.info("faint groups (summed excess above %.2f in an exposure, %.2f in the median): %d pixels added to "
               "the CRMASKk", thresholds.exposure, thresholds.median, int(added.sum()))
