@@ -56,6 +56,8 @@ TAIL_RATE = 1e-4
 MIN_SIMULATED_PIXELS = 2_000_000
 #: at most this many simulated stacks
 MAX_SIMULATIONS = 64
+#: rows simulated at a time (memory); a group cut by a block edge scores a little lower
+BLOCK_ROWS = 256
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -149,26 +151,29 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
     GroupThresholds
     """
     n = len(raw_factors) if raw_factors is not None else (expected.shape[0] if expected.ndim == 3 else 3)
-    images = expected if expected.ndim == 3 else [expected] * n
     factors = np.ones(n, dtype=np.float32) if raw_factors is None else np.asarray(raw_factors, dtype=np.float32)
-    samplers = [NoiseSampler(lam * f, rnoise_e, nbinom_shape=nbinom_shape) for lam, f in zip(images, factors)]
-    npix = int(floor.size)
-    nsim = int(min(MAX_SIMULATIONS, max(1, -(-min_pixels // npix))))
+    ny = floor.shape[0]
+    nsim = int(min(MAX_SIMULATIONS, max(1, -(-min_pixels // floor.size))))
     rng = np.random.default_rng(seed)
-    z = np.empty((n,) + floor.shape, dtype=np.float32)
     exp_scores, med_scores = [], []
-    for _ in range(nsim):
-        for k, sampler in enumerate(samplers):
-            sampler.draw(rng, out=z[k])
-            z[k] /= factors[k]
-        lo = low_mean(z, n_low)
-        inv = np.float32(1.0) / noise_scale(lo, floor, rnoise_e)
-        med_scores.append(group_scores((median_of_stack(z) - lo) * inv, median_level)[1])
-        for k in range(n):
-            exp_scores.append(group_scores((z[k] - lo) * inv, exposure_level)[1])
-    return GroupThresholds(
-        exposure=_tail_threshold(np.concatenate(exp_scores), nsim * n * npix, rate),
-        median=_tail_threshold(np.concatenate(med_scores), nsim * npix, rate))
+    for r0 in range(0, ny, BLOCK_ROWS):  # blocks of rows: the memory of a few rows per exposure, not of the frame
+        rows = slice(r0, min(r0 + BLOCK_ROWS, ny))
+        images = expected[:, rows] if expected.ndim == 3 else [expected[rows]] * n
+        samplers = [NoiseSampler(lam * f, rnoise_e, nbinom_shape=nbinom_shape) for lam, f in zip(images, factors)]
+        block_floor = floor[rows]
+        z = np.empty((n,) + block_floor.shape, dtype=np.float32)
+        for _ in range(nsim):
+            for k, sampler in enumerate(samplers):
+                sampler.draw(rng, out=z[k])
+                z[k] /= factors[k]
+            lo = low_mean(z, n_low)
+            inv = np.float32(1.0) / noise_scale(lo, block_floor, rnoise_e)
+            med_scores.append(group_scores((median_of_stack(z) - lo) * inv, median_level)[1])
+            for k in range(n):
+                exp_scores.append(group_scores((z[k] - lo) * inv, exposure_level)[1])
+    npix = nsim * floor.size
+    return GroupThresholds(exposure=_tail_threshold(np.concatenate(exp_scores), n * npix, rate),
+                           median=_tail_threshold(np.concatenate(med_scores), npix, rate))
 
 
 def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noise: np.ndarray,

@@ -1066,8 +1066,10 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
     (in an exposure, or in the median where two exposures are hit) whose
     summed excess exceeds what noise-only stacks of the same noise model
     reach at :data:`~megara_crdetect.core.faintgroups.FALSE_GROUP_RATE` are
-    added (:mod:`~megara_crdetect.core.faintgroups`).  Three exposures or
-    more; the CRMASKk only (MEDIANCR is not changed).
+    added (:mod:`~megara_crdetect.core.faintgroups`), except where every
+    other exposure is masked already (the pixel would be left without a
+    value for meancr on such weak evidence).  Three exposures or more; the
+    CRMASKk only (MEDIANCR is not changed).
     """
     n = stack.shape[0]
     if n < 3:
@@ -1078,6 +1080,8 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
                               raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
     added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable)
     added &= ~result.crmasks
+    # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
+    added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
     result.counts["faint_group_pixels"] = int(added.sum())
     result.crmasks |= added
     _log.info("faint groups (summed excess above %.2f in an exposure, %.2f in the median): %d pixels added to "
