@@ -13,7 +13,10 @@ groups of pixels with ``t`` above a low ``level`` are scored by their summed
 excess ``sum(t - level)``.  Two maps are searched:
 
 * each exposure's own ``t_k`` (level :data:`EXPOSURE_LEVEL`): a group there
-  is a hit of exposure *k*;
+  is a hit of exposure *k*, kept where it holds a pixel already known to be
+  hit (a detection, or a median group below): the faint rest of a detected
+  event.  Alone, such evidence in one exposure is also what a line or trace
+  systematically brighter in that exposure produces (real arc frames);
 * the median's ``t_med = (median2d - min2d) / u`` (level
   :data:`MEDIAN_LEVEL`): with three exposures it is the lower of the two
   exposures above min2d, so a group there says that two exposures are hit
@@ -96,10 +99,17 @@ def group_scores(t: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     return labels, scores
 
 
-def passing_groups(t: np.ndarray, level: float, threshold: float) -> np.ndarray:
-    """Pixels of the groups of ``t > level`` whose summed excess exceeds ``threshold``."""
+def passing_groups(t: np.ndarray, level: float, threshold: float, seeds: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of the groups of ``t > level`` whose summed excess exceeds ``threshold``.
+
+    With ``seeds`` (bool, same shape), only the groups holding a seed pixel.
+    """
     labels, scores = group_scores(t, level)
     keep = np.concatenate([[False], scores > threshold])
+    if seeds is not None:
+        seeded = np.zeros(keep.shape, dtype=bool)
+        seeded[labels[seeds]] = True
+        keep &= seeded
     return keep[labels]
 
 
@@ -177,7 +187,7 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
 
 
 def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noise: np.ndarray,
-                 thresholds: GroupThresholds, where: np.ndarray | None = None, *,
+                 thresholds: GroupThresholds, where: np.ndarray | None = None, seeds: np.ndarray | None = None, *,
                  exposure_level: float = EXPOSURE_LEVEL, median_level: float = MEDIAN_LEVEL) -> np.ndarray:
     """Per exposure, the pixels of the groups that pass the calibrated test.
 
@@ -191,6 +201,13 @@ def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noi
         From :func:`calibrate`.
     where : ndarray of bool, shape (ny, nx), optional
         Where pixels may be flagged (outside, ``t`` counts as 0).
+    seeds : ndarray of bool, shape (N, ny, nx), optional
+        What is already known of each exposure (its CRMASKk).  A group of
+        one exposure alone is then kept only where it holds a seed or a
+        passing median group: evidence in one exposure only, away from
+        anything detected, is what a systematic difference of that exposure
+        (a line or a trace brighter in it than the exposure-difference model
+        says) looks like as well.
     exposure_level, median_level : float
         The levels the thresholds were calibrated for.
 
@@ -210,6 +227,7 @@ def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noi
         t = (stack[k] - min2d) * inv
         if where is not None:
             t[~where] = 0
-        out[k] = passing_groups(t, exposure_level, thresholds.exposure)
-        out[k] |= coinc & (t > median_level)
+        own = coinc & (t > median_level)
+        out[k] = passing_groups(t, exposure_level, thresholds.exposure, None if seeds is None else seeds[k] | own)
+        out[k] |= own
     return out

@@ -1078,7 +1078,7 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
     nbinom = params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom" else None
     thresholds = fg.calibrate(stats.median2d, floor, det.detector.rnoise_e, n_low=n - params.coincidences(n),
                               raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
-    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable)
+    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable, result.crmasks)
     added &= ~result.crmasks
     # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
     added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
