@@ -69,3 +69,15 @@ def test_calibrated_rate_holds_on_fresh_noise():
         found += int(fg.group_scores((np.median(z, axis=0) - lo) / u, fg.MEDIAN_LEVEL)[1].__gt__(th.median).sum())
     expected = rate * lam.size * frames
     assert 0.5 * expected < found < 2.0 * expected, (found, expected)
+
+
+def test_seeds_keep_only_groups_that_hold_one():
+    t = np.zeros((20, 20), dtype=np.float32)
+    t[2:4, 2:5] = 5.0  # two groups of six pixels, summed excess 12 each at level 3
+    t[12:14, 12:15] = 5.0
+    seeds = np.zeros(t.shape, dtype=bool)
+    seeds[13, 14] = True
+    assert fg.passing_groups(t, 3.0, 10.0).sum() == 12
+    kept = fg.passing_groups(t, 3.0, 10.0, seeds)
+    assert kept[12:14, 12:15].all() and not kept[2:4, 2:5].any()
+    assert not fg.passing_groups(t, 3.0, 12.5).any()  # the score is the summed excess

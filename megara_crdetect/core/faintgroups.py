@@ -13,10 +13,8 @@ groups of pixels with ``t`` above a low ``level`` are scored by their summed
 excess ``sum(t - level)``.  Two maps are searched:
 
 * each exposure's own ``t_k`` (level :data:`EXPOSURE_LEVEL`): a group there
-  is a hit of exposure *k*, kept where it holds a pixel already known to be
-  hit (a detection, or a median group below): the faint rest of a detected
-  event.  Alone, such evidence in one exposure is also what a line or trace
-  systematically brighter in that exposure produces (real arc frames);
+  is a hit of exposure *k* (optionally only where it holds a pixel already
+  known to be hit, ``seeds`` of :func:`faint_groups`);
 * the median's ``t_med = (median2d - min2d) / u`` (level
   :data:`MEDIAN_LEVEL`): with three exposures it is the lower of the two
   exposures above min2d, so a group there says that two exposures are hit

@@ -1074,16 +1074,18 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
     n = stack.shape[0]
     if n < 3:
         return
+    t0 = time.perf_counter()
     params, stats = det.params, det.stats
     nbinom = params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom" else None
     thresholds = fg.calibrate(stats.median2d, floor, det.detector.rnoise_e, n_low=n - params.coincidences(n),
                               raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
-    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable, result.crmasks)
+    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable)
     added &= ~result.crmasks
     # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
     added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
     result.counts["faint_group_pixels"] = int(added.sum())
     result.crmasks |= added
+    result.timings["faint groups"] = time.perf_counter() - t0
     _log.info("faint groups (summed excess above %.2f in an exposure, %.2f in the median): %d pixels added to "
               "the CRMASKk", thresholds.exposure, thresholds.median, int(added.sum()))
 
