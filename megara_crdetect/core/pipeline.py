@@ -1079,7 +1079,17 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
     nbinom = params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom" else None
     thresholds = fg.calibrate(stats.median2d, floor, det.detector.rnoise_e, n_low=n - params.coincidences(n),
                               raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
-    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, det.dilatable)
+    where = det.dilatable.copy()
+    # next to a defective detector line a column or row often shares part of its defect: weak evidence there is not used
+    for lines, axis in ((result.bad_rows, 0), (result.bad_columns, 1)):
+        for line in lines:
+            for near in (line - 1, line + 1):
+                if 0 <= near < where.shape[axis]:
+                    if axis == 0:
+                        where[near, :] = False
+                    else:
+                        where[:, near] = False
+    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, where)
     added &= ~result.crmasks
     # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
     added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
