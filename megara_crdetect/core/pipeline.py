@@ -62,6 +62,7 @@ from scipy import ndimage
 
 from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
+from . import faintgroups as fg
 from . import mmdiagram as mm
 from . import shiftmodel as sm
 from .combine import combine, problematic_pixels
@@ -963,7 +964,6 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         mms = _mm_stage(stack, stats, floor, noise, params, la_flags, factors, offsets, normalised, rnoise_e,
                         workers, progress, detector.gain)
         timings["mmcosmic"] = time.perf_counter() - t1
-    del floor
 
     bad_rows, bad_cols = _bad_lines(stats, mms.inflated)
     cleanable, dilatable = _detection_map(cleanable, bad_rows, bad_cols, raw_range, noise)
@@ -997,7 +997,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     t1 = time.perf_counter()
     result.crmasks |= _hit_exposures(result.mediancr, det, stack)
     if not shifted:
+        _add_faint_groups(result, det, stack, floor, factors if normalised else None)
         _repair_every_hit(result, det)
+    del floor
     _finish_masks(result, det, params, stack, exposure_flags)
     timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
@@ -1088,6 +1090,49 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     excess = stack[:, ys, xs] - det.stats.min2d[ys, xs]
     out[:, ys, xs] = excess > np.float32(HIT_SIGMA) * det.noise[ys, xs]
     return out
+
+
+def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray, floor: np.ndarray,
+                      raw_factors: np.ndarray | None) -> None:
+    """Aligned exposures: faint events found as groups join the CRMASKk (issue 17; in place).
+
+    Events faint in every pixel of both exposures they hit escape the
+    per-pixel tests; groups of neighbouring pixels a few sigma above min2d
+    (in an exposure, or in the median where two exposures are hit) whose
+    summed excess exceeds what noise-only stacks of the same noise model
+    reach at :data:`~megara_crdetect.core.faintgroups.FALSE_GROUP_RATE` are
+    added (:mod:`~megara_crdetect.core.faintgroups`), except where every
+    other exposure is masked already (the pixel would be left without a
+    value for meancr on such weak evidence).  Three exposures or more; the
+    CRMASKk only (MEDIANCR is not changed).
+    """
+    n = stack.shape[0]
+    if n < 3:
+        return
+    t0 = time.perf_counter()
+    params, stats = det.params, det.stats
+    nbinom = params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom" else None
+    thresholds = fg.calibrate(stats.median2d, floor, det.detector.rnoise_e, n_low=n - params.coincidences(n),
+                              raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
+    where = det.dilatable.copy()
+    # next to a defective detector line a column or row often shares part of its defect: weak evidence there is not used
+    for lines, axis in ((result.bad_rows, 0), (result.bad_columns, 1)):
+        for line in lines:
+            for near in (line - 1, line + 1):
+                if 0 <= near < where.shape[axis]:
+                    if axis == 0:
+                        where[near, :] = False
+                    else:
+                        where[:, near] = False
+    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, where)
+    added &= ~result.crmasks
+    # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
+    added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
+    result.counts["faint_group_pixels"] = int(added.sum())
+    result.crmasks |= added
+    result.timings["faint groups"] = time.perf_counter() - t0
+    _log.info("faint groups (summed excess above %.2f in an exposure, %.2f in the median): %d pixels added to "
+              "the CRMASKk", thresholds.exposure, thresholds.median, int(added.sum()))
 
 
 def _repair_every_hit(result: CRMaskResult, det: _Detections) -> None:
