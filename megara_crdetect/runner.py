@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,27 +61,50 @@ def iter_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid:
     (``bad.left_out``) are left out of their exposure; ``dq`` (the run's
     summary, :func:`run_dq`) becomes each combination's DQ plane.
     """
+    one = _combiner(stack_e, masks, cfg, masks_uuid=masks_uuid, images=images, bad=bad, headers=headers,
+                    checksums=checksums, dq=dq)
+    for name in combinations:
+        yield one(name)
+
+
+def _combiner(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images, bad, headers, checksums,
+              dq):
+    """``name -> (file name, HDUList)`` of one combination (see :func:`iter_combinations`)."""
     factors = np.asarray(masks.flux_factors, dtype=np.float32)
     if np.any(factors != 1):
         stack_e = stack_e / factors[:, None, None]
     det = detector_of(cfg)
     exclude = None if bad is None else bad.left_out
-    for name in combinations:
+
+    def one(name: str):
         use_la = cfg.params.use_lamedian and name not in ("mean", "median", "min")
         combined = apply_crmasks(stack_e, masks, name, rnoise_e=det.rnoise_e, use_lamedian=use_la,
                                  local_median=cfg.params.pixels_to_be_replaced_by_local_median, exclude=exclude)
-        yield f"combined_{name}.fits", combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
-                                                        images=images, extnum=cfg.inputs.extnum,
-                                                        flux_factors=masks.flux_factors, inputs=headers,
-                                                        checksums=checksums, dq=dq, masks=masks,
-                                                        dtype=cfg.params.dtype)
+        return f"combined_{name}.fits", combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
+                                                         images=images, extnum=cfg.inputs.extnum,
+                                                         flux_factors=masks.flux_factors, inputs=headers,
+                                                         checksums=checksums, dq=dq, masks=masks,
+                                                         dtype=cfg.params.dtype)
+
+    return one
 
 
 def build_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
-                       combinations=COMBINATIONS, **kwargs) -> dict:
-    """HDULists of every combination (see :func:`iter_combinations`), all in memory."""
-    return dict(iter_combinations(stack_e, masks, cfg, masks_uuid=masks_uuid, images=images,
-                                  combinations=combinations, **kwargs))
+                       combinations=COMBINATIONS, workers: int | None = None, bad: BadPixels | None = None,
+                       headers=(), checksums=(), dq: np.ndarray | None = None) -> dict:
+    """HDULists of every combination (see :func:`iter_combinations`), all in memory.
+
+    ``workers`` threads build them at the same time (default: cores; NumPy
+    releases the GIL in the large array operations), in the order of
+    ``combinations``; each is identical to a serial build.
+    """
+    one = _combiner(stack_e, masks, cfg, masks_uuid=masks_uuid, images=images, bad=bad, headers=headers,
+                    checksums=checksums, dq=dq)
+    workers = max(1, min(len(combinations), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return dict(map(one, combinations))
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(pool.map(one, combinations))
 
 
 def bad_pixels_of(stack_e: np.ndarray, cfg: RunConfig, labels) -> BadPixels:

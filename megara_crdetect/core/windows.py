@@ -428,7 +428,10 @@ def lacosmic_where_needed(image: np.ndarray, candidates: np.ndarray | None, *, w
     try:
         if candidates is not None and level is not None:
             found = around_candidates(runner, image, candidates, margin, workers=workers, max_fraction=max_fraction)
-            if found is not None:
+            if found is None:
+                _log.debug("L.A.Cosmic: windows of %d px around %d candidates would cover more than %.0f %% of the "
+                           "frame", margin, int(np.count_nonzero(candidates)), 100 * max_fraction)
+            else:
                 _log.debug("L.A.Cosmic on %d windows around %d candidates (%.1f %% of the frame)", found.n_windows,
                            int(np.count_nonzero(candidates)), 100 * found.fraction)
                 return found.mask, found.cleaned, found
