@@ -79,6 +79,8 @@ OURS_REQUIREMENTS = {"master_bias": "master_bias.fits", "rnoise": 3.4, "maxplots
 ROUTES = {
     "ours": ("MEGARACR", OURS_REQUIREMENTS),
     "ours_variation": ("MEGARACR", {**OURS_REQUIREMENTS, "mm_variation_model": True}),
+    # megaradrp's default crmethod, with our PyCosmic (core/pycosmic.py)
+    "ours_mm_pycosmic": ("MEGARACR", {**OURS_REQUIREMENTS, "crmethod": "mm_pycosmic"}),
     "megaradrp_mm_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic"}),
     "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
     # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with

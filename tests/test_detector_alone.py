@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from megara_crdetect.config import CRMaskConfig
 from megara_crdetect.core.pipeline import CODES, PAIR_SURE_SIGMA, Detector, compute_crmasks
+from megara_crdetect.io import to_electrons
+from megara_crdetect.simulate import simulate_exposures
 
 SHAPE = (48, 96)
 RNOISE = 3.4
@@ -73,3 +76,18 @@ def test_a_hit_flagged_in_one_exposure_only_is_not_mediancr(result):
         far[r - 1:r + 2, c - 1:c + 2] = False
     assert not (result.mediancr & far).any()
 
+
+
+def test_a_detector_alone_on_shifted_exposures_adds_no_faint_groups():
+    """Faint groups compare each exposure with min2d: on exposures declared shifted every line flank
+    would pass for a group (offsets set 798 x 1008, ``deepcr``: 272 000 pixels, a third of the frame,
+    before they were limited to aligned exposures)."""
+    offsets = ((-0.5, 0.5), (0.0, 0.0), (0.5, -0.25))
+    sim = simulate_exposures((300, 400), 3, offsets=offsets, cr_fraction=0.002, n_coincident=5, seed=5)
+    stack = to_electrons(sim.exposures, gain=sim.gain, bias=sim.bias)
+    cfg = CRMaskConfig(crmethod="pycosmic", mm_xy_offsets=[list(o) for o in offsets])
+    res = compute_crmasks(stack, cfg, detector=Detector(sim.gain, sim.rnoise, sim.bias), workers=1)
+    sig = np.sqrt(np.maximum(sim.expected, 0) + sim.rnoise_e**2)
+    near_cr = ndimage.binary_dilation(sim.cr_deposit > sig, iterations=2)
+    assert "faint_group_pixels" not in res.counts
+    assert np.count_nonzero(res.crmasks & ~near_cr) < 1e-3 * res.crmasks[0].size

@@ -996,7 +996,7 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         result.mediancr_codes[~result.mediancr] = 0
     t1 = time.perf_counter()
     result.crmasks |= _hit_exposures(result.mediancr, det, stack)
-    if not shifted:
+    if not shifted and mms.median_spread is None:  # aligned (a detector alone on shifted ones has median_spread)
         _add_faint_groups(result, det, stack, floor, factors if normalised else None)
         _repair_every_hit(result, det)
     del floor
