@@ -92,8 +92,8 @@ def group_scores(t: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     labels, n = ndimage.label(above, structure=_EIGHT)
     if n == 0:
         return labels, np.zeros(0)
-    excess = np.where(above, t - np.float32(level), np.float32(0))
-    scores = np.bincount(labels.ravel(), weights=excess.ravel(), minlength=n + 1)[1:]
+    # only the pixels above the level (a small fraction): no frame-sized float64 or int64 copies
+    scores = np.bincount(labels[above], weights=t[above] - np.float32(level), minlength=n + 1)[1:]
     return labels, scores
 
 
