@@ -71,6 +71,25 @@ def test_calibrated_rate_holds_on_fresh_noise():
     assert 0.5 * expected < found < 2.0 * expected, (found, expected)
 
 
+def test_calibration_on_every_other_block_of_a_large_frame_holds_its_rate():
+    # a frame twice the simulated pixels needed: every other block of 256 rows is drawn, and the rate is per
+    # pixel drawn (counted as the whole frame, the calibrated rate would be off by the stride: 2x here)
+    rng = np.random.default_rng(4)
+    lam = np.repeat(np.geomspace(20.0, 5000.0, 2048, dtype=np.float32)[:, None], 400, axis=1)
+    floor = mm.noise_floor(lam)
+    rate = 1e-3
+    th = fg.calibrate(lam, floor, RNOISE, seed=6, rate=rate, min_pixels=400_000)
+    found, frames = 0, 2
+    for _ in range(frames):
+        z = np.stack([rng.poisson(lam) + rng.normal(0, RNOISE, lam.shape) for _ in range(3)]).astype(np.float32)
+        lo = z.min(axis=0)
+        u = mm.noise_scale(lo, floor, RNOISE)
+        for k in range(3):
+            found += int((fg.group_scores((z[k] - lo) / u, fg.EXPOSURE_LEVEL)[1] > th.exposure).sum())
+    expected = rate * lam.size * frames * 3
+    assert 0.5 * expected < found < 2.0 * expected, (found, expected)
+
+
 def test_seeds_keep_only_groups_that_hold_one():
     t = np.zeros((20, 20), dtype=np.float32)
     t[2:4, 2:5] = 5.0  # two groups of six pixels, summed excess 12 each at level 3

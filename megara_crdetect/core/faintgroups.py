@@ -162,13 +162,19 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
     factors = np.ones(n, dtype=np.float32) if raw_factors is None else np.asarray(raw_factors, dtype=np.float32)
     ny = floor.shape[0]
     nsim = int(min(MAX_SIMULATIONS, max(1, -(-min_pixels // floor.size))))
+    # a frame much larger than needed: every stride-th block of rows (a sample spread over the whole frame)
+    nblocks = -(-ny // BLOCK_ROWS)
+    needed = -(-min_pixels // (BLOCK_ROWS * floor.shape[1]))
+    stride = max(1, nblocks // max(needed, 1)) if nsim == 1 else 1
     rng = np.random.default_rng(seed)
     exp_scores, med_scores = [], []
-    for r0 in range(0, ny, BLOCK_ROWS):  # blocks of rows: the memory of a few rows per exposure, not of the frame
+    npix = 0
+    for r0 in range(0, ny, BLOCK_ROWS * stride):  # blocks of rows: the memory of a few rows per exposure
         rows = slice(r0, min(r0 + BLOCK_ROWS, ny))
         images = expected[:, rows] if expected.ndim == 3 else [expected[rows]] * n
         samplers = [NoiseSampler(lam * f, rnoise_e, nbinom_shape=nbinom_shape) for lam, f in zip(images, factors)]
         block_floor = floor[rows]
+        npix += nsim * block_floor.size
         z = np.empty((n,) + block_floor.shape, dtype=np.float32)
         for _ in range(nsim):
             for k, sampler in enumerate(samplers):
@@ -179,7 +185,6 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
             med_scores.append(group_scores((median_of_stack(z) - lo) * inv, median_level)[1])
             for k in range(n):
                 exp_scores.append(group_scores((z[k] - lo) * inv, exposure_level)[1])
-    npix = nsim * floor.size
     return GroupThresholds(exposure=_tail_threshold(np.concatenate(exp_scores), n * npix, rate),
                            median=_tail_threshold(np.concatenate(med_scores), npix, rate))
 
