@@ -996,8 +996,9 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         result.mediancr_codes[~result.mediancr] = 0
     t1 = time.perf_counter()
     result.crmasks |= _hit_exposures(result.mediancr, det, stack)
-    if not shifted and mms.median_spread is None:  # aligned (a detector alone on shifted ones has median_spread)
-        _add_faint_groups(result, det, stack, floor, factors if normalised else None)
+    if not shifted:
+        if mms.median_spread is None:  # not a detector alone on shifted exposures: every line flank would pass
+            _add_faint_groups(result, det, stack, floor, factors if normalised else None)
         _repair_every_hit(result, det)
     del floor
     _finish_masks(result, det, params, stack, exposure_flags)
