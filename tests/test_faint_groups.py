@@ -55,6 +55,13 @@ def test_pure_noise_gets_no_extra_pixels():
     assert sum(added) <= 4, added
 
 
+def _fresh_noise(rng, lam, floor):
+    """Three noise-only exposures around ``lam``, their min2d and noise scale ``u``."""
+    z = np.stack([rng.poisson(lam) + rng.normal(0, RNOISE, lam.shape) for _ in range(3)]).astype(np.float32)
+    lo = z.min(axis=0)
+    return z, lo, mm.noise_scale(lo, floor, RNOISE)
+
+
 def test_calibrated_rate_holds_on_fresh_noise():
     rng = np.random.default_rng(3)
     lam = np.full((200, 200), 50.0, dtype=np.float32)
@@ -63,9 +70,7 @@ def test_calibrated_rate_holds_on_fresh_noise():
     th = fg.calibrate(lam, floor, RNOISE, seed=5, rate=rate, min_pixels=1_000_000)
     found, frames = 0, 10
     for _ in range(frames):
-        z = np.stack([rng.poisson(lam) + rng.normal(0, RNOISE, lam.shape) for _ in range(3)]).astype(np.float32)
-        lo = z.min(axis=0)
-        u = mm.noise_scale(lo, floor, RNOISE)
+        z, lo, u = _fresh_noise(rng, lam, floor)
         found += int(fg.group_scores((np.median(z, axis=0) - lo) / u, fg.MEDIAN_LEVEL)[1].__gt__(th.median).sum())
     expected = rate * lam.size * frames
     assert 0.5 * expected < found < 2.0 * expected, (found, expected)
@@ -81,9 +86,7 @@ def test_calibration_on_every_other_block_of_a_large_frame_holds_its_rate():
     th = fg.calibrate(lam, floor, RNOISE, seed=6, rate=rate, min_pixels=400_000)
     found, frames = 0, 2
     for _ in range(frames):
-        z = np.stack([rng.poisson(lam) + rng.normal(0, RNOISE, lam.shape) for _ in range(3)]).astype(np.float32)
-        lo = z.min(axis=0)
-        u = mm.noise_scale(lo, floor, RNOISE)
+        z, lo, u = _fresh_noise(rng, lam, floor)
         for k in range(3):
             found += int((fg.group_scores((z[k] - lo) / u, fg.EXPOSURE_LEVEL)[1] > th.exposure).sum())
     expected = rate * lam.size * frames * 3
