@@ -130,3 +130,45 @@ def test_strips_give_the_whole_frame_model(workers):
         np.testing.assert_array_equal(part.model, whole.model)
         np.testing.assert_array_equal(part.used, whole.used)
         np.testing.assert_allclose(part.chi2, whole.chi2, rtol=1e-12)
+
+
+def _blended_lines(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three exposures of pairs of blended lines 5 px apart whose strengths change by line (+-4 %).
+
+    Returns the noisy exposures and their noise-free expectations.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1]].astype(np.float64)
+    along = 1 + 0.3 * np.sin(y / 30.0)  # strength varying along the lines
+    ratios = [((1.04, 0.97), (0.96, 1.0), (1.0, 1.03)), ((1.0, 1.04), (1.03, 0.97), (0.98, 1.0))]
+    truths = []
+    for k in range(3):
+        t = np.full(SHAPE, 30.0)
+        for pair, centre in zip(ratios, (50.0, 110.0)):
+            for r, c in ((pair[k][0], centre), (pair[k][1], centre + 5)):
+                t += r * 20000.0 * along * np.exp(-0.5 * ((x - c) / 1.3) ** 2)
+        truths.append(t)
+    truths = np.stack(truths)
+    return rng.normal(truths, np.sqrt(truths + RN**2)).astype(np.float32), truths
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_blended_lines_each_with_its_own_ratio_are_modelled(transpose):
+    """Neighbouring lines whose ratios differ (an arc lamp's lines) leave no more than the noise.
+
+    One ratio per model window cannot follow them; a ratio for every pixel
+    across the lines, smooth along them, can, in either orientation of the
+    lines (measured: 99.9th percentile of the unmodelled spread 0.66 sigma
+    with it, 12.4 without, both orientations).
+    """
+    stack, truths = _blended_lines(seed=7)
+    if transpose:  # lines along the rows, as on an arc whose dispersion runs along y
+        stack, truths = stack.transpose(0, 2, 1).copy(), truths.transpose(0, 2, 1)
+    noise = np.sqrt(truths.mean(axis=0) + RN**2)
+    m = median_of_stack(stack)
+    out = {}
+    for lines in (True, False):
+        model = fit_variations(stack, m, RN, lines=lines).model
+        left = (truths - truths.mean(axis=0)) - model  # what the model leaves of the real differences
+        out[lines] = np.percentile(np.abs(left).max(axis=0) / noise, 99.9)
+    assert out[True] < 1.5 and out[False] > 8.0, out

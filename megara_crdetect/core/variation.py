@@ -82,6 +82,11 @@ PRIOR_SCALE = (20.0, 0.2, 1.0, 1.0, 0.5, 0.5)
 #: False-alarm probability of the test that keeps a window's variation (chi2 of its P coefficients): on
 #: equivalent exposures about one window in a thousand takes a (shrunk) model.
 SIGNIFICANCE = 1e-3
+#: The ratio along a line: blocks of the model's step along the line, one pixel across it, fitted over this
+#: many blocks (odd) along the line (:func:`_line_ratios`).
+LINE_SPAN = 9
+#: Prior scale of that ratio (a fraction).
+LINE_PRIOR = 0.2
 #: Relative ridge added to the diagonal of the normalised normal equations (numerical safety only).
 RIDGE = 1e-6
 
@@ -209,20 +214,22 @@ def _significant(b: np.ndarray, inverse: np.ndarray, normal: np.ndarray, scale: 
     return _box_sum(coef, span, "edge") / (span[0] * span[1])
 
 
+def _axis_weights(n: int, nc: int, step: int):
+    """Linear interpolation along one axis from ``nc`` block centres to ``n`` pixels: (lower, upper, fraction)."""
+    # position (i - (step - 1) / 2) / step in whole blocks and a fraction, in integers (exact anywhere)
+    lo, rest = np.divmod(2 * np.arange(n) - (step - 1), 2 * step)
+    frac = (rest / (2 * step)).astype(np.float32)
+    frac[lo < 0] = 0  # before the first centre: the first value
+    lo = np.clip(lo, 0, nc - 1)
+    last = lo >= nc - 1  # at or after the last centre: the last value, as the upper end of the last interval
+    lo[last], frac[last] = max(nc - 2, 0), 1 if nc > 1 else 0
+    return lo, np.minimum(lo + 1, nc - 1), frac
+
+
 def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
     """Bilinear interpolation from block centres to every pixel: returns ``f(c, out)``."""
-    def axis(n: int, nc: int):
-        # position (i - (step - 1) / 2) / step in whole blocks and a fraction, in integers (exact anywhere)
-        lo, rest = np.divmod(2 * np.arange(n) - (step - 1), 2 * step)
-        frac = (rest / (2 * step)).astype(np.float32)
-        frac[lo < 0] = 0  # before the first centre: the first value
-        lo = np.clip(lo, 0, nc - 1)
-        last = lo >= nc - 1  # at or after the last centre: the last value, as the upper end of the last interval
-        lo[last], frac[last] = max(nc - 2, 0), 1 if nc > 1 else 0
-        return lo, np.minimum(lo + 1, nc - 1), frac
-
-    y0, y1, fy = axis(shape[0], ncoef[0])
-    x0, x1, fx = axis(shape[1], ncoef[1])
+    y0, y1, fy = _axis_weights(shape[0], ncoef[0], step)
+    x0, x1, fx = _axis_weights(shape[1], ncoef[1], step)
     fy, fx = fy[:, None], fx[None, :]
 
     def interpolate(c: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -250,6 +257,54 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
     return out
 
 
+def _line_ratios(scene: np.ndarray, residuals: list[np.ndarray], weight: np.ndarray, step: int) -> list[np.ndarray]:
+    """A ratio for every pixel across a line, smooth along the line: ``b_k * m`` left in each residual.
+
+    Lines that lie close together (blended arc lines, neighbouring fibres, the
+    core and the wings of a trace whose seeing changed) change their strength
+    each by its own ratio, so within one model window the ratio changes from
+    pixel to pixel across the lines; along a line it is smooth.  Each pixel
+    column takes its own ratio, fitted over ``LINE_SPAN`` blocks of ``step``
+    rows, and so does each row over ``LINE_SPAN`` blocks of columns; each is
+    kept where it is significant and shrunk as the window's coefficients are,
+    and interpolated between the block centres.  A pixel takes the direction
+    whose ratios are the more significant (summed over the exposures): along
+    a line the ratio is coherent, across blended lines it is not.
+    """
+    wm = weight * scene
+    threshold = chdtri(1, SIGNIFICANCE)
+    fits = []
+    for axis in (0, 1):
+        smm = _line_sums(wm * scene, step, axis) + 1.0 / LINE_PRIOR ** 2
+        lo, hi, frac = _axis_weights(scene.shape[axis], smm.shape[axis], step)
+
+        def spread(grid: np.ndarray) -> np.ndarray:  # block centres -> pixels along the axis
+            grid = grid.astype(np.float32)
+            if axis == 0:
+                return grid[lo] * (1 - frac[:, None]) + grid[hi] * frac[:, None]
+            return grid[:, lo] * (1 - frac) + grid[:, hi] * frac
+
+        ratios, total = [], np.zeros(smm.shape)
+        for r in residuals:
+            srm = _line_sums(wm * r, step, axis)
+            chi2 = srm * srm / smm
+            total += chi2
+            ratios.append(spread(np.where(chi2 > threshold, srm / smm * (1.0 - 1.0 / np.maximum(chi2, 1e-12)), 0.0)))
+        fits.append((ratios, spread(total)))
+    (ratios_y, score_y), (ratios_x, score_x) = fits
+    along_y = score_y >= score_x
+    return [np.where(along_y, ry, rx) * scene for ry, rx in zip(ratios_y, ratios_x)]
+
+
+def _line_sums(image: np.ndarray, step: int, axis: int) -> np.ndarray:
+    """Sums over ``LINE_SPAN`` blocks of ``step`` pixels along ``axis``, one pixel across (float64, fixed order)."""
+    if axis == 0:
+        blocks = image.reshape(image.shape[0] // step, step, image.shape[1]).sum(axis=1, dtype=np.float64)
+        return _box_sum(blocks, (LINE_SPAN, 1), "constant")
+    blocks = image.reshape(image.shape[0], image.shape[1] // step, step).sum(axis=2, dtype=np.float64)
+    return _box_sum(blocks, (1, LINE_SPAN), "constant")
+
+
 #: Rows of the strips the model is fitted in (a multiple of the block step is used): the fit is local, so
 #: strips with a margin give exactly the whole-frame result with a fraction of its memory, on several threads.
 STRIP_ROWS = 512
@@ -258,7 +313,7 @@ STRIP_ROWS = 512
 def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, window: int | tuple = 15,
                    step: int | None = None, niter: int = 3, clip_sigma: float = CLIP_SIGMA,
                    usable: np.ndarray | None = None, workers: int | None = None,
-                   strip_rows: int = STRIP_ROWS) -> VariationFit:
+                   strip_rows: int = STRIP_ROWS, lines: bool = True) -> VariationFit:
     """Fit the smooth local variation of every exposure against the common scene.
 
     Parameters
@@ -281,6 +336,8 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
         Pixels that may take part at all (e.g. without defective lines).
     workers : int, optional
         Threads fitting strips of rows at the same time (default: cores).
+    lines : bool
+        Also fit a ratio for every pixel across a line (:func:`_line_ratios`).
     strip_rows : int
         Rows of each strip.  Every strip is fitted with a margin wider than
         the reach of ``niter`` fits, so the result does not depend on it.
@@ -294,7 +351,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     step = step or max(1, min(win) // 3)
     span = tuple(max(1, int(round(w / step))) | 1 for w in win)  # odd numbers of blocks
     scene = np.asarray(scene, dtype=np.float32)
-    strips = _strips(ny, step, span, niter, strip_rows)
+    strips = _strips(ny, step, span, niter, strip_rows, lines)
     fitted = np.empty(stack.shape, dtype=np.float32)
     used = np.empty((ny, nx), dtype=bool)
     parts = []
@@ -302,7 +359,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     def one(bounds: tuple[int, int, int, int]) -> None:
         lo, hi, a, b = bounds  # rows [lo, hi) are kept from the fit of rows [a, b)
         part = _fit_rows(stack[:, a:b], scene[a:b], rnoise_e, step, span, niter, clip_sigma,
-                         None if usable is None else usable[a:b], keep=(lo - a, hi - a))
+                         None if usable is None else usable[a:b], keep=(lo - a, hi - a), lines=lines)
         fitted[:, lo:hi], used[lo:hi] = part[0], part[1]
         parts.append(part[2])
 
@@ -320,14 +377,16 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     return VariationFit(model=fitted, used=used, chi2=chi)
 
 
-def _strips(ny: int, step: int, span: tuple[int, int], niter: int, rows: int) -> list[tuple[int, int, int, int]]:
+def _strips(ny: int, step: int, span: tuple[int, int], niter: int, rows: int,
+            lines: bool = False) -> list[tuple[int, int, int, int]]:
     """Strips ``(lo, hi, a, b)``: rows [lo, hi) taken from a fit of rows [a, b), all block-aligned.
 
     The margin covers what one fit reaches (window sums and their mean over
     ``span`` blocks each side, the interpolation, the basis' derivatives and
     spikes, the clipping's dilation), ``niter`` times, in whole blocks.
     """
-    reach = niter * (2 * (span[0] // 2) + 3) + 1  # blocks
+    per_fit = 2 * (span[0] // 2) + 3 + (LINE_SPAN // 2 + 2 if lines else 0)  # with the line ratios' reach
+    reach = niter * per_fit + 1  # blocks
     margin = reach * step
     rows = max(step, rows // step * step)
     if ny <= rows + 2 * margin:
@@ -340,7 +399,7 @@ def _strips(ny: int, step: int, span: tuple[int, int], niter: int, rows: int) ->
 
 
 def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, span: tuple[int, int],
-              niter: int, clip_sigma: float, usable: np.ndarray | None, keep: tuple[int, int]):
+              niter: int, clip_sigma: float, usable: np.ndarray | None, keep: tuple[int, int], lines: bool = False):
     """The model of a block-aligned strip; returns its rows ``keep`` (fitted, used) and chi2 sums."""
     n, ny, nx = stack.shape
     pad = ((0, -ny % step), (0, -nx % step))  # whole blocks; the padding takes no part in the fit
@@ -374,6 +433,12 @@ def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, 
         coefs = _local_coefficients(basis, (inv_var * used).astype(np.float32), diffs, step, span)
         for k in range(n):
             fitted[k] = _evaluate(basis, coefs[k], step)
+        if lines:
+            weight = (inv_var * used).astype(np.float32)
+            extra = _line_ratios(basis[0], [diffs[k] - fitted[k] for k in range(n)], weight, step)
+            for k in range(n):
+                fitted[k] += extra[k]
+            del extra, weight
         del basis, coefs
         if it + 1 < niter:
             off = np.zeros(scene.shape, dtype=bool)
