@@ -29,10 +29,13 @@ window's coefficients are kept only where they are significant (their Wald
 ``chi2`` with ``P`` parameters beyond the ``SIGNIFICANCE`` false-alarm level)
 and then shrunk by ``1 - P / chi2`` (James-Stein), so that where the data
 cannot tell a variation from the noise the model is identity and adds no
-noise of its own: on equivalent exposures it is zero almost everywhere.  The fitted
-part minus its mean over the exposures (only the differences between
-exposures matter, and a common part, e.g. from the noise of ``m`` itself,
-cancels) is real variation: it is subtracted from each exposure before the
+noise of its own: on equivalent exposures it is zero almost everywhere.
+Lines closer than the window (blended arc lines, neighbouring fibres) change
+their strength each by its own ratio: after each fit, every pixel column and
+every pixel row also takes a ratio of its own, smooth along the line
+(:func:`_line_ratios`).  The fitted part minus its mean over the exposures
+(only the differences between exposures matter, and a common part, e.g. from
+the noise of ``m`` itself, cancels) is real variation: it is subtracted from each exposure before the
 detection, which then sees exposures that differ by noise and cosmic rays
 only.
 
