@@ -172,3 +172,18 @@ def test_blended_lines_each_with_its_own_ratio_are_modelled(transpose):
         left = (truths - truths.mean(axis=0)) - model  # what the model leaves of the real differences
         out[lines] = np.percentile(np.abs(left).max(axis=0) / noise, 99.9)
     assert out[True] < 1.5 and out[False] > 8.0, out
+
+
+def test_line_ratios_evaluated_at_few_pixels_equal_the_whole_evaluation(monkeypatch):
+    """Where few line ratios are kept only the pixels near them are evaluated: the same bits as everywhere."""
+    from megara_crdetect.core import variation
+
+    stack, _ = _blended_lines(seed=3)
+    stack[:, :, 80:] = _exposures(varying=False, seed=3)[:, :, 80:]  # half the frame equal exposures
+    m = median_of_stack(stack)
+    out = []
+    for fraction in (1.0, 0.0):  # every evaluation at points; every one over whole planes
+        monkeypatch.setattr(variation, "LINE_SPARSE", fraction)
+        out.append(fit_variations(stack, m, RN).model)
+    assert np.abs(out[0]).max() > 100  # there is a line model to compare
+    np.testing.assert_array_equal(out[0], out[1])

@@ -33,7 +33,7 @@ noise of its own: on equivalent exposures it is zero almost everywhere.
 Lines closer than the window (blended arc lines, neighbouring fibres) change
 their strength each by its own ratio: after each fit, every pixel column and
 every pixel row also takes a ratio of its own, smooth along the line
-(:func:`_line_ratios`).  The fitted part minus its mean over the exposures
+(:func:`_add_line_ratios`).  The fitted part minus its mean over the exposures
 (only the differences between exposures matter, and a common part, e.g. from
 the noise of ``m`` itself, cancels) is real variation: it is subtracted from each exposure before the
 detection, which then sees exposures that differ by noise and cosmic rays
@@ -86,10 +86,16 @@ PRIOR_SCALE = (20.0, 0.2, 1.0, 1.0, 0.5, 0.5)
 #: equivalent exposures about one window in a thousand takes a (shrunk) model.
 SIGNIFICANCE = 1e-3
 #: The ratio along a line: blocks of the model's step along the line, one pixel across it, fitted over this
-#: many blocks (odd) along the line (:func:`_line_ratios`).
+#: many blocks (odd) along the line (:func:`_add_line_ratios`).
 LINE_SPAN = 9
 #: Prior scale of that ratio (a fraction).
 LINE_PRIOR = 0.2
+#: Below this fraction of pixels near a kept line ratio, only those pixels are evaluated.
+LINE_SPARSE = 0.25
+#: False-alarm probability of the test that keeps a line ratio (chi2 of one coefficient, 23.9).  There are
+#: about ten times as many line windows as model windows and each pixel takes the better of two
+#: directions: at the model's 1e-3 they added noise of their own (skylines set: far false flags 9 -> 45).
+LINE_SIGNIFICANCE = 1e-6
 #: Relative ridge added to the diagonal of the normalised normal equations (numerical safety only).
 RIDGE = 1e-6
 
@@ -260,43 +266,80 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
     return out
 
 
-def _line_ratios(scene: np.ndarray, residuals: list[np.ndarray], weight: np.ndarray, step: int) -> list[np.ndarray]:
-    """A ratio for every pixel across a line, smooth along the line: ``b_k * m`` left in each residual.
+def _add_line_ratios(scene: np.ndarray, diffs: list[np.ndarray], fitted: np.ndarray, weight: np.ndarray,
+                     step: int) -> None:
+    """A ratio for every pixel across a line, smooth along the line: ``b_k * m`` added to ``fitted[k]``.
 
     Lines that lie close together (blended arc lines, neighbouring fibres, the
     core and the wings of a trace whose seeing changed) change their strength
     each by its own ratio, so within one model window the ratio changes from
     pixel to pixel across the lines; along a line it is smooth.  Each pixel
-    column takes its own ratio, fitted over ``LINE_SPAN`` blocks of ``step``
-    rows, and so does each row over ``LINE_SPAN`` blocks of columns; each is
-    kept where it is significant and shrunk as the window's coefficients are,
-    and interpolated between the block centres.  A pixel takes the direction
-    whose ratios are the more significant (summed over the exposures): along
-    a line the ratio is coherent, across blended lines it is not.
+    column takes its own ratio, fitted to the residual ``diffs[k] - fitted[k]``
+    over ``LINE_SPAN`` blocks of ``step`` rows, and so does each row over
+    ``LINE_SPAN`` blocks of columns; each is kept where it is significant and
+    shrunk as the window's coefficients are, and interpolated between the
+    block centres.  A pixel takes the direction whose ratios are the more
+    significant (summed over the exposures): along a line the ratio is
+    coherent, across blended lines it is not.  The test that keeps a ratio is
+    stricter than the window's (``LINE_SIGNIFICANCE``).  Only the pixels near a
+    kept ratio are evaluated: where exposures are equal that is almost none.
     """
     wm = weight * scene
-    threshold = chdtri(1, SIGNIFICANCE)
-    fits = []
-    for axis in (0, 1):
-        smm = _line_sums(wm * scene, step, axis) + 1.0 / LINE_PRIOR ** 2
-        lo, hi, frac = _axis_weights(scene.shape[axis], smm.shape[axis], step)
+    threshold = chdtri(1, LINE_SIGNIFICANCE)
+    smm = [_line_sums(wm * scene, step, axis) + 1.0 / LINE_PRIOR ** 2 for axis in (0, 1)]
+    ratios, scores = ([], []), [np.zeros(g.shape) for g in smm]
+    for k in range(len(diffs)):
+        product = wm * (diffs[k] - fitted[k])
+        for axis in (0, 1):
+            srm = _line_sums(product, step, axis)
+            chi2 = srm * srm / smm[axis]
+            scores[axis] += chi2
+            kept = chi2 > threshold
+            ratios[axis].append(np.where(kept, srm / smm[axis] * (1.0 - 1.0 / np.maximum(chi2, 1e-12)), 0.0))
+    del wm, product
+    active = _near_kept(ratios, step, scene.shape)
+    if active is None:
+        return
+    points = None if active.mean() > LINE_SPARSE else np.nonzero(active)  # few pixels: those only
+    spread = [_line_interpolator(g.shape, scene.shape, step, axis, points) for axis, g in enumerate(smm)]
+    along_y = spread[0](scores[0]) >= spread[1](scores[1])
+    m = scene if points is None else scene[points]
+    for k in range(len(diffs)):
+        value = np.where(along_y, spread[0](ratios[0][k]), spread[1](ratios[1][k])) * m
+        if points is None:
+            fitted[k] += value
+        else:
+            fitted[k][points] += value
 
-        def spread(grid: np.ndarray) -> np.ndarray:  # block centres -> pixels along the axis
-            grid = grid.astype(np.float32)
-            if axis == 0:
-                return grid[lo] * (1 - frac[:, None]) + grid[hi] * frac[:, None]
-            return grid[:, lo] * (1 - frac) + grid[:, hi] * frac
 
-        ratios, total = [], np.zeros(smm.shape)
-        for r in residuals:
-            srm = _line_sums(wm * r, step, axis)
-            chi2 = srm * srm / smm
-            total += chi2
-            ratios.append(spread(np.where(chi2 > threshold, srm / smm * (1.0 - 1.0 / np.maximum(chi2, 1e-12)), 0.0)))
-        fits.append((ratios, spread(total)))
-    (ratios_y, score_y), (ratios_x, score_x) = fits
-    along_y = score_y >= score_x
-    return [np.where(along_y, ry, rx) * scene for ry, rx in zip(ratios_y, ratios_x)]
+def _near_kept(ratios: tuple[list, list], step: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """Pixels within one block of a kept line ratio (None: none kept)."""
+    active = None
+    for axis, grids in enumerate(ratios):
+        kept = np.any([g != 0 for g in grids], axis=0)
+        if not kept.any():
+            continue
+        kept = ndimage.binary_dilation(kept, np.ones((3, 1) if axis == 0 else (1, 3), bool))
+        pixels = np.repeat(kept, step, axis=axis)
+        active = pixels if active is None else active | pixels
+    return active if active is None else active[:shape[0], :shape[1]]
+
+
+def _line_interpolator(grid_shape: tuple[int, int], shape: tuple[int, int], step: int, axis: int, points):
+    """Linear interpolation along ``axis`` from block centres to every pixel, or to ``points`` only."""
+    lo, hi, frac = _axis_weights(shape[axis], grid_shape[axis], step)
+
+    def spread(grid: np.ndarray) -> np.ndarray:
+        grid = grid.astype(np.float32)
+        if points is not None:
+            along, across = points[axis], points[1 - axis]
+            index = (lambda i: (i, across)) if axis == 0 else (lambda i: (across, i))
+            return grid[index(lo[along])] * (1 - frac[along]) + grid[index(hi[along])] * frac[along]
+        if axis == 0:
+            return grid[lo] * (1 - frac[:, None]) + grid[hi] * frac[:, None]
+        return grid[:, lo] * (1 - frac) + grid[:, hi] * frac
+
+    return spread
 
 
 def _line_sums(image: np.ndarray, step: int, axis: int) -> np.ndarray:
@@ -340,7 +383,7 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     workers : int, optional
         Threads fitting strips of rows at the same time (default: cores).
     lines : bool
-        Also fit a ratio for every pixel across a line (:func:`_line_ratios`).
+        Also fit a ratio for every pixel across a line (:func:`_add_line_ratios`).
     strip_rows : int
         Rows of each strip.  Every strip is fitted with a margin wider than
         the reach of ``niter`` fits, so the result does not depend on it.
@@ -437,11 +480,7 @@ def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, 
         for k in range(n):
             fitted[k] = _evaluate(basis, coefs[k], step)
         if lines:
-            weight = (inv_var * used).astype(np.float32)
-            extra = _line_ratios(basis[0], [diffs[k] - fitted[k] for k in range(n)], weight, step)
-            for k in range(n):
-                fitted[k] += extra[k]
-            del extra, weight
+            _add_line_ratios(basis[0], diffs, fitted, (inv_var * used).astype(np.float32), step)
         del basis, coefs
         if it + 1 < niter:
             off = np.zeros(scene.shape, dtype=bool)
