@@ -120,12 +120,16 @@ def test_varying_trace_gives_no_more_mediancr_than_equivalent_exposures_and_coin
 @pytest.mark.parametrize("workers", [1, 2])
 def test_strips_give_the_whole_frame_model(workers):
     """The model is fitted in strips of rows with a margin: any strip height, any thread count, same bits."""
-    stack = _hit(_exposures(varying=True, seed=5), [(40, 60), (121, 79), (200, 100)])
+    from megara_crdetect.core.variation import _strips
+
+    lines, _ = _blended_lines(seed=5)  # line ratios too, in the lower half
+    stack = np.concatenate([_hit(_exposures(varying=True, seed=5), [(40, 60), (121, 79), (200, 100)]), lines], axis=1)
     stack[1, :, 17] = -500.0  # a defective column
     m = median_of_stack(stack)
     whole = fit_variations(stack, m, RN, strip_rows=10**6)
     assert np.abs(whole.model).max() > 1.0  # there is a model to compare
     for rows in (20, 45, 100):
+        assert len(_strips(stack.shape[1], 5, (3, 3), 3, rows, lines=True)) > 1  # the frame is cut in strips
         part = fit_variations(stack, m, RN, strip_rows=rows, workers=workers)
         np.testing.assert_array_equal(part.model, whole.model)
         np.testing.assert_array_equal(part.used, whole.used)
