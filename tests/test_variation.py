@@ -191,3 +191,19 @@ def test_line_ratios_evaluated_at_few_pixels_equal_the_whole_evaluation(monkeypa
         out.append(fit_variations(stack, m, RN).model)
     assert np.abs(out[0]).max() > 100  # there is a line model to compare
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_model_evaluated_at_few_pixels_equals_the_whole_evaluation(monkeypatch):
+    """Where few windows take a model only the pixels near them are evaluated: the same bits as everywhere."""
+    from megara_crdetect.core import variation
+
+    stack = _exposures(varying=False, seed=4)
+    stack[:, :, 60:100] = _exposures(varying=True, seed=4)[:, :, 60:100]  # a varying trace, equal sky
+    stack[:, :, 20:40] = _blended_lines(seed=4)[0][:, :, 40:60]  # and some blended lines
+    m = median_of_stack(stack)
+    out = []
+    for fraction in (2.0, -1.0):  # every evaluation at points; every one over whole planes
+        monkeypatch.setattr(variation, "EVALUATE_SPARSE", fraction)
+        out.append(fit_variations(stack, m, RN).model)
+    assert np.abs(out[0]).max() > 100 and (out[0] == 0).mean() > 0.3  # a model, and zero in many places
+    np.testing.assert_array_equal(out[0], out[1])

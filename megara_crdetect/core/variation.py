@@ -251,18 +251,47 @@ def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
 
 
 def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarray:
-    """The model ``sum_p g_p c_p`` at every pixel, the coefficients interpolated one plane at a time."""
+    """The model ``sum_p g_p c_p`` at every pixel, the coefficients interpolated one plane at a time.
+
+    Where the exposures agree almost every window's coefficients are zero:
+    when fewer than ``EVALUATE_SPARSE`` of the pixels have a non-zero block
+    among the four they are interpolated from, only those pixels are
+    evaluated, with the same operations (the same bits) as the whole plane.
+    """
     shape = basis[0].shape
-    interpolate = _interpolator(shape, coef.shape[1:], step)
+    coef = coef.astype(np.float32)
     out = np.zeros(shape, dtype=np.float32)
-    plane = np.empty(shape, dtype=np.float32)
-    for g, c in zip([None] + list(basis), coef.astype(np.float32)):
-        if not c.any():  # an all-zero plane adds nothing
+    nonzero = np.any(coef != 0, axis=0)
+    if not nonzero.any():
+        return out
+    y0, y1, fy = _axis_weights(shape[0], coef.shape[1], step)
+    x0, x1, fx = _axis_weights(shape[1], coef.shape[2], step)
+    rows = nonzero[y0] | nonzero[y1]
+    active = rows[:, x0] | rows[:, x1]
+    if active.mean() > EVALUATE_SPARSE:
+        interpolate = _interpolator(shape, coef.shape[1:], step)
+        plane = np.empty(shape, dtype=np.float32)
+        for g, c in zip([None] + list(basis), coef):
+            if not c.any():  # an all-zero plane adds nothing
+                continue
+            interpolate(c, plane)
+            if g is not None:
+                plane *= g
+            out += plane
+        return out
+    ys, xs = np.nonzero(active)
+    a0, a1, b0, b1 = y0[ys], y1[ys], x0[xs], x1[xs]
+    wy, wx = fy[ys], fx[xs]
+    value = np.zeros(ys.size, dtype=np.float32)
+    for g, c in zip([None] + list(basis), coef):
+        if not c.any():
             continue
-        interpolate(c, plane)
+        plane = (c[a0, b0] * (1 - wx) + c[a0, b1] * wx) * (1 - wy)
+        plane += (c[a1, b0] * (1 - wx) + c[a1, b1] * wx) * wy
         if g is not None:
-            plane *= g
-        out += plane
+            plane *= g[ys, xs]
+        value += plane
+    out[ys, xs] = value
     return out
 
 
@@ -351,6 +380,8 @@ def _line_sums(image: np.ndarray, step: int, axis: int) -> np.ndarray:
     return _box_sum(blocks, (1, LINE_SPAN), "constant")
 
 
+#: Below this fraction of pixels near a non-zero coefficient, the model is evaluated at those pixels only.
+EVALUATE_SPARSE = 0.25
 #: Rows of the strips the model is fitted in (a multiple of the block step is used): the fit is local, so
 #: strips with a margin give exactly the whole-frame result with a fraction of its memory, on several threads.
 STRIP_ROWS = 512
