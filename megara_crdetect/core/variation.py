@@ -236,21 +236,6 @@ def _axis_weights(n: int, nc: int, step: int):
     return lo, np.minimum(lo + 1, nc - 1), frac
 
 
-def _interpolator(shape: tuple[int, int], ncoef: tuple[int, int], step: int):
-    """Bilinear interpolation from block centres to every pixel: returns ``f(c, out)``."""
-    y0, y1, fy = _axis_weights(shape[0], ncoef[0], step)
-    x0, x1, fx = _axis_weights(shape[1], ncoef[1], step)
-    fy, fx = fy[:, None], fx[None, :]
-
-    def interpolate(c: np.ndarray, out: np.ndarray) -> np.ndarray:
-        along = c[:, x0] * (1 - fx) + c[:, x1] * fx  # (by, nx)
-        np.multiply(along[y0], 1 - fy, out=out)
-        out += along[y1] * fy
-        return out
-
-    return interpolate
-
-
 def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarray:
     """The model ``sum_p g_p c_p`` at every pixel, the coefficients interpolated one plane at a time.
 
@@ -269,13 +254,15 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
     x0, x1, fx = _axis_weights(shape[1], coef.shape[2], step)
     rows = nonzero[y0] | nonzero[y1]
     active = rows[:, x0] | rows[:, x1]
-    if active.mean() > EVALUATE_SPARSE:
-        interpolate = _interpolator(shape, coef.shape[1:], step)
+    if active.mean() > EVALUATE_SPARSE:  # bilinear interpolation of whole planes
+        wy, wx = fy[:, None], fx[None, :]
         plane = np.empty(shape, dtype=np.float32)
         for g, c in zip([None] + list(basis), coef):
             if not c.any():  # an all-zero plane adds nothing
                 continue
-            interpolate(c, plane)
+            along = c[:, x0] * (1 - wx) + c[:, x1] * wx  # (by, nx)
+            np.multiply(along[y0], 1 - wy, out=plane)
+            plane += along[y1] * wy
             if g is not None:
                 plane *= g
             out += plane
@@ -508,12 +495,13 @@ def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, 
     fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
     for it in range(niter):
         basis = _regressors(_basis_scene(padded, fitted, noise, near, fill))
-        coefs = _local_coefficients(basis, (inv_var * used).astype(np.float32), diffs, step, span)
+        weight = (inv_var * used).astype(np.float32)
+        coefs = _local_coefficients(basis, weight, diffs, step, span)
         for k in range(n):
             fitted[k] = _evaluate(basis, coefs[k], step)
         if lines:
-            _add_line_ratios(basis[0], diffs, fitted, (inv_var * used).astype(np.float32), step)
-        del basis, coefs
+            _add_line_ratios(basis[0], diffs, fitted, weight, step)
+        del basis, coefs, weight
         if it + 1 < niter:
             off = np.zeros(scene.shape, dtype=bool)
             for k in range(n):
