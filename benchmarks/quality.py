@@ -195,6 +195,20 @@ def metrics(sim, outdir: Path, *, oracle: dict, truth, sig, cr_any, harmful) -> 
     return out
 
 
+def expected_noise_flags(log: Path) -> dict:
+    """What our run's log expects from noise alone on each MM diagram (``expected_false_<name>``; {} if absent).
+
+    Every such pixel becomes ``(2 dilation + 1)**2`` far false flags (9 with the
+    benchmarks' dilation 1), so a single run fluctuates by about 3 times that.
+    """
+    marker = "expected false MM detections from noise alone:"
+    for line in log.read_text(errors="replace").splitlines():
+        if marker in line:
+            pairs = (item.split() for item in line.split(marker, 1)[1].split(","))
+            return {f"expected_false_{name}": float(value) for name, value in pairs}
+    return {}
+
+
 def mask_coverage(sim, masks, sig) -> dict:
     """Per exposure: the pixels > 5 sigma above its own truth (hit > 1 sigma) that its CRMASKk holds.
 
@@ -342,6 +356,7 @@ def main(argv=None) -> int:
         if info["status"] == 0:
             info.update(metrics(sim, workdir / name, oracle=oracle, truth=truth, sig=sig, cr_any=cr_any,
                                 harmful=harmful))
+            info.update(expected_noise_flags(workdir / f"{name}.log"))
         else:
             print(f"{name} failed (status {info['status']}), see {workdir / (name + '.log')}")
         results[name] = info

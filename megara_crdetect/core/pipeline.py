@@ -135,7 +135,7 @@ class Detector:
         return (adu - self.bias) * self.gain
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CRMaskResult:
     """Everything :func:`compute_crmasks` found.
 
@@ -989,10 +989,12 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         crmasks, repair_min = _shifted_second_pass(det, stack, suspect, exposure_flags, factors, offsets)
         mediancr, codes, counts = _mediancr(det, params, (ny, nx), exposure_flags, None)
     timings["mediancr"] = time.perf_counter() - t1
-    result = CRMaskResult(stats, mediancr, codes, mediancr, crmasks,
-                          np.zeros((ny, nx), bool), np.zeros((ny, nx), bool), factors, offsets, lamedian,
-                          mms.boundaries, mms.expected, mms.sims, flux_details, counts, timings, noise,
-                          bad_rows, bad_cols, repair_min, variation)
+    result = CRMaskResult(stats=stats, mediancr=mediancr, mediancr_codes=codes, meancrt=mediancr,
+                          crmasks=crmasks, meancr=np.zeros((ny, nx), bool), problematic=np.zeros((ny, nx), bool),
+                          flux_factors=factors, offsets=offsets, lamedian=lamedian, boundaries=mms.boundaries,
+                          expected_false=mms.expected, diagrams=mms.sims, flux_details=flux_details,
+                          counts=counts, timings=timings, noise=noise, bad_rows=bad_rows, bad_columns=bad_cols,
+                          repair_min=repair_min, variation=variation)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
