@@ -6,8 +6,9 @@ detection from noise becomes 9 of them; the MM boundary itself expects a few
 such detections by design (one simulated pixel per diagram column over
 ``mm_nsimulations`` sets; our run logs the count). One seed's count is then a
 Poisson number of 9-pixel groups and cannot settle the bar: the mean over seeds
-can, with its standard error. This script prints every seed, the mean, the
-standard error and the bars of rates judged on the mean.
+can, with its standard error. This script prints every seed, the mean and
+its standard error, and judges the bars of rates on the mean's one-sided 95 %
+upper bound (mean + 1.645 standard errors).
 
 Usage::
 
@@ -50,7 +51,7 @@ def run_seeds(name: str, seeds: list[int], workdir: Path, reference: bool) -> li
 def collect(files: list[Path]) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
     """Seeds and, per program, every figure's value per seed (NaN where absent)."""
     seeds, table = [], {}
-    for f in files:
+    for f in sorted(files, key=lambda f: json.loads(f.read_text())["seed"]):
         doc = json.loads(f.read_text())
         seeds.append(doc["seed"])
         for who, res in doc["results"].items():
@@ -79,9 +80,11 @@ def summary(seeds: list[int], table: dict) -> list[str]:
         for key, bar in RATE_BARS.items():
             if key in stats:
                 mean, err = stats[key]
-                verdict = "PASS" if mean <= bar else "FAIL"
-                lines.append(f"  [{verdict}] mean {key} <= {bar:g}: {mean:.2e} +- {err:.1e} "
-                             f"(seeds above the bar: {int(np.sum(np.asarray(cols[key]) > bar))})")
+                upper = mean + 1.645 * err  # one-sided 95 % upper bound of the rate
+                verdict = "PASS" if upper <= bar else "FAIL"
+                lines.append(f"  [{verdict}] {key} <= {bar:g} (mean + 1.645 s.e.): {mean:.2e} +- {err:.1e}, "
+                             f"upper {upper:.2e} (single seeds above the bar: "
+                             f"{int(np.sum(np.asarray(cols[key]) > bar))})")
     return lines
 
 
