@@ -48,31 +48,31 @@ def run_seeds(name: str, seeds: list[int], workdir: Path, reference: bool) -> li
     return files
 
 
-def collect(files: list[Path]) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
-    """Seeds and, per program, every figure's value per seed (NaN where absent)."""
-    seeds, table = [], {}
+def collect(files: list[Path]) -> dict[str, dict[str, list[float]]]:
+    """Per program, its completed seeds and every figure's value per seed (NaN where absent)."""
+    table = {}
     for f in sorted(files, key=lambda f: json.loads(f.read_text())["seed"]):
         doc = json.loads(f.read_text())
-        seeds.append(doc["seed"])
         for who, res in doc["results"].items():
             if res.get("status") != 0:
                 continue
             cols = table.setdefault(who, {})
+            cols.setdefault("seed", []).append(doc["seed"])
             for key in FIGURES + list(RATE_BARS):
                 cols.setdefault(key, []).append(float(res.get(key, np.nan)))
-    return seeds, table
+    return table
 
 
-def summary(seeds: list[int], table: dict) -> list[str]:
+def summary(table: dict) -> list[str]:
     """Printable lines: per seed, mean +- standard error, and the rate bars on the mean."""
     lines = []
     for who, cols in table.items():
         lines.append(f"{who}: {len(cols['far_false_flags'])} seeds")
         lines.append(f"{'seed':>8s}" + "".join(f"{k[:18]:>20s}" for k in FIGURES))
-        for i, seed in enumerate(seeds[:len(cols['far_false_flags'])]):
+        for i, seed in enumerate(cols["seed"]):  # the seeds this program completed
             lines.append(f"{seed:>8d}" + "".join(f"{cols[k][i]:>20.4g}" for k in FIGURES))
         stats = {k: (np.nanmean(v), np.nanstd(v, ddof=1) / np.sqrt(np.sum(np.isfinite(v))))
-                 for k, v in cols.items() if np.isfinite(v).sum() > 1}
+                 for k, v in cols.items() if k != "seed" and np.isfinite(v).sum() > 1}
         lines.append(f"{'mean':>8s}" + "".join(f"{stats[k][0]:>20.4g}" if k in stats else f"{'-':>20s}"
                                                for k in FIGURES))
         lines.append(f"{'s.e.':>8s}" + "".join(f"{stats[k][1]:>20.2g}" if k in stats else f"{'-':>20s}"
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if not files:
         print("error: no results to summarise")
         return 2
-    print("\n".join(summary(*collect(files))))
+    print("\n".join(summary(collect(files))))
     return 0
 
 

@@ -28,7 +28,7 @@ def _write(tmp_path: Path, counts: list[int]) -> list[Path]:
 
 def test_rate_bar_on_the_mean_passes_although_single_seeds_exceed_it(tmp_path):
     counts = [9, 0, 36, 18, 9, 27, 9, 45, 18, 9]  # mean 18 px = 5.6e-6 per pixel; two seeds above 32 px
-    lines = seeds.summary(*seeds.collect(_write(tmp_path, counts)))
+    lines = seeds.summary(seeds.collect(_write(tmp_path, counts)))
     verdict = [line for line in lines if "far_false_fraction" in line]
     assert len(verdict) == 1 and verdict[0].startswith("  [PASS]")
     assert "single seeds above the bar: 2" in verdict[0]
@@ -37,7 +37,7 @@ def test_rate_bar_on_the_mean_passes_although_single_seeds_exceed_it(tmp_path):
 
 def test_rate_bar_fails_when_the_upper_bound_is_above_it(tmp_path):
     counts = [27, 36, 18, 45, 27, 36]  # mean 31.5 px: below 32, but not with 95 % confidence
-    verdict = [line for line in seeds.summary(*seeds.collect(_write(tmp_path, counts))) if "[" in line]
+    verdict = [line for line in seeds.summary(seeds.collect(_write(tmp_path, counts))) if "[" in line]
     assert verdict[0].startswith("  [FAIL]")
 
 
