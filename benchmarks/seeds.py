@@ -51,8 +51,7 @@ def run_seeds(name: str, seeds: list[int], workdir: Path, reference: bool) -> li
 def collect(files: list[Path]) -> dict[str, dict[str, list[float]]]:
     """Per program, its completed seeds and every figure's value per seed (NaN where absent)."""
     table = {}
-    for f in sorted(files, key=lambda f: json.loads(f.read_text())["seed"]):
-        doc = json.loads(f.read_text())
+    for doc in sorted((json.loads(f.read_text()) for f in files), key=lambda doc: doc["seed"]):
         for who, res in doc["results"].items():
             if res.get("status") != 0:
                 continue
