@@ -129,16 +129,6 @@ def scene_regressors(scene: np.ndarray) -> list[np.ndarray]:
     return [np.ones_like(rest[0])] + rest
 
 
-def _block_sums(image: np.ndarray, step: int) -> np.ndarray:
-    """Sums over blocks of ``step`` x ``step`` pixels (float64; the image is zero-padded to whole blocks)."""
-    ny, nx = image.shape
-    by, bx = -(-ny // step), -(-nx // step)
-    if (by * step, bx * step) != (ny, nx):
-        image = np.pad(image, ((0, by * step - ny), (0, bx * step - nx)))
-    rows = image.reshape(by, step, bx * step).sum(axis=1)
-    return rows.reshape(by, bx, step).sum(axis=2).astype(np.float64)
-
-
 def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
     """Sums over ``span`` (odd) cells centred on every cell of the last two axes, in a fixed order.
 
@@ -158,11 +148,6 @@ def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
     return out
 
 
-def _window_sums(image: np.ndarray, step: int, span: tuple[int, int]) -> np.ndarray:
-    """Sums over ``span`` blocks (rows, columns) centred on every block."""
-    return _box_sum(_block_sums(image, step), span, "constant")
-
-
 def _regressors(scene: np.ndarray) -> list[np.ndarray]:
     """The non-constant part of the basis: m, dm/dx, dm/dy, d2m/dx2, d2m/dy2 (float32, edges replicated)."""
     m = np.asarray(scene, dtype=np.float32)
@@ -172,14 +157,72 @@ def _regressors(scene: np.ndarray) -> list[np.ndarray]:
     return [m, 0.5 * (right - left), 0.5 * (up - down), right - 2 * c + left, up - 2 * c + down]
 
 
+#: Block rows whose products are summed in one batch (bounds the memory of :func:`_block_products`).
+PRODUCT_CHUNK = 8
+
+
+def _block_products(planes: list[np.ndarray | None], weight: np.ndarray, npar: int, step: int) -> np.ndarray:
+    """Sums over every block of ``weight * a * b`` for ``a`` in ``planes[:npar]`` and ``b`` in ``planes``.
+
+    ``None`` in ``planes`` is the constant 1.  Each block's pixels are laid out
+    as one row, so the sums of all the products are one small matrix product
+    per block ``(npar, step**2) x (step**2, len(planes))`` (float32, as the
+    pixels); a block's sums depend on that block only, in a fixed order.
+
+    Returns
+    -------
+    ndarray, shape (npar, len(planes), by, bx), float64
+    """
+    ny, nx = weight.shape
+    by, bx, npix = ny // step, nx // step, step * step
+    out = np.empty((npar, len(planes), by, bx), dtype=np.float64)
+
+    def blocks(image: np.ndarray, nb: int) -> np.ndarray:  # (nb, bx, step**2): one row per block
+        return image.reshape(nb, step, bx, step).transpose(0, 2, 1, 3).reshape(nb, bx, npix)
+
+    for b0 in range(0, by, PRODUCT_CHUNK):
+        b1 = min(by, b0 + PRODUCT_CHUNK)
+        rows = slice(b0 * step, b1 * step)
+        x = np.empty((b1 - b0, bx, len(planes), npix), dtype=np.float32)
+        for i, g in enumerate(planes):
+            x[:, :, i] = 1.0 if g is None else blocks(g[rows], b1 - b0)
+        xw = x[:, :, :npar] * blocks(weight[rows], b1 - b0)[:, :, None, :]
+        out[:, :, b0:b1] = np.matmul(xw, x.transpose(0, 1, 3, 2)).transpose(2, 3, 0, 1)
+    return out
+
+
+def _cholesky_solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``a x = b`` for symmetric positive definite ``a`` (P, P, ...) and ``b`` (T, P, ...), vectorised.
+
+    The Cholesky factor is built and applied element by element over the
+    trailing (grid) axes: thousands of small systems in a few array operations.
+    """
+    npar = a.shape[0]
+    low = [[None] * npar for _ in range(npar)]
+    for j in range(npar):
+        d = a[j, j] - sum(low[j][k] ** 2 for k in range(j))
+        low[j][j] = np.sqrt(d)
+        for i in range(j + 1, npar):
+            low[i][j] = (a[i, j] - sum(low[i][k] * low[j][k] for k in range(j))) / low[j][j]
+    x = np.empty(rhs.shape)
+    for t in range(rhs.shape[0]):
+        y = [None] * npar
+        for i in range(npar):
+            y[i] = (rhs[t, i] - sum(low[i][k] * y[k] for k in range(i))) / low[i][i]
+        for i in reversed(range(npar)):
+            x[t, i] = (y[i] - sum(low[k][i] * x[t, k] for k in range(i + 1, npar))) / low[i][i]
+    return x
+
+
 def _local_coefficients(basis: list[np.ndarray], weight: np.ndarray, targets: list[np.ndarray], step: int,
                         span: tuple[int, int]) -> list[np.ndarray]:
     """Weighted local least squares of every target on the basis, over windows of blocks.
 
     ``basis`` holds the non-constant regressors (the constant one is implicit).
-    The normal matrix depends on the weights and the basis only, so it is built
-    and inverted once for all the targets.  One weighted regressor is held at
-    a time: the memory is a few planes, not one per regressor.
+    The sums over each block of all the weighted products are built at once
+    (:func:`_block_products`) and summed over the window of blocks; the normal
+    matrix depends on the weights and the basis only and is factorised once
+    for all the targets.
 
     Returns
     -------
@@ -187,39 +230,28 @@ def _local_coefficients(basis: list[np.ndarray], weight: np.ndarray, targets: li
         The coefficients of every target at the block centres.
     """
     npar = len(basis) + 1
-    regressors = [None] + list(basis)  # None: the constant
-    nb = (weight.shape[0] // step, weight.shape[1] // step)  # the strip is padded to whole blocks
-    a = np.empty(nb + (npar, npar))
-    rhs = [np.empty(nb + (npar,)) for _ in targets]
-    for i, g in enumerate(regressors):
-        wg = weight if g is None else weight * g
-        for j in range(i, npar):
-            a[..., i, j] = a[..., j, i] = _window_sums(wg if j == 0 else wg * regressors[j], step, span)
-        for b, target in zip(rhs, targets):
-            b[..., i] = _window_sums(wg * target, step, span)
-        del wg
-    prior = 1.0 / np.square(np.asarray(PRIOR_SCALE[:npar]))
-    a[..., np.arange(npar), np.arange(npar)] += prior  # Gaussian prior on each coefficient
-    diag = np.einsum("...ii->...i", a).copy()
-    scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))
-    a *= scale[..., :, None] * scale[..., None, :]  # columns of very different magnitudes
-    a[..., np.arange(npar), np.arange(npar)] += RIDGE
-    inverse = np.linalg.inv(a)
-    return [_significant(b * scale, inverse, a, scale, span) for b in rhs]
+    sums = _box_sum(_block_products([None] + list(basis) + list(targets), weight, npar, step), span, "constant")
+    a = sums[:, :npar]
+    diag = np.arange(npar)
+    a[diag, diag] += (1.0 / np.square(np.asarray(PRIOR_SCALE[:npar])))[:, None, None]  # Gaussian prior
+    scale = 1.0 / np.sqrt(np.where(a[diag, diag] > 0, a[diag, diag], 1.0))  # (P, by, bx)
+    a *= scale[:, None] * scale[None, :]  # columns of very different magnitudes
+    a[diag, diag] += RIDGE
+    b = np.moveaxis(sums[:, npar:], 1, 0) * scale  # (T, P, by, bx)
+    del sums
+    coef_s = _cholesky_solve(a, b)
+    return [_significant(c, bk, scale, span) for c, bk in zip(coef_s, b)]
 
 
-def _significant(b: np.ndarray, inverse: np.ndarray, normal: np.ndarray, scale: np.ndarray,
-                 span: tuple[int, int]) -> np.ndarray:
-    """Solve one target's scaled normal equations; keep and shrink only significant windows."""
-    coef_s = np.einsum("...ij,...j->...i", inverse, b)
-    # a window's variation is kept only if it is significant (Wald chi2 of its coefficients beyond the
-    # SIGNIFICANCE false-alarm level), and then shrunk by 1 - P / chi2 (James-Stein): where the data
+def _significant(coef_s: np.ndarray, b: np.ndarray, scale: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """Keep and shrink one target's solved (scaled) coefficients only in significant windows."""
+    # a window's variation is kept only if it is significant (Wald chi2 of its coefficients, b' A^-1 b, beyond
+    # the SIGNIFICANCE false-alarm level), and then shrunk by 1 - P / chi2 (James-Stein): where the data
     # cannot tell a variation from the noise, the model is identity and adds no noise of its own
-    chi2 = np.einsum("...i,...ij,...j->...", coef_s, normal, coef_s)
-    npar = coef_s.shape[-1]
+    chi2 = np.sum(coef_s * b, axis=0)
+    npar = coef_s.shape[0]
     significant = chi2 > chdtri(npar, SIGNIFICANCE)
-    coef_s *= np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0)[..., None]
-    coef = np.moveaxis(coef_s * scale, -1, 0)
+    coef = coef_s * (np.where(significant, 1.0 - npar / np.maximum(chi2, 1e-12), 0.0) * scale)
     # every window containing a block fits it: the block takes the mean of their fits (no extrapolation)
     return _box_sum(coef, span, "edge") / (span[0] * span[1])
 
@@ -404,8 +436,9 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     lines : bool
         Also fit a ratio for every pixel across a line (:func:`_add_line_ratios`).
     strip_rows : int
-        Rows of each strip.  Every strip is fitted with a margin wider than
-        the reach of ``niter`` fits, so the result does not depend on it.
+        Rows of each strip.  Every fit runs strip by strip, each strip with
+        a margin wider than the reach of one fit, on the previous fit of the
+        whole frame, so the result does not depend on it.
 
     Returns
     -------
@@ -415,115 +448,172 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
     win = (window, window) if np.isscalar(window) else tuple(window)
     step = step or max(1, min(win) // 3)
     span = tuple(max(1, int(round(w / step))) | 1 for w in win)  # odd numbers of blocks
-    scene = np.asarray(scene, dtype=np.float32)
-    strips = _strips(ny, step, span, niter, strip_rows, lines)
-    fitted = np.empty(stack.shape, dtype=np.float32)
-    used = np.empty((ny, nx), dtype=bool)
-    parts = []
+    frame = _Frame(stack, np.asarray(scene, dtype=np.float32), float(rnoise_e), step)
+    workers = max(1, workers or os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        def run(task, margin: int) -> list:
+            strips = _strips(frame.shape[0], step, strip_rows, margin)
+            return list(pool.map(task, strips)) if workers > 1 and len(strips) > 1 else [task(s) for s in strips]
 
-    def one(bounds: tuple[int, int, int, int]) -> None:
-        lo, hi, a, b = bounds  # rows [lo, hi) are kept from the fit of rows [a, b)
-        part = _fit_rows(stack[:, a:b], scene[a:b], rnoise_e, step, span, niter, clip_sigma,
-                         None if usable is None else usable[a:b], keep=(lo - a, hi - a), lines=lines)
-        fitted[:, lo:hi], used[lo:hi] = part[0], part[1]
-        parts.append(part[2])
-
-    workers = max(1, min(len(strips), workers or os.cpu_count() or 1))
-    if workers == 1:
-        for bounds in strips:
-            one(bounds)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(one, strips))
+        fixed = _fixed_planes(frame, usable, lambda task: run(task, step))
+        state = [np.zeros((n,) + frame.shape, dtype=np.float32), np.empty((n,) + frame.shape, dtype=np.float32)]
+        used = [fixed.keep_fit.copy(), np.empty(frame.shape, dtype=bool)]
+        for it in range(niter):
+            last = it + 1 == niter
+            run(lambda bounds: _fit_strip(frame, fixed, state[0], used[0], bounds, span, clip_sigma, lines,
+                                          out=state[1], used_out=None if last else used[1]),
+                _fit_reach(span, lines) * step)
+            state.reverse()
+            if not last:
+                used.reverse()
+        del state[1]
+        model = np.empty(stack.shape, dtype=np.float32)
+        parts = run(lambda bounds: _finish_strip(frame, fixed, state[0], used[0], bounds, model), step)
     sums = np.sum(parts, axis=0)
     chi = sums[0::2] / np.maximum(sums[1::2], 1)  # (before, after) x exposures
+    used = used[0][:ny, :nx].copy()
     _log.info("exposure-difference model: mean chi2 against the median %s -> %s (%.1f %% of the pixels used)",
               np.round(chi[0], 3).tolist(), np.round(chi[1], 3).tolist(), 100 * used.mean())
-    return VariationFit(model=fitted, used=used, chi2=chi)
+    return VariationFit(model=model, used=used, chi2=chi)
 
 
-def _strips(ny: int, step: int, span: tuple[int, int], niter: int, rows: int,
-            lines: bool = False) -> list[tuple[int, int, int, int]]:
-    """Strips ``(lo, hi, a, b)``: rows [lo, hi) taken from a fit of rows [a, b), all block-aligned.
+class _Frame:
+    """The exposures and the scene, read strip by strip padded to whole blocks (edges replicated)."""
 
-    The margin covers what one fit reaches (window sums and their mean over
-    ``span`` blocks each side, the interpolation, the basis' derivatives and
-    spikes, the clipping's dilation), ``niter`` times, in whole blocks.
-    """
-    per_fit = 2 * (span[0] // 2) + 3 + (LINE_SPAN // 2 + 2 if lines else 0)  # with the line ratios' reach
-    reach = niter * per_fit + 1  # blocks
-    margin = reach * step
-    rows = max(step, rows // step * step)
-    if ny <= rows + 2 * margin:
-        return [(0, ny, 0, ny)]
-    out = []
-    for lo in range(0, ny, rows):
-        hi = min(lo + rows, ny)
-        out.append((lo, hi, max(0, lo - margin), min(ny, hi + margin)))
-    return out
+    def __init__(self, stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int):
+        self.stack, self.scene, self.rnoise_e, self.step = stack, scene, rnoise_e, step
+        self.n, self.ny, self.nx = stack.shape
+        self.shape = (self.ny + (-self.ny % step), self.nx + (-self.nx % step))
+
+    def rows(self, image: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of the padded frame of ``image`` (2-d or a stack)."""
+        end = min(b, self.ny)
+        pad = [(0, 0)] * (image.ndim - 2) + [(0, b - end), (0, self.shape[1] - self.nx)]
+        return np.pad(image[..., a:end, :], pad, mode="edge")
+
+    def noise(self, a: int, b: int) -> np.ndarray:
+        return sigma(self.rows(self.scene, a, b), self.rnoise_e)
 
 
-def _fit_rows(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, step: int, span: tuple[int, int],
-              niter: int, clip_sigma: float, usable: np.ndarray | None, keep: tuple[int, int], lines: bool = False):
-    """The model of a block-aligned strip; returns its rows ``keep`` (fitted, used) and chi2 sums."""
-    n, ny, nx = stack.shape
-    pad = ((0, -ny % step), (0, -nx % step))  # whole blocks; the padding takes no part in the fit
-    scene = np.pad(scene, pad, mode="edge")
-    noise = sigma(scene, rnoise_e)
-    inv_var = 1.0 / (noise * noise)
-    # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
-    # leave the fit, and the scene and the basis take the mean of their valid neighbours there
-    padded = np.pad(stack, ((0, 0),) + pad, mode="edge")
-    defective = padded.min(axis=0) < -DEFECT_RNOISE * rnoise_e
-    fill = near = None
-    if defective.any():
-        total = _box_sum(np.where(defective, 0, scene), (3, 3), "edge")
-        count = _box_sum((~defective).astype(np.float32), (3, 3), "edge")
-        fill = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
-        near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
-        scene = np.where(defective, fill, scene)
-    # isolated spikes of the median (hot pixels, coincident hits) leave the fit: their derivatives would spread
-    # them over the model around them (the basis scene replaces its own spikes, see _basis_scene)
-    spikes = _spikes(scene, noise)
-    keep_fit = ~spikes & ~defective
-    keep_fit[ny:, :] = False
-    keep_fit[:, nx:] = False
-    if usable is not None:
-        keep_fit[:ny, :nx] &= usable
-    diffs = [padded[k] - scene for k in range(n)]
-    used = keep_fit.copy()
-    fitted = np.zeros((n,) + scene.shape, dtype=np.float32)
-    for it in range(niter):
-        basis = _regressors(_basis_scene(padded, fitted, noise, near, fill))
-        weight = (inv_var * used).astype(np.float32)
-        coefs = _local_coefficients(basis, weight, diffs, step, span)
-        for k in range(n):
-            fitted[k] = _evaluate(basis, coefs[k], step)
-        if lines:
-            _add_line_ratios(basis[0], diffs, fitted, weight, step)
-        del basis, coefs, weight
-        if it + 1 < niter:
-            off = np.zeros(scene.shape, dtype=bool)
-            for k in range(n):
-                off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
-            used = keep_fit & ~ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
+@dataclass
+class _Fixed:
+    """Planes of the padded frame that every fit reads: which pixels may take part, spikes, defects."""
+
+    keep_fit: np.ndarray
+    spikes: np.ndarray
+    #: the scene with defective pixels filled, the filling and the pixels next to a defect (None: no defect)
+    filled: np.ndarray | None = None
+    fill: np.ndarray | None = None
+    near: np.ndarray | None = None
+
+
+def _fixed_planes(frame: _Frame, usable: np.ndarray | None, run) -> _Fixed:
+    """Spikes, defective pixels and the pixels that may take part in the fit, strip by strip."""
+    fixed = _Fixed(np.empty(frame.shape, dtype=bool), np.empty(frame.shape, dtype=bool))
+    defects = []
+
+    def one(bounds: tuple[int, int, int, int]) -> None:
+        lo, hi, a, b = bounds
+        scene, noise = frame.rows(frame.scene, a, b), frame.noise(a, b)
+        # defective pixels (a bad column's wild values of both signs): far below zero in some exposure; they
+        # leave the fit, and the scene and the basis take the mean of their valid neighbours there
+        defective = frame.rows(frame.stack, a, b).min(axis=0) < -DEFECT_RNOISE * frame.rnoise_e
+        if defective.any():
+            total = _box_sum(np.where(defective, 0, scene), (3, 3), "edge")
+            count = _box_sum((~defective).astype(np.float32), (3, 3), "edge")
+            fill = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
+            near = ndimage.binary_dilation(defective, np.ones((3, 3), bool))
+            scene = np.where(defective, fill, scene)
+            defects.append((lo, hi, scene[lo - a:hi - a], fill[lo - a:hi - a], near[lo - a:hi - a]))
+        # isolated spikes of the median (hot pixels, coincident hits) leave the fit: their derivatives would
+        # spread them over the model around them (the basis scene replaces its own spikes, see _basis_scene)
+        spikes = _spikes(scene, noise)[lo - a:hi - a]
+        keep = ~spikes & ~defective[lo - a:hi - a]
+        keep[max(0, frame.ny - lo):] = False
+        keep[:, frame.nx:] = False
+        if usable is not None:
+            keep[:max(0, min(hi, frame.ny) - lo), :frame.nx] &= usable[lo:min(hi, frame.ny)]
+        fixed.spikes[lo:hi], fixed.keep_fit[lo:hi] = spikes, keep
+
+    run(one)
+    if defects:
+        fixed.filled = frame.rows(frame.scene, 0, frame.shape[0])
+        fixed.fill = np.zeros(frame.shape, dtype=np.float32)
+        fixed.near = np.zeros(frame.shape, dtype=bool)
+        for lo, hi, scene, fill, near in defects:
+            fixed.filled[lo:hi], fixed.fill[lo:hi], fixed.near[lo:hi] = scene, fill, near
+    return fixed
+
+
+def _fit_strip(frame: _Frame, fixed: _Fixed, previous: np.ndarray, used: np.ndarray,
+               bounds: tuple[int, int, int, int], span: tuple[int, int], clip_sigma: float, lines: bool, *,
+               out: np.ndarray, used_out: np.ndarray | None) -> None:
+    """One fit of rows [lo, hi) from rows [a, b) of the previous fit: ``out`` and the pixels of the next fit."""
+    lo, hi, a, b = bounds
+    step = frame.step
+    padded, noise = frame.rows(frame.stack, a, b), frame.noise(a, b)
+    scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
+    near, fill = (None, None) if fixed.near is None else (fixed.near[a:b], fixed.fill[a:b])
+    diffs = [padded[k] - scene for k in range(frame.n)]
+    basis = _regressors(_basis_scene(padded, previous[:, a:b], noise, near, fill))
+    weight = (used[a:b] / (noise * noise)).astype(np.float32)
+    coefs = _local_coefficients(basis, weight, diffs, step, span)
+    fitted = np.empty(padded.shape, dtype=np.float32)
+    for k in range(frame.n):
+        fitted[k] = _evaluate(basis, coefs[k], step)
+    if lines:
+        _add_line_ratios(basis[0], diffs, fitted, weight, step)
+    del basis, coefs, weight
+    out[:, lo:hi] = fitted[:, lo - a:hi - a]
+    if used_out is not None:  # pixels off the model in some exposure (and their neighbours) leave the next fit
+        off = np.zeros(scene.shape, dtype=bool)
+        for k in range(frame.n):
+            off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
+        off = ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
+        used_out[lo:hi] = fixed.keep_fit[lo:hi] & ~off[lo - a:hi - a]
+
+
+def _finish_strip(frame: _Frame, fixed: _Fixed, fitted_all: np.ndarray, used: np.ndarray,
+                  bounds: tuple[int, int, int, int], model: np.ndarray) -> np.ndarray:
+    """The model of rows [lo, hi) (mean over the exposures removed, hot pixels left out); chi2 sums."""
+    lo, hi, a, b = bounds
+    n = frame.n
+    fitted = fitted_all[:, a:b].copy()
     fitted -= fitted.mean(axis=0, dtype=np.float32)
+    padded, noise = frame.rows(frame.stack, a, b), frame.noise(a, b)
     # a spike whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
     # and neither it nor its neighbours (whose derivatives it raises) take the model
     agree = padded.max(axis=0) - padded.min(axis=0) < AGREEMENT_SIGMA * noise
-    del padded
-    hot = ndimage.binary_dilation(agree & spikes, np.ones((3, 3), bool))
+    hot = ndimage.binary_dilation(agree & fixed.spikes[a:b], np.ones((3, 3), bool))
     fitted[:, hot] = 0
-    r0, r1 = keep
-    inner = np.zeros(used.shape, dtype=bool)
-    inner[r0:r1] = True
-    before, after = keep_fit & inner, used & inner
+    end = min(hi, frame.ny)
+    model[:, lo:end] = fitted[:, lo - a:end - a, :frame.nx]
+    scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
+    inner = slice(lo - a, hi - a)
+    before, after = fixed.keep_fit[lo:hi], used[lo:hi]
+    noise = noise[inner]
     sums = np.zeros((4, n))  # chi2 sums and counts before and after the model
     sums[1], sums[3] = before.sum(), after.sum()
     for k in range(n):
-        sums[0, k] = np.sum(np.square(diffs[k][before] / noise[before]), dtype=np.float64)
-        sums[2, k] = np.sum(np.square((diffs[k] - fitted[k])[after] / noise[after]), dtype=np.float64)
-    return fitted[:, r0:r1, :nx], used[r0:r1, :nx], sums
+        diff = padded[k][inner] - scene[inner]
+        sums[0, k] = np.sum(np.square(diff[before] / noise[before]), dtype=np.float64)
+        sums[2, k] = np.sum(np.square((diff - fitted[k][inner])[after] / noise[after]), dtype=np.float64)
+    return sums
+
+
+def _fit_reach(span: tuple[int, int], lines: bool) -> int:
+    """Blocks one fit reaches: window sums and their mean over ``span`` blocks each side, the interpolation,
+    the basis' derivatives and spikes, the clipping's dilation, and the line ratios' span; plus one."""
+    return 2 * (span[0] // 2) + 3 + (LINE_SPAN // 2 + 2 if lines else 0) + 1
+
+
+def _strips(ny: int, step: int, rows: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Strips ``(lo, hi, a, b)`` of a frame of ``ny`` rows (a whole number of blocks): rows [lo, hi) are
+    computed from rows [a, b), ``margin`` more each side; all block-aligned."""
+    rows = max(step, rows // step * step)
+    if ny <= rows + 2 * margin:
+        return [(0, ny, 0, ny)]
+    return [(lo, min(lo + rows, ny), max(0, lo - margin), min(ny, lo + rows + margin)) for lo in range(0, ny, rows)]
 
 
 def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near: np.ndarray | None,
