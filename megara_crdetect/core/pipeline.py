@@ -58,7 +58,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from ..config import CRMaskConfig, check_against_data
 from . import boundary as bd
@@ -335,8 +334,9 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
     labels, n = label_groups(flags)
-    peak = np.full(n + 1, np.inf, dtype=np.float64)
-    peak[1:] = ndimage.maximum(target, labels, np.arange(1, n + 1))
+    peak = np.full(n + 1, -np.inf, dtype=target.dtype)
+    np.maximum.at(peak, labels[flags], target[flags])  # each group's brightest value
+    peak[0] = np.inf
     brightest = (target >= peak[labels]) & flags
     above = t > level
     seeds = above & brightest
