@@ -81,6 +81,9 @@ ROUTES = {
     "ours_variation": ("MEGARACR", {**OURS_REQUIREMENTS, "mm_variation_model": True}),
     # megaradrp's default crmethod, with our PyCosmic (core/pycosmic.py)
     "ours_mm_pycosmic": ("MEGARACR", {**OURS_REQUIREMENTS, "crmethod": "mm_pycosmic"}),
+    # the Median-Minimum diagram alone: the method of megaradrp's routes that complete (their L.A.Cosmic
+    # thresholds raised until it finds next to nothing, see below)
+    "ours_mmcosmic": ("MEGARACR", {**OURS_REQUIREMENTS, "crmethod": "mmcosmic"}),
     "megaradrp_mm_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "mm_lacosmic"}),
     "megaradrp_lacosmic": ("MEGARA", {**MEGARADRP_UNATTENDED, "crmethod": "lacosmic"}),
     # megaradrp's defaults run L.A.Cosmic twice (la_sigclip [5, 3]) and merge the two masks with

@@ -134,18 +134,33 @@ def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
 
     ``mode`` "constant" (zeros outside) or "edge".  Unlike a running-sum
     filter, every output depends only on its own window, so the result of a
-    part of the grid does not depend on where the part starts.
+    part of the grid does not depend on where the part starts.  The terms are
+    added from the lowest offset to the highest (a missing term adds zero).
     """
-    pads = [(0, 0)] * (grid.ndim - 2) + [(h // 2, h // 2) for h in span]
-    padded = np.pad(grid, pads, mode=mode)
-    ny, nx = grid.shape[-2:]
-    rows = padded[..., 0:ny, :].copy()
-    for i in range(1, span[0]):
-        rows += padded[..., i:i + ny, :]
-    out = rows[..., 0:nx].copy()
-    for j in range(1, span[1]):
-        out += rows[..., j:j + nx]
-    return out
+    if mode != "constant":
+        pads = [(0, 0)] * (grid.ndim - 2) + [(h // 2, h // 2) for h in span]
+        grid = np.pad(grid, pads, mode=mode)
+        ny, nx = grid.shape[-2] - 2 * (span[0] // 2), grid.shape[-1] - 2 * (span[1] // 2)
+        rows = grid[..., 0:ny, :].copy()
+        for i in range(1, span[0]):
+            rows += grid[..., i:i + ny, :]
+        out = rows[..., 0:nx].copy()
+        for j in range(1, span[1]):
+            out += rows[..., j:j + nx]
+        return out
+    out = grid
+    for axis, h in ((-2, span[0] // 2), (-1, span[1] // 2)):
+        if h == 0:
+            continue
+        n, src = grid.shape[axis], out
+        out = np.zeros(grid.shape, dtype=grid.dtype)
+        for shift in range(-h, h + 1):
+            lo, hi = max(0, -shift), min(n, n - shift)  # out[i] += src[i + shift] where both exist
+            if lo < hi:
+                dst = (Ellipsis, slice(lo, hi)) + ((slice(None),) if axis == -2 else ())
+                from_ = (Ellipsis, slice(lo + shift, hi + shift)) + ((slice(None),) if axis == -2 else ())
+                out[dst] += src[from_]
+    return out.copy() if out is grid else out
 
 
 def _regressors(scene: np.ndarray) -> list[np.ndarray]:
