@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -471,19 +473,17 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
             return list(pool.map(task, strips)) if workers > 1 and len(strips) > 1 else [task(s) for s in strips]
 
         fixed = _fixed_planes(frame, usable, lambda task: run(task, step))
-        state = [np.zeros((n,) + frame.shape, dtype=np.float32), np.empty((n,) + frame.shape, dtype=np.float32)]
+        fitted = np.zeros((n,) + frame.shape, dtype=np.float32)
         used = [fixed.keep_fit.copy(), np.empty(frame.shape, dtype=bool)]
+        strips = _strips(frame.shape[0], step, strip_rows, _fit_reach(span, lines) * step)
         for it in range(niter):
             last = it + 1 == niter
-            run(lambda bounds: _fit_strip(frame, fixed, state[0], used[0], bounds, span, clip_sigma, lines,
-                                          out=state[1], used_out=None if last else used[1]),
-                _fit_reach(span, lines) * step)
-            state.reverse()
+            _refit_in_place(fitted, strips, pool, lambda previous, bounds: _fit_strip(
+                frame, fixed, previous, used[0], bounds, span, clip_sigma, lines, used_out=None if last else used[1]))
             if not last:
                 used.reverse()
-        del state[1]
-        model = np.empty(stack.shape, dtype=np.float32)
-        parts = run(lambda bounds: _finish_strip(frame, fixed, state[0], used[0], bounds, model), step)
+        parts = run(lambda bounds: _finish_strip(frame, fixed, fitted, used[0], bounds), step)
+    model = _unpadded(fitted, ny, nx)
     sums = np.sum(parts, axis=0)
     chi = sums[0::2] / np.maximum(sums[1::2], 1)  # (before, after) x exposures
     used = used[0][:ny, :nx].copy()
@@ -562,15 +562,18 @@ def _fixed_planes(frame: _Frame, usable: np.ndarray | None, run) -> _Fixed:
 
 def _fit_strip(frame: _Frame, fixed: _Fixed, previous: np.ndarray, used: np.ndarray,
                bounds: tuple[int, int, int, int], span: tuple[int, int], clip_sigma: float, lines: bool, *,
-               out: np.ndarray, used_out: np.ndarray | None) -> None:
-    """One fit of rows [lo, hi) from rows [a, b) of the previous fit: ``out`` and the pixels of the next fit."""
+               used_out: np.ndarray | None) -> np.ndarray:
+    """One fit of rows [lo, hi) from rows [a, b) of the previous fit (``previous``, those rows only).
+
+    Returns the fit of rows [lo, hi); writes the pixels of the next fit there into ``used_out``.
+    """
     lo, hi, a, b = bounds
     step = frame.step
     padded, noise = frame.rows(frame.stack, a, b), frame.noise(a, b)
     scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
     near, fill = (None, None) if fixed.near is None else (fixed.near[a:b], fixed.fill[a:b])
     diffs = [padded[k] - scene for k in range(frame.n)]
-    basis = _regressors(_basis_scene(padded, previous[:, a:b], noise, near, fill))
+    basis = _regressors(_basis_scene(padded, previous, noise, near, fill))
     weight = (used[a:b] / (noise * noise)).astype(np.float32)
     coefs = _local_coefficients(basis, weight, diffs, step, span)
     fitted = np.empty(padded.shape, dtype=np.float32)
@@ -579,32 +582,57 @@ def _fit_strip(frame: _Frame, fixed: _Fixed, previous: np.ndarray, used: np.ndar
     if lines:
         _add_line_ratios(basis[0], diffs, fitted, weight, step)
     del basis, coefs, weight
-    out[:, lo:hi] = fitted[:, lo - a:hi - a]
     if used_out is not None:  # pixels off the model in some exposure (and their neighbours) leave the next fit
         off = np.zeros(scene.shape, dtype=bool)
         for k in range(frame.n):
             off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
         off = ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
         used_out[lo:hi] = fixed.keep_fit[lo:hi] & ~off[lo - a:hi - a]
+    return fitted[:, lo - a:hi - a].copy()
+
+
+def _refit_in_place(fitted: np.ndarray, strips: list[tuple[int, int, int, int]], pool: ThreadPoolExecutor,
+                    fit: Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray]) -> None:
+    """Replace ``fitted`` by its next fit, strip by strip, without a second copy of the frame.
+
+    Each strip's fit starts from a copy of its rows [a, b) of the previous
+    fit; its new rows [lo, hi) are written once every strip that reads them
+    has taken its copy, so every strip sees the previous fit only.
+    """
+    copied = [threading.Event() for _ in strips]
+    readers = [[j for j, (_, _, a, b) in enumerate(strips) if a < hi and b > lo] for lo, hi, _, _ in strips]
+
+    def task(i: int) -> np.ndarray:
+        _, _, a, b = strips[i]
+        try:
+            previous = fitted[:, a:b].copy()
+        finally:  # also on failure: the writer waits for it
+            copied[i].set()
+        return fit(previous, strips[i])
+
+    futures = [pool.submit(task, i) for i in range(len(strips))]
+    for i, future in enumerate(futures):
+        new = future.result()
+        for j in readers[i]:
+            copied[j].wait()
+        fitted[:, strips[i][0]:strips[i][1]] = new
 
 
 def _finish_strip(frame: _Frame, fixed: _Fixed, fitted_all: np.ndarray, used: np.ndarray,
-                  bounds: tuple[int, int, int, int], model: np.ndarray) -> np.ndarray:
-    """The model of rows [lo, hi) (mean over the exposures removed, hot pixels left out); chi2 sums."""
+                  bounds: tuple[int, int, int, int]) -> np.ndarray:
+    """The model of rows [lo, hi), in place (mean over the exposures removed, hot pixels left out); chi2 sums."""
     lo, hi, a, b = bounds
     n = frame.n
-    fitted = fitted_all[:, a:b].copy()
+    inner = slice(lo - a, hi - a)
+    fitted = fitted_all[:, lo:hi]
     fitted -= fitted.mean(axis=0, dtype=np.float32)
     padded, noise = frame.rows(frame.stack, a, b), frame.noise(a, b)
     # a spike whose exposures agree is a detector feature (hot pixel): it does not vary with the scene,
     # and neither it nor its neighbours (whose derivatives it raises) take the model
     agree = padded.max(axis=0) - padded.min(axis=0) < AGREEMENT_SIGMA * noise
     hot = ndimage.binary_dilation(agree & fixed.spikes[a:b], np.ones((3, 3), bool))
-    fitted[:, hot] = 0
-    end = min(hi, frame.ny)
-    model[:, lo:end] = fitted[:, lo - a:end - a, :frame.nx]
+    fitted[:, hot[inner]] = 0
     scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
-    inner = slice(lo - a, hi - a)
     before, after = fixed.keep_fit[lo:hi], used[lo:hi]
     noise = noise[inner]
     sums = np.zeros((4, n))  # chi2 sums and counts before and after the model
@@ -612,8 +640,25 @@ def _finish_strip(frame: _Frame, fixed: _Fixed, fitted_all: np.ndarray, used: np
     for k in range(n):
         diff = padded[k][inner] - scene[inner]
         sums[0, k] = np.sum(np.square(diff[before] / noise[before]), dtype=np.float64)
-        sums[2, k] = np.sum(np.square((diff - fitted[k][inner])[after] / noise[after]), dtype=np.float64)
+        sums[2, k] = np.sum(np.square((diff - fitted[k])[after] / noise[after]), dtype=np.float64)
     return sums
+
+
+def _unpadded(padded: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """The ``(n, ny, nx)`` corner of a C-contiguous ``(n, NY, NX)`` array, moved in place to its start.
+
+    Every row moves to a lower address, so copying the rows in order never
+    overwrites one still to be moved; the result shares the array's memory.
+    """
+    n, big_y, big_x = padded.shape
+    if (big_y, big_x) == (ny, nx):
+        return padded
+    flat = padded.reshape(-1)
+    for k in range(n):
+        for y in range(ny):
+            start = (k * ny + y) * nx
+            flat[start:start + nx] = padded[k, y, :nx]
+    return flat[:n * ny * nx].reshape(n, ny, nx)
 
 
 def _fit_reach(span: tuple[int, int], lines: bool) -> int:
