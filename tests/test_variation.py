@@ -120,7 +120,7 @@ def test_varying_trace_gives_no_more_mediancr_than_equivalent_exposures_and_coin
 @pytest.mark.parametrize("workers", [1, 2])
 def test_strips_give_the_whole_frame_model(workers):
     """The model is fitted in strips of rows with a margin: any strip height, any thread count, same bits."""
-    from megara_crdetect.core.variation import _strips
+    from megara_crdetect.core.variation import _fit_reach, _strips
 
     lines, _ = _blended_lines(seed=5)  # line ratios too, in the lower half
     stack = np.concatenate([_hit(_exposures(varying=True, seed=5), [(40, 60), (121, 79), (200, 100)]), lines], axis=1)
@@ -129,7 +129,7 @@ def test_strips_give_the_whole_frame_model(workers):
     whole = fit_variations(stack, m, RN, strip_rows=10**6)
     assert np.abs(whole.model).max() > 1.0  # there is a model to compare
     for rows in (20, 45, 100):
-        assert len(_strips(stack.shape[1] + 4, 5, rows, 60)) > 1  # the frame is cut in strips
+        assert len(_strips(stack.shape[1], 5, rows, 5 * _fit_reach((3, 3), True))) > 1  # cut in strips
         part = fit_variations(stack, m, RN, strip_rows=rows, workers=workers)
         np.testing.assert_array_equal(part.model, whole.model)
         np.testing.assert_array_equal(part.used, whole.used)
@@ -207,3 +207,45 @@ def test_model_evaluated_at_few_pixels_equals_the_whole_evaluation(monkeypatch):
         out.append(fit_variations(stack, m, RN).model)
     assert np.abs(out[0]).max() > 100 and (out[0] == 0).mean() > 0.3  # a model, and zero in many places
     np.testing.assert_array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strips_of_a_frame_not_made_of_whole_blocks(workers):
+    """Rows and columns that do not fill the last block (padded, then cut away): strips give the same bits."""
+    stack = _hit(_exposures(varying=True, seed=8), [(40, 60), (121, 79)])[:, :237, :153]
+    m = median_of_stack(stack)
+    whole = fit_variations(stack, m, RN, strip_rows=10**6)
+    assert whole.model.shape == stack.shape and whole.model.flags.c_contiguous
+    assert np.abs(whole.model).max() > 1.0
+    part = fit_variations(stack, m, RN, strip_rows=20, workers=workers)
+    np.testing.assert_array_equal(part.model, whole.model)
+    np.testing.assert_array_equal(part.used, whole.used)
+
+
+def test_unpadded_is_the_corner_in_place():
+    from megara_crdetect.core.variation import _unpadded
+
+    padded = np.random.default_rng(0).normal(size=(3, 12, 10)).astype(np.float32)
+    corner = padded[:, :11, :7].copy()
+    out = _unpadded(padded, 11, 7)
+    np.testing.assert_array_equal(out, corner)
+    assert np.shares_memory(out, padded) and out.flags.c_contiguous
+
+
+def test_a_failing_strip_raises_instead_of_waiting(monkeypatch):
+    """A strip that fails (here: the third) stops the fit with its error; the other strips do not wait for it."""
+    from megara_crdetect.core import variation
+
+    calls = []
+    real = variation._fit_strip
+
+    def failing(frame, fixed, previous, used, bounds, *args, **kwargs):
+        calls.append(bounds)
+        if len(calls) == 3:
+            raise MemoryError("strip")
+        return real(frame, fixed, previous, used, bounds, *args, **kwargs)
+
+    monkeypatch.setattr(variation, "_fit_strip", failing)
+    stack = _exposures(varying=True, seed=5)
+    with pytest.raises(MemoryError, match="strip"):
+        fit_variations(stack, median_of_stack(stack), RN, strip_rows=40, workers=2)
