@@ -40,13 +40,16 @@ each exposure before the detection, which then sees exposures that differ by
 noise and cosmic rays only.
 
 The coefficients are solved at the centres of blocks of ``step`` x ``step``
-pixels from sums over a window of blocks, and interpolated bilinearly; the
-normal matrix is the same for every exposure and is inverted once per
-iteration.  Everything is local, so the model is fitted in strips of rows
-(``STRIP_ROWS``) with a margin wider than the reach of the ``niter`` fits, on
-several threads: the result is the whole frame's, bit for bit (the window
-sums are plain sums in a fixed order, the interpolation weights exact), and
-the memory is that of a few strips, not of a dozen full frames.
+pixels from sums over a window of blocks (each block's sums of all the
+weighted products are one small matrix product), and interpolated
+bilinearly; the normal matrix is the same for every exposure and is
+factorised once per fit (Cholesky, vectorised over the blocks).  Everything
+is local, so each fit runs strip by strip (``STRIP_ROWS``), each strip with a
+margin wider than one fit's reach, on several threads, from the previous fit
+of the whole frame, which it replaces in place: the result is the whole
+frame's, bit for bit (the window sums are plain sums in a fixed order, the
+interpolation weights exact), and the memory is one frame-sized model and a
+few strips.
 """
 
 from __future__ import annotations
@@ -611,11 +614,13 @@ def _refit_in_place(fitted: np.ndarray, strips: list[tuple[int, int, int, int]],
         return fit(previous, strips[i])
 
     futures = [pool.submit(task, i) for i in range(len(strips))]
-    for i, future in enumerate(futures):
-        new = future.result()
+    for i in range(len(strips)):
+        new = futures[i].result()
+        futures[i] = None  # a written strip's result is not held until the end
         for j in readers[i]:
             copied[j].wait()
         fitted[:, strips[i][0]:strips[i][1]] = new
+        del new
 
 
 def _finish_strip(frame: _Frame, fixed: _Fixed, fitted_all: np.ndarray, used: np.ndarray,
