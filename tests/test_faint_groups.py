@@ -9,6 +9,7 @@ summed excess is far beyond what noise-only stacks reach.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from megara_crdetect.config import CRMaskConfig
 from megara_crdetect.core import faintgroups as fg
@@ -24,10 +25,10 @@ KW = {"mm_variation_model": False}
 DEPOSIT = (22.0, 22.0, 0.0)
 
 
-def _noise_stack(seed: int) -> np.ndarray:
+def _noise_stack(seed: int, n: int = 3) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([rng.poisson(BACKGROUND, SHAPE) + rng.normal(0, RNOISE, SHAPE)
-                     for _ in range(3)]).astype(np.float32)
+                     for _ in range(n)]).astype(np.float32)
 
 
 def _run(stack: np.ndarray):
@@ -52,6 +53,14 @@ def test_faint_two_exposure_group_is_masked_in_both_hit_exposures():
 def test_pure_noise_gets_no_extra_pixels():
     added = [_run(_noise_stack(seed)).counts["faint_group_pixels"] for seed in (1, 2)]
     # 1e-6 false groups per pixel and map: 0.2 groups expected over both frames
+    assert sum(added) <= 4, added
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_pure_noise_of_more_exposures_gets_no_extra_pixels(n):
+    """The calibration simulates the run's N exposures (it simulated three: with N = 5 the thresholds were
+    those of min2d = mean of 2 of 3, and N >= 8 stopped the run)."""
+    added = [_run(_noise_stack(seed, n)).counts["faint_group_pixels"] for seed in (1, 2)]
     assert sum(added) <= 4, added
 
 

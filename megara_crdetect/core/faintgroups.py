@@ -123,7 +123,7 @@ def _tail_threshold(scores: np.ndarray, npix: int, rate: float, tail_rate: float
 
 
 def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low: int = 1,
-              raw_factors: np.ndarray | None = None, seed: int | None = None,
+              n_exposures: int = 3, raw_factors: np.ndarray | None = None, seed: int | None = None,
               exposure_level: float = EXPOSURE_LEVEL, median_level: float = MEDIAN_LEVEL,
               rate: float = FALSE_GROUP_RATE, min_pixels: int = MIN_SIMULATED_PIXELS,
               nbinom_shape: float | None = None) -> GroupThresholds:
@@ -133,13 +133,15 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
     ----------
     expected : ndarray, shape (N, ny, nx) or (ny, nx)
         Expected signal of each exposure (electrons, flux factors divided out);
-        one image serves every exposure.
+        one image serves every exposure (``n_exposures`` of them).
     floor : ndarray, shape (ny, nx)
         Signal floor of the noise scale (:func:`~megara_crdetect.core.mmdiagram.noise_floor`).
     rnoise_e : float
         Readout noise (electrons).
     n_low : int
         min2d is the mean of the ``n_low`` lowest exposures.
+    n_exposures : int
+        Exposures of a stack, when ``expected`` is one image and there are no ``raw_factors``.
     raw_factors : ndarray, shape (N,), optional
         Flux factors divided out of the data: exposure k is drawn around
         ``f_k * expected`` and divided by ``f_k`` (its own noise).
@@ -158,7 +160,7 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
     -------
     GroupThresholds
     """
-    n = len(raw_factors) if raw_factors is not None else (expected.shape[0] if expected.ndim == 3 else 3)
+    n = len(raw_factors) if raw_factors is not None else (expected.shape[0] if expected.ndim == 3 else n_exposures)
     factors = np.ones(n, dtype=np.float32) if raw_factors is None else np.asarray(raw_factors, dtype=np.float32)
     ny = floor.shape[0]
     nsim = int(min(MAX_SIMULATIONS, max(1, -(-min_pixels // floor.size))))

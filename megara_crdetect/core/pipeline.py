@@ -1118,7 +1118,7 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
     params, stats = det.params, det.stats
     nbinom = params.mm_nbinom_shape if params.mm_photon_distribution == "nbinom" else None
     thresholds = fg.calibrate(stats.median2d, floor, det.detector.rnoise_e, n_low=n - params.coincidences(n),
-                              raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
+                              n_exposures=n, raw_factors=raw_factors, seed=params.mm_seed, nbinom_shape=nbinom)
     where = det.dilatable.copy()
     # next to a defective detector line a column or row often shares part of its defect: weak evidence there is not used
     for lines, axis in ((result.bad_rows, 0), (result.bad_columns, 1)):
