@@ -355,7 +355,9 @@ def _add_line_ratios(scene: np.ndarray, diffs: list[np.ndarray], fitted: np.ndar
     """
     wm = weight * scene
     threshold = chdtri(1, LINE_SIGNIFICANCE)
-    smm = [_line_sums(wm * scene, step, axis) + 1.0 / LINE_PRIOR ** 2 for axis in (0, 1)]
+    wmm = wm * scene
+    smm = [_line_sums(wmm, step, axis) + 1.0 / LINE_PRIOR ** 2 for axis in (0, 1)]
+    del wmm
     ratios, scores = ([], []), [np.zeros(g.shape) for g in smm]
     for k in range(len(diffs)):
         product = wm * (diffs[k] - fitted[k])
@@ -416,7 +418,9 @@ def _line_sums(image: np.ndarray, step: int, axis: int) -> np.ndarray:
     if axis == 0:
         blocks = image.reshape(image.shape[0] // step, step, image.shape[1]).sum(axis=1, dtype=np.float64)
         return _box_sum(blocks, (LINE_SPAN, 1), "constant")
-    blocks = image.reshape(image.shape[0], image.shape[1] // step, step).sum(axis=2, dtype=np.float64)
+    blocks = image[:, 0::step].astype(np.float64)  # the pixels of each block added in order, as a sum would
+    for j in range(1, step):
+        blocks += image[:, j::step]
     return _box_sum(blocks, (1, LINE_SPAN), "constant")
 
 
