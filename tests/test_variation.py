@@ -249,3 +249,19 @@ def test_a_failing_strip_raises_instead_of_waiting(monkeypatch):
     stack = _exposures(varying=True, seed=5)
     with pytest.raises(MemoryError, match="strip"):
         fit_variations(stack, median_of_stack(stack), RN, strip_rows=40, workers=2)
+
+
+def test_vectorised_cholesky_solves_every_block():
+    """The block-wise Cholesky solve equals numpy's solve on random SPD systems; a singular one stays finite."""
+    from megara_crdetect.core.variation import _cholesky_solve
+
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(40, 6, 9))
+    a = np.einsum("nik,njk->nij", m, m) + 0.1 * np.eye(6)  # (blocks, P, P), positive definite
+    b = rng.normal(size=(2, 40, 6))
+    x = _cholesky_solve(np.moveaxis(a, 0, -1), np.moveaxis(b, 1, -1))  # planes first: (P, P, blocks)
+    expected = np.stack([np.linalg.solve(a, bt[..., None])[..., 0] for bt in b])
+    np.testing.assert_allclose(np.moveaxis(x, -1, 1), expected, rtol=1e-9, atol=1e-12)
+    singular = np.zeros((6, 6, 1))
+    singular[0, 0] = 1.0
+    assert np.isfinite(_cholesky_solve(singular, np.ones((1, 6, 1)))).all()

@@ -221,7 +221,8 @@ def _cholesky_solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     low = [[None] * npar for _ in range(npar)]
     for j in range(npar):
         d = a[j, j] - sum(low[j][k] ** 2 for k in range(j))
-        low[j][j] = np.sqrt(d)
+        # a non-positive pivot (not met: every coefficient has a prior) gives its coefficient 0, not NaN
+        low[j][j] = np.sqrt(np.where(d > 0, d, np.inf))
         for i in range(j + 1, npar):
             low[i][j] = (a[i, j] - sum(low[i][k] * low[j][k] for k in range(j))) / low[j][j]
     x = np.empty(rhs.shape)
@@ -514,6 +515,7 @@ class _Frame:
         return np.pad(image[..., a:end, :], pad, mode="edge")
 
     def noise(self, a: int, b: int) -> np.ndarray:
+        """Noise sigma of the scene's rows [a, b) (padded)."""
         return sigma(self.rows(self.scene, a, b), self.rnoise_e)
 
 
