@@ -183,7 +183,8 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
     ----------
     stack_e : ndarray, shape (N, ny, nx), float32
         Exposures in electrons (bad input values are replaced by fillers in
-        place when ``bad`` is not given, see :func:`bad_pixels_of`).
+        place when ``bad`` is not given, see :func:`bad_pixels_of`); the
+        detection's work space, its values put back bit for bit on return.
     cfg : RunConfig
         Validated configuration.
     images : sequence of str
@@ -209,7 +210,7 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
     if bad is None:
         bad = bad_pixels_of(stack_e, cfg, _labels(images))
     result = compute_crmasks(stack_e, cfg.params, detector=det, progress=progress, review=review,
-                             workers=workers, ignore=bad.ignore)
+                             workers=workers, ignore=bad.ignore, work_in_place=True)
     _log_summary(result)
     dq = run_dq(result, cfg, bad, stack_e.shape[1:])
     masks = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum, inputs=headers,

@@ -265,3 +265,36 @@ def test_vectorised_cholesky_solves_every_block():
     singular = np.zeros((6, 6, 1))
     singular[0, 0] = 1.0
     assert np.isfinite(_cholesky_solve(singular, np.ones((1, 6, 1)))).all()
+
+
+def test_work_in_place_gives_the_same_masks_and_puts_the_exposures_back():
+    """The model subtracted in the caller's stack (no copy of the frames): same result, same input bits after."""
+    from megara_crdetect.config import CRMaskConfig
+    from megara_crdetect.core.pipeline import Detector, compute_crmasks
+
+    stack = _hit(_exposures(varying=True, seed=3), [(40, 60), (121, 79)])
+    original = stack.copy()
+    params, det = CRMaskConfig(crmethod="mm_lacosmic"), Detector(1.0, RN, 0.0)
+    copy = compute_crmasks(stack, params, detector=det, workers=1)
+    inplace = compute_crmasks(stack, params, detector=det, workers=1, work_in_place=True)
+    assert inplace.variation is not None and copy.mediancr.any()
+    np.testing.assert_array_equal(stack.view(np.uint32), original.view(np.uint32))  # bit for bit
+    for name in ("mediancr", "crmasks", "meancr", "problematic"):
+        np.testing.assert_array_equal(getattr(inplace, name), getattr(copy, name), err_msg=name)
+    np.testing.assert_array_equal(inplace.stats.min2d, copy.stats.min2d)
+
+
+def test_work_in_place_puts_the_exposures_back_on_an_error(monkeypatch):
+    from megara_crdetect.config import CRMaskConfig
+    from megara_crdetect.core import pipeline
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("after the model")
+
+    monkeypatch.setattr(pipeline, "stack_statistics", fail)
+    stack = _exposures(varying=True, seed=3)
+    original = stack.copy()
+    with pytest.raises(RuntimeError, match="after the model"):
+        pipeline.compute_crmasks(stack, CRMaskConfig(), detector=pipeline.Detector(1.0, RN, 0.0), workers=1,
+                                 work_in_place=True)
+    np.testing.assert_array_equal(stack.view(np.uint32), original.view(np.uint32))

@@ -880,10 +880,31 @@ def _shifted_second_pass(det: _Detections, stack: np.ndarray, suspect: np.ndarra
     return crmasks, repair_min
 
 
+class _Restore:
+    """The values of a stack that were changed in place, kept to put them back bit for bit."""
+
+    def __init__(self):
+        self.stack, self.saved = None, []
+
+    def subtract(self, stack: np.ndarray, model: np.ndarray) -> None:
+        """``stack -= model`` in place, keeping the values where the model is not zero (elsewhere unchanged)."""
+        self.stack = stack
+        for k in range(stack.shape[0]):
+            where = model[k] != 0
+            self.saved.append((np.packbits(where), stack[k][where]))
+            np.subtract(stack[k], model[k], out=stack[k])
+
+    def __call__(self) -> None:
+        for k, (bits, values) in enumerate(self.saved):
+            where = np.unpackbits(bits, count=self.stack[k].size).view(bool).reshape(self.stack[k].shape)
+            self.stack[k][where] = values
+        self.stack, self.saved = None, []
+
+
 def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector = Detector(),
                     workers: int | None = None, progress: Progress | None = None,
                     review: Callable[[CRMaskResult], np.ndarray] | None = None,
-                    ignore: np.ndarray | None = None) -> CRMaskResult:
+                    ignore: np.ndarray | None = None, work_in_place: bool = False) -> CRMaskResult:
     """Detect the cosmic rays of a stack of exposures.
 
     Parameters
@@ -891,7 +912,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     stack : ndarray, shape (N, ny, nx), float32
         Exposures in electrons (bias subtracted, times the gain); not
         modified (with flux factors applied to the originals, a normalised
-        copy is used).
+        copy is used).  With ``work_in_place`` it is the detection's work
+        space (the exposures brought onto one scene, without a copy of the
+        frames) and its values are put back bit for bit before the function
+        returns or raises.
     params : CRMaskConfig
         Validated parameters.
     detector : Detector
@@ -906,11 +930,26 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
     ignore : ndarray of bool, shape (ny, nx), optional
         Pixels never flagged, like ``pixels_to_be_ignored_as_cr`` (bad or
         saturated input; see :mod:`megara_crdetect.badpixels`).
+    work_in_place : bool
+        Use ``stack`` as work space (see above): the memory of N frames less.
 
     Returns
     -------
     CRMaskResult
     """
+    restore = _Restore() if work_in_place else None
+    try:
+        return _compute_crmasks(stack, params, detector=detector, workers=workers, progress=progress,
+                                review=review, ignore=ignore, restore=restore)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detector, workers: int | None,
+                     progress: Progress | None, review: Callable[[CRMaskResult], np.ndarray] | None,
+                     ignore: np.ndarray | None, restore: _Restore | None) -> CRMaskResult:
+    """:func:`compute_crmasks`; ``restore`` (not None) lets the model be subtracted in the caller's stack."""
     n, ny, nx = stack.shape
     check_against_data(params, (ny, nx), n)
     timings, t0 = {}, time.perf_counter()
@@ -931,8 +970,10 @@ def compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detect
         t1 = time.perf_counter()
         variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window, workers=workers)
         modelled = bool(variation.model.any())
-        # the exposures brought onto one scene take the model's memory: the model itself is not kept
-        stack = np.subtract(stack, variation.model, out=variation.model)
+        if restore is not None and not normalised:  # the caller's stack is the work space, put back at the end
+            restore.subtract(stack, variation.model)
+        else:  # the exposures brought onto one scene take the model's memory: the model itself is not kept
+            stack = np.subtract(stack, variation.model, out=variation.model)
         variation.model = None
         timings["variation"] = time.perf_counter() - t1
     del median
