@@ -96,27 +96,45 @@ def display_image(ax, data: np.ndarray, *, vmin: float, vmax: float, cmap: str =
     return im
 
 
+#: Points counted at a time by the 2-D histograms: their temporaries (bin indices in int64) stay a few
+#: megabytes, not several frames (a full MEGARA frame is 17 million points).
+HIST_CHUNK = 1 << 20
+
+
+def _bin_counts(col: np.ndarray, y: np.ndarray, y0: np.float32, scale: np.float32, ny: int, size: int) -> np.ndarray:
+    """Counts of one chunk of points per (column, uniform y bin), flat; y outside dropped."""
+    fy = (np.asarray(y, dtype=np.float32) - y0) * scale
+    ok = (fy >= 0) & (fy < ny)
+    idx = col[ok].astype(np.int64) * ny + fy[ok].astype(np.int64)
+    return np.bincount(idx, minlength=size)
+
+
 def column_hist2d(col: np.ndarray, ncols: int, y: np.ndarray, y_edges: np.ndarray) -> np.ndarray:
     """Counts per (column, uniform y bin), shape ``(ncols, len(y_edges) - 1)``; y outside dropped.
 
     ``col`` is the (already computed, in-range) column index of every point.
     """
     ny = len(y_edges) - 1
-    y = np.asarray(y, dtype=np.float32).ravel()
-    fy = (y - np.float32(y_edges[0])) * np.float32(ny / (y_edges[-1] - y_edges[0]))
-    ok = (fy >= 0) & (fy < ny)
-    idx = np.asarray(col).ravel()[ok].astype(np.int64) * ny + fy[ok].astype(np.int64)
-    return np.bincount(idx, minlength=ncols * ny).reshape(ncols, ny)
+    col, y = np.asarray(col).ravel(), np.asarray(y).ravel()
+    y0, scale = np.float32(y_edges[0]), np.float32(ny / (y_edges[-1] - y_edges[0]))
+    counts = np.zeros(ncols * ny, dtype=np.int64)
+    for s in range(0, y.size, HIST_CHUNK):
+        counts += _bin_counts(col[s:s + HIST_CHUNK], y[s:s + HIST_CHUNK], y0, scale, ny, ncols * ny)
+    return counts.reshape(ncols, ny)
 
 
 def uniform_hist2d(x: np.ndarray, y: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray) -> np.ndarray:
     """Counts of points in uniform bins, shape ``(len(x_edges) - 1, len(y_edges) - 1)``; outside dropped."""
-    nx = len(x_edges) - 1
-    x = np.asarray(x, dtype=np.float32).ravel()
-    fx = (x - np.float32(x_edges[0])) * np.float32(nx / (x_edges[-1] - x_edges[0]))
-    col = fx.astype(np.int64)
-    ok = (fx >= 0) & (fx < nx)
-    return column_hist2d(col[ok], nx, np.asarray(y, dtype=np.float32).ravel()[ok], y_edges)
+    nx, ny = len(x_edges) - 1, len(y_edges) - 1
+    x, y = np.asarray(x).ravel(), np.asarray(y).ravel()
+    x0, x_scale = np.float32(x_edges[0]), np.float32(nx / (x_edges[-1] - x_edges[0]))
+    y0, y_scale = np.float32(y_edges[0]), np.float32(ny / (y_edges[-1] - y_edges[0]))
+    counts = np.zeros(nx * ny, dtype=np.int64)
+    for s in range(0, x.size, HIST_CHUNK):
+        fx = (np.asarray(x[s:s + HIST_CHUNK], dtype=np.float32) - x0) * x_scale
+        ok = (fx >= 0) & (fx < nx)
+        counts += _bin_counts(fx[ok].astype(np.int64), y[s:s + HIST_CHUNK][ok], y0, y_scale, ny, nx * ny)
+    return counts.reshape(nx, ny)
 
 
 def log_norm(*arrays: np.ndarray) -> colors.LogNorm:
