@@ -530,6 +530,10 @@ class _Fixed:
     fill: np.ndarray | None = None
     near: np.ndarray | None = None
 
+    def scene_rows(self, frame: _Frame, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of the padded scene, defective pixels filled."""
+        return frame.rows(frame.scene, a, b) if self.filled is None else self.filled[a:b]
+
 
 def _fixed_planes(frame: _Frame, usable: np.ndarray | None, run) -> _Fixed:
     """Spikes, defective pixels and the pixels that may take part in the fit, strip by strip."""
@@ -579,7 +583,7 @@ def _fit_strip(frame: _Frame, fixed: _Fixed, previous: np.ndarray, used: np.ndar
     lo, hi, a, b = bounds
     step = frame.step
     padded, noise = frame.rows(frame.stack, a, b), frame.noise(a, b)
-    scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
+    scene = fixed.scene_rows(frame, a, b)
     near, fill = (None, None) if fixed.near is None else (fixed.near[a:b], fixed.fill[a:b])
     diffs = [padded[k] - scene for k in range(frame.n)]
     basis = _regressors(_basis_scene(padded, previous, noise, near, fill))
@@ -643,7 +647,7 @@ def _finish_strip(frame: _Frame, fixed: _Fixed, fitted_all: np.ndarray, used: np
     agree = padded.max(axis=0) - padded.min(axis=0) < AGREEMENT_SIGMA * noise
     hot = ndimage.binary_dilation(agree & fixed.spikes[a:b], np.ones((3, 3), bool))
     fitted[:, hot[inner]] = 0
-    scene = frame.rows(frame.scene, a, b) if fixed.filled is None else fixed.filled[a:b]
+    scene = fixed.scene_rows(frame, a, b)
     before, after = fixed.keep_fit[lo:hi], used[lo:hi]
     noise = noise[inner]
     sums = np.zeros((4, n))  # chi2 sums and counts before and after the model
