@@ -143,9 +143,11 @@ def _check_output_dir(path: str) -> None:
 
 
 def _execute(args) -> int:
+    from .memory import share_one_arena
     from .runner import run
 
     _check_output_dir(args.output_dir)
+    share_one_arena()  # before any thread (the warm-up's) has an arena of its own
     if not args.no_figures:  # matplotlib loads in a thread while the inputs are read and the detection runs
         warmup.start()
     if args.example is not None:

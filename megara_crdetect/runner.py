@@ -27,10 +27,12 @@ from .core.combine import problematic_pixels
 from .core.pipeline import COMBINATIONS, CRMaskResult, Detector, apply_crmasks, compute_crmasks
 from .dq import DQ_BITS, dq_summary
 from .io import InputStack, OutputStage, read_images, to_electrons
+from .memory import releasing_between_steps, share_one_arena
 from .products import (OWN_PRODUCTS, combined_hdulist, cr_table_csv, crmasks_hdulist, problematic_csv,
                        read_crmasks)
 
-__all__ = ["RunOutcome", "run", "detector_of", "detect", "iter_combinations", "build_combinations",
+__all__ = ["RunOutcome", "run", "detector_of", "detect", "find_masks", "mask_products", "iter_combinations",
+           "build_combinations",
            "build_products", "bad_pixels_of", "run_dq"]
 
 _log = logging.getLogger(__name__)
@@ -206,18 +208,32 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
         File name -> astropy HDUList (``crmasks.fits``) or CSV text
         (``mediancr_identified.csv``, ``problematic_pixels.csv``).
     """
-    det = detector_of(cfg)
     if bad is None:
         bad = bad_pixels_of(stack_e, cfg, _labels(images))
-    result = compute_crmasks(stack_e, cfg.params, detector=det, progress=progress, review=review,
+    result = find_masks(stack_e, cfg, progress=progress, review=review, bad=bad, workers=workers)
+    return result, mask_products(result, cfg, images=images, bad=bad, headers=headers, checksums=checksums)
+
+
+def find_masks(stack_e: np.ndarray, cfg: RunConfig, *, bad: BadPixels, progress=None, review=None,
+               workers: int | None = None) -> CRMaskResult:
+    """The detection of :func:`detect`, without its products."""
+    share_one_arena()  # the detection's threads reuse each other's freed memory (see megara_crdetect.memory)
+    progress = releasing_between_steps(progress)  # and its steps' freed memory goes back to the system
+    result = compute_crmasks(stack_e, cfg.params, detector=detector_of(cfg), progress=progress, review=review,
                              workers=workers, ignore=bad.ignore, work_in_place=True)
     _log_summary(result)
-    dq = run_dq(result, cfg, bad, stack_e.shape[1:])
-    masks = crmasks_hdulist(result, cfg.params, det, images, extnum=cfg.inputs.extnum, inputs=headers,
-                            checksums=checksums, dq=dq)
-    return result, {"crmasks.fits": masks,
-                    "mediancr_identified.csv": cr_table_csv(result.mediancr, result.mediancr_codes),
-                    "problematic_pixels.csv": problematic_csv(result.problematic, result.crmasks)}
+    return result
+
+
+def mask_products(result: CRMaskResult, cfg: RunConfig, *, images, bad: BadPixels, headers=(), checksums=()
+                  ) -> dict:
+    """The products of :func:`detect` (the masks file and the two tables) of a detection's result."""
+    dq = run_dq(result, cfg, bad, result.mediancr.shape)
+    masks = crmasks_hdulist(result, cfg.params, detector_of(cfg), images, extnum=cfg.inputs.extnum,
+                            inputs=headers, checksums=checksums, dq=dq)
+    return {"crmasks.fits": masks,
+            "mediancr_identified.csv": cr_table_csv(result.mediancr, result.mediancr_codes),
+            "problematic_pixels.csv": problematic_csv(result.problematic, result.crmasks)}
 
 
 def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review=None, headers=(),
@@ -286,6 +302,7 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
         that this run does not write are removed, except the inputs and these.
     """
     t0 = time.perf_counter()
+    progress = releasing_between_steps(progress)  # freed memory back to the system after every step
     raw = megara.load_raw(cfg, Path(base_dir))  # raw MEGARA frames: megaradrp preprocesses them (#15)
     if raw is not None:
         cfg, inputs, prep = raw
@@ -304,11 +321,11 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             result, uuid = None, masks.uuid
             products = {}
         else:
-            result, products = detect(stack, cfg, images=images, progress=progress, review=review, bad=bad,
-                                      workers=workers, **described)
-            masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
-            if figures is not None:
+            result = find_masks(stack, cfg, progress=progress, review=review, bad=bad, workers=workers)
+            if figures is not None:  # started before the products are built: forked figure processes hold less
                 pending = figures(result, stack, cfg, stage, progress=progress)
+            products = mask_products(result, cfg, images=images, bad=bad, **described)
+            masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
                                    dq=run_dq(masks, cfg, bad, stack.shape[1:]), **described)
         items = itertools.chain(_drain(products), combos)

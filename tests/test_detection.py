@@ -268,3 +268,17 @@ def test_a_defective_column_is_left_out_and_a_long_track_is_not():
     assert not res.mediancr[:, 200].any() and not res.crmasks[:, :, 200].any()
     assert res.crmasks[0, 5:45, 150].all()
     assert res.mediancr[60:100, 170].all()
+
+
+def test_every_long_step_reports_its_start_and_end():
+    seen = []
+    cfg = CRMaskConfig(crmethod="mm_lacosmic", mm_nsimulations=5, mm_variation_model=True)
+    compute_crmasks(make_stack(), cfg, detector=Detector(1.0, RNOISE, 0.0), workers=1,
+                    progress=lambda step, done, total: seen.append((step, done, total)))
+    steps = [s for s, _, _ in seen]
+    assert steps.index("exposure-difference model") < steps.index("L.A.Cosmic") < steps.index("simulations") \
+        < steps.index("masks")
+    for step in ("exposure-difference model", "L.A.Cosmic", "simulations", "masks"):
+        reports = [(d, t) for s, d, t in seen if s == step]
+        assert reports[-1][0] == reports[-1][1] and (step == "simulations" or reports[0][0] == 0), reports
+    assert [(d, t) for s, d, t in seen if s == "masks"] == [(0, 2), (1, 2), (2, 2)]

@@ -568,3 +568,13 @@ def test_killed_figure_processes_leave_only_complete_files(run, tmp_path, caplog
     assert not list(out.glob(".*"))
     assert all(complete(p) for p in out.iterdir())
     assert "some figures are missing" in caplog.text
+
+
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_classic_sample_taken_in_chunks_is_the_whole_frame_one(step):
+    from megara_crdetect.review.diagrams import _every_selected
+
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=10_007).astype(np.float32)
+    sel = rng.random(10_007) < 0.6
+    assert np.array_equal(_every_selected(y, sel, step, chunk=1000), y[sel][::step])

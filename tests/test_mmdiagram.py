@@ -226,3 +226,16 @@ def test_simulations_reproduce_exposures_normalised_by_flux_factors(sky):
         fractions.append(float((y > level).mean()))
     assert 0.5e-3 < fractions[0] < 2e-3, fractions  # as often as simulated
     assert fractions[1] > 5e-3, fractions  # simulated without the factors, the tail is far too short
+
+
+@pytest.mark.parametrize("kind", ["spline", "piecewise"])
+def test_float32_levels_in_chunks_equal_the_float64_levels(kind):
+    u = np.random.default_rng(2).uniform(3.0, 300.0, (37, 41)).astype(np.float32)
+    if kind == "spline":
+        us = np.linspace(4, 100, 60)
+        b = bd.fit_spline_boundary(us, 6 + 0.5 * np.sin(us / 7), rnoise_e=R, knots=3, niter=0)
+    else:
+        b = bd.piecewise_boundary([(0.0, 30.0), (1000.0, 200.0), (90000.0, 2000.0)], rnoise_e=R)
+    got = b.t_at32(u, chunk=100)  # many chunks, the last one short
+    assert got.dtype == np.float32 and got.shape == u.shape
+    assert np.array_equal(got, b.t_at(u).astype(np.float32))

@@ -122,3 +122,24 @@ def test_pipeline_masks_identical_with_windows_and_with_the_whole_frame(monkeypa
     assert a.counts["mediancr"] > 0
     for key in ("mediancr", "mediancr_codes", "crmasks", "meancrt", "meancr"):
         assert np.array_equal(getattr(a, key), getattr(b, key)), key
+
+
+def test_tile_count_bounds_the_pixels_of_a_tile():
+    full, quarter = 4112 * 4096, 2056 * 2048
+    assert W._n_tiles(quarter, 2) == 2  # one tile per worker
+    assert W._n_tiles(full, 2) == 4  # a multiple of the workers, each tile under TILE_PIXELS
+    assert W._n_tiles(full, 1) == 4 and W._n_tiles(quarter, 1) == 1
+    assert full / W._n_tiles(full, 2) <= W.TILE_PIXELS
+
+
+def test_more_tiles_than_workers_are_bit_identical_to_the_whole_frame(monkeypatch):
+    sim = simulate_exposures((600, 160), 3, seed=5, n_coincident=10)
+    img = np.median(((sim.exposures - sim.bias) * sim.gain).astype(np.float32), axis=0)
+    kwargs = {k: v for k, v in LA.items() if k != "verbose"}
+    whole = run_lacosmic(img, satlevel_e=SAT, padwidth=PAD, **LA)
+    monkeypatch.setattr(W, "TILE_PIXELS", img.size // 4)
+    mask, cleaned, info = W.lacosmic_where_needed(img, None, workers=2, padwidth=PAD, satlevel_e=SAT,
+                                                  verbose=False, **kwargs)
+    assert info.n_windows == 4
+    assert whole[0].any() and np.array_equal(mask, whole[0])
+    assert np.array_equal(cleaned, whole[1])

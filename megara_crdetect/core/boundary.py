@@ -97,6 +97,19 @@ class Boundary:
     def t_at(self, u: np.ndarray) -> np.ndarray:
         """Normalised boundary level at noise ``u`` (works for both kinds)."""
         u = np.asarray(u, dtype=float)
+        return self._t_at64(u)
+
+    def t_at32(self, u: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+        """``t_at(u)`` as float32, ``chunk`` pixels at a time (no float64 copy of a whole frame)."""
+        u = np.asarray(u)
+        out = np.empty(u.shape, dtype=np.float32)
+        flat_u, flat_out = u.reshape(-1), out.reshape(-1)
+        for s in range(0, flat_u.size, chunk):
+            flat_out[s:s + chunk] = self._t_at64(flat_u[s:s + chunk].astype(float))
+        return out
+
+    def _t_at64(self, u: np.ndarray) -> np.ndarray:
+        """:meth:`t_at` of float64 ``u``."""
         if self.kind == "piecewise":
             x = np.maximum(u**2 - self.rnoise_e**2, 0.0)
             return np.interp(x, self.fixed[:, 0], self.fixed[:, 1]) / np.maximum(u, 1e-12)

@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -968,7 +969,9 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
     variation, modelled = None, False
     if _models_variation(params, offsets):  # exposures brought onto one scene: they differ by noise and CRs
         t1 = time.perf_counter()
-        variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window, workers=workers)
+        with _reported(progress, "exposure-difference model"):
+            variation = fit_variations(stack, median, rnoise_e, window=params.mm_variation_window,
+                                       workers=workers)
         modelled = bool(variation.model.any())
         if restore is not None and not normalised:  # the caller's stack is the work space, put back at the end
             restore.subtract(stack, variation.model)
@@ -994,12 +997,9 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
     if params.uses_aux:
         t1 = time.perf_counter()
         la_targets = targets if _la_everywhere(params) else {"median": targets["median"]}
-        if progress is not None:
-            progress("L.A.Cosmic", 0, 1)
-        la_flags, lamedian = _la_detections(la_targets, params, detector, workers,
-                                            _la_candidates(params, stats, noise, mms.median_spread))
-        if progress is not None:
-            progress("L.A.Cosmic", 1, 1)
+        with _reported(progress, "L.A.Cosmic"):
+            la_flags, lamedian = _la_detections(la_targets, params, detector, workers,
+                                                _la_candidates(params, stats, noise, mms.median_spread))
         timings["lacosmic"] = time.perf_counter() - t1
 
     if params.uses_mm:
@@ -1008,6 +1008,8 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
                         workers, progress, detector.gain)
         timings["mmcosmic"] = time.perf_counter() - t1
 
+    if progress is not None:  # MEDIANCR, then (after any interactive review) the other masks
+        progress("masks", 0, 2)
     bad_rows, bad_cols = _bad_lines(stats, mms.inflated)
     cleanable, dilatable = _detection_map(cleanable, bad_rows, bad_cols, raw_range, noise)
     del raw_range
@@ -1036,6 +1038,8 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
                           expected_false=mms.expected, diagrams=mms.sims, flux_details=flux_details,
                           counts=counts, timings=timings, noise=noise, bad_rows=bad_rows, bad_columns=bad_cols,
                           repair_min=repair_min, variation=variation)
+    if progress is not None:
+        progress("masks", 1, 2)
     if review is not None:
         result.mediancr = review(result) & result.mediancr
         result.mediancr_codes[~result.mediancr] = 0
@@ -1049,7 +1053,19 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
     _finish_masks(result, det, params, stack, exposure_flags)
     timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
+    if progress is not None:
+        progress("masks", 2, 2)
     return result
+
+
+@contextmanager
+def _reported(progress: Progress | None, step: str) -> Iterator[None]:
+    """``progress(step, 0, 1)`` before the block and ``progress(step, 1, 1)`` after it."""
+    if progress is not None:
+        progress(step, 0, 1)
+    yield
+    if progress is not None:
+        progress(step, 1, 1)
 
 
 def _aux_alone_stage(stats: StackStats, stack: np.ndarray, params: CRMaskConfig, factors: np.ndarray,

@@ -172,12 +172,22 @@ def _classic_edges(h, x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.nd
     """
     sel = x <= x_max
     step = max(1, int(np.count_nonzero(sel)) // 500_000)
-    ys = y[sel][::step]
+    ys = _every_selected(y, sel, step)
     ytop = float(np.percentile(ys, 99.99)) if ys.size else 1.0
     if h.boundary is not None:
         yb = h.boundary(np.linspace(0, x_max, 200))
         ytop = max(ytop, 1.3 * float(np.max(yb)))
     return np.linspace(0, max(x_max, 1.0), 201), np.linspace(0, max(ytop, 1.0), 151)
+
+
+def _every_selected(y: np.ndarray, sel: np.ndarray, step: int, chunk: int = 1 << 20) -> np.ndarray:
+    """``y[sel][::step]`` of flat arrays, a chunk at a time (no copy of every selected value)."""
+    parts, seen = [], 0
+    for s in range(0, y.size, chunk):
+        picked = y[s:s + chunk][sel[s:s + chunk]]
+        parts.append(picked[(-seen) % step::step])
+        seen += picked.size
+    return np.concatenate(parts) if parts else y[:0]
 
 
 def _overlays(ax, h, u: np.ndarray, *, classic: bool, simulated: bool) -> None:
@@ -221,8 +231,9 @@ def _classic_row(fig, axes, h, data: ReviewData) -> None:
     over the whole signal range.
     """
     r2 = data.rnoise_e**2
-    x = (data.u**2 - np.float32(r2)).ravel()
-    y = (data.stats.median2d - data.stats.min2d).ravel()
+    x = np.square(data.u).ravel()
+    x -= np.float32(r2)
+    y = np.subtract(data.stats.median2d, data.stats.min2d).ravel()
     x_full = float(np.max(x)) * 1.02  # the data, not the grid (which also covers the inflated scales)
     x_faint = float(np.percentile(x[:: max(1, x.size // 200_000)], 90))
     limits_x = (x_full, max(x_faint, 10 * r2))

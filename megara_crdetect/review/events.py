@@ -286,10 +286,11 @@ class ReviewData:
 
     @cached_property
     def columns(self) -> np.ndarray:
-        """Diagram column of every pixel (int32, clipped to the grid)."""
+        """Diagram column of every pixel (clipped to the grid; int16 when the grid is that small, else int32)."""
         grid = self.grid
         if hasattr(grid, "column_index"):
-            return grid.column_index(self.u)
+            col = grid.column_index(self.u)
+            return col.astype(np.int16) if grid.shape[0] <= np.iinfo(np.int16).max else col
         col = np.searchsorted(grid.u_edges, self.u, side="right").astype(np.int32) - 1
         return np.clip(col, 0, len(grid.u_edges) - 2, out=col)
 
@@ -324,7 +325,7 @@ class ReviewData:
         """``t - t_B(u)`` for a boundary (None without one)."""
         if boundary is None:
             return None
-        level = boundary.t_at(self.u).astype(np.float32)
+        level = boundary.t_at32(self.u)
         return np.subtract(t, level, out=level)
 
     @cached_property

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import rc_context
 
+from ..memory import release_free_memory
 from . import diagrams, extras, pages, regions, warmup
 from ._plot import DPI, agg_figure
 from .events import ReviewData, near_misses
@@ -257,6 +258,7 @@ def start_figures(result, stack_e: np.ndarray, cfg, stage, *, progress: Progress
         return lambda: None
     jobs = sorted(_figure_jobs(data, cfg, stage, None), key=lambda job: -job[1])
     warmup.finish()  # no thread may be importing while we fork
+    release_free_memory()  # a forked child counts every resident page of ours in its own resident memory
     ctx = multiprocessing.get_context("fork")
     queue = _Queue(ctx, len(jobs))
     procs = []
