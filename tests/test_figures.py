@@ -571,10 +571,16 @@ def test_killed_figure_processes_leave_only_complete_files(run, tmp_path, caplog
 
 
 @pytest.mark.parametrize("step", [1, 3, 7])
-def test_classic_sample_taken_in_chunks_is_the_whole_frame_one(step):
-    from megara_crdetect.review.diagrams import _every_selected
+def test_classic_points_read_in_chunks_are_the_whole_frame_ones(step):
+    from megara_crdetect.review.diagrams import _ClassicPoints
 
     rng = np.random.default_rng(4)
-    y = rng.normal(size=10_007).astype(np.float32)
-    sel = rng.random(10_007) < 0.6
-    assert np.array_equal(_every_selected(y, sel, step, chunk=1000), y[sel][::step])
+    u = rng.uniform(3.4, 50.0, (101, 99)).astype(np.float32)
+    med, low = (rng.normal(100.0, 5.0, (101, 99)).astype(np.float32) for _ in range(2))
+    data = types.SimpleNamespace(u=u, stats=types.SimpleNamespace(median2d=med, min2d=low), rnoise_e=3.4)
+    xy = _ClassicPoints(data, chunk=1000)
+    x, y = (u**2 - np.float32(3.4**2)).ravel(), (med - low).ravel()
+    assert np.array_equal(np.concatenate([c[0] for c in xy.chunks()]), x)
+    assert np.array_equal(np.concatenate([c[1] for c in xy.chunks()]), y)
+    x_max = float(np.median(x))
+    assert np.array_equal(xy.every_selected(x_max, step), y[x <= x_max][::step])

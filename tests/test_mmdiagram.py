@@ -239,3 +239,14 @@ def test_float32_levels_in_chunks_equal_the_float64_levels(kind):
     got = b.t_at32(u, chunk=100)  # many chunks, the last one short
     assert got.dtype == np.float32 and got.shape == u.shape
     assert np.array_equal(got, b.t_at(u).astype(np.float32))
+
+
+def test_columns_found_in_chunks_equal_one_pass():
+    rng = np.random.default_rng(3)
+    st = stack_statistics(rng.normal(200.0, 15.0, (3, 60, 70)).astype(np.float32))
+    grid = mm.make_grid(mm.noise_scale(st.min2d, mm.noise_floor(st.median2d), R), R)
+    u = rng.uniform(0.0, 2.0 * grid.u_edges[-1], (53, 47)).astype(np.float32)  # beyond both ends too
+    got = grid.column_index(u, chunk=100)
+    assert got.dtype == np.int32 and np.array_equal(got, grid.column_index(u, chunk=u.size))
+    assert got.min() == 0 and got.max() == grid.shape[0] - 1
+    assert np.array_equal(grid.column_index(u, chunk=100, dtype=np.int16), got)

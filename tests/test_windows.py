@@ -126,9 +126,10 @@ def test_pipeline_masks_identical_with_windows_and_with_the_whole_frame(monkeypa
 
 def test_tile_count_bounds_the_pixels_of_a_tile():
     full, quarter = 4112 * 4096, 2056 * 2048
-    assert W._n_tiles(quarter, 2) == 2  # one tile per worker
     assert W._n_tiles(full, 2) == 4  # a multiple of the workers, each tile under TILE_PIXELS
-    assert W._n_tiles(full, 1) == 4 and W._n_tiles(quarter, 1) == 1
+    assert W._n_tiles(quarter, 2) == 4  # the tiles running at once cover at most half of the frame
+    assert W._n_tiles(600 * 160, 2) == 2  # small frames: one tile per worker
+    assert W._n_tiles(full, 1) == 4 and W._n_tiles(quarter, 1) == 2 and W._n_tiles(600 * 160, 1) == 1
     assert full / W._n_tiles(full, 2) <= W.TILE_PIXELS
 
 
@@ -138,6 +139,7 @@ def test_more_tiles_than_workers_are_bit_identical_to_the_whole_frame(monkeypatc
     kwargs = {k: v for k, v in LA.items() if k != "verbose"}
     whole = run_lacosmic(img, satlevel_e=SAT, padwidth=PAD, **LA)
     monkeypatch.setattr(W, "TILE_PIXELS", img.size // 4)
+    monkeypatch.setattr(W, "MIN_TILE_PIXELS", 1000)
     mask, cleaned, info = W.lacosmic_where_needed(img, None, workers=2, padwidth=PAD, satlevel_e=SAT,
                                                   verbose=False, **kwargs)
     assert info.n_windows == 4

@@ -109,13 +109,18 @@ class DiagramGrid:
         """Signal ``x`` (electrons, >= 0) whose noise is ``u``."""
         return np.maximum(np.asarray(u, dtype=float) ** 2 - self.rnoise_e**2, 0.0)
 
-    def column_index(self, u: np.ndarray) -> np.ndarray:
-        """Column (int32, clipped to the grid) of noise values ``u``."""
+    def column_index(self, u: np.ndarray, chunk: int = 1 << 20, dtype=np.int32) -> np.ndarray:
+        """Column (``dtype``, clipped to the grid) of noise values ``u``, ``chunk`` values at a time."""
         nfine = len(self.fine_edges) - 1
         scale = np.float32(nfine / (self.fine_edges[-1] - self.fine_edges[0]))
-        f = (u - np.float32(self.fine_edges[0])) * scale
-        np.clip(f, 0, nfine - 1, out=f)
-        return self.lut[f.astype(np.int32)]
+        u = np.asarray(u)
+        out = np.empty(u.shape, dtype=dtype)
+        flat_u, flat_out = u.reshape(-1), out.reshape(-1)
+        for s in range(0, flat_u.size, chunk):
+            f = (flat_u[s:s + chunk] - np.float32(self.fine_edges[0])) * scale
+            np.clip(f, 0, nfine - 1, out=f)
+            flat_out[s:s + chunk] = self.lut[f.astype(np.int32)]
+        return out
 
     def row_index(self, t: np.ndarray) -> np.ndarray:
         """Row (int32, clipped to the grid) of normalised values ``t``."""

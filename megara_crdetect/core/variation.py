@@ -430,12 +430,15 @@ EVALUATE_SPARSE = 0.25
 #: Rows of the strips the model is fitted in (a multiple of the block step is used): the fit is local, so
 #: strips with a margin give exactly the whole-frame result with a fraction of its memory, on several threads.
 STRIP_ROWS = 512
+#: ... but at most 1/STRIP_FRACTION of the frame's rows (at least MIN_STRIP_ROWS): a strip being fitted holds
+#: ~110 bytes a pixel, and two 512-row strips (632 with their margins) are 60 % of a 2056-row frame.
+STRIP_FRACTION, MIN_STRIP_ROWS = 8, 256
 
 
 def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, window: int | tuple = 15,
                    step: int | None = None, niter: int = 3, clip_sigma: float = CLIP_SIGMA,
                    usable: np.ndarray | None = None, workers: int | None = None,
-                   strip_rows: int = STRIP_ROWS, lines: bool = True) -> VariationFit:
+                   strip_rows: int | None = None, lines: bool = True) -> VariationFit:
     """Fit the smooth local variation of every exposure against the common scene.
 
     Parameters
@@ -460,16 +463,20 @@ def fit_variations(stack: np.ndarray, scene: np.ndarray, rnoise_e: float, *, win
         Threads fitting strips of rows at the same time (default: cores).
     lines : bool
         Also fit a ratio for every pixel across a line (:func:`_add_line_ratios`).
-    strip_rows : int
-        Rows of each strip.  Every fit runs strip by strip, each strip with
-        a margin wider than the reach of one fit, on the previous fit of the
-        whole frame, so the result does not depend on it.
+    strip_rows : int, optional
+        Rows of each strip (default: ``STRIP_ROWS``, at most an eighth of
+        the frame's rows, at least ``MIN_STRIP_ROWS``).  Every fit runs
+        strip by strip, each strip with a margin wider than the reach of one
+        fit, on the previous fit of the whole frame, so the result does not
+        depend on it.
 
     Returns
     -------
     VariationFit
     """
     n, ny, nx = stack.shape
+    if strip_rows is None:
+        strip_rows = min(STRIP_ROWS, max(MIN_STRIP_ROWS, ny // STRIP_FRACTION))
     win = (window, window) if np.isscalar(window) else tuple(window)
     step = step or max(1, min(win) // 3)
     span = tuple(max(1, int(round(w / step))) | 1 for w in win)  # odd numbers of blocks

@@ -57,9 +57,10 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 GROW = 8
 
 #: Most pixels in one L.A.Cosmic tile: astroscrappy holds some fifteen float32 copies of what it runs, so
-#: a tile of this size takes up to ~270 MB while it runs (full frame: 4 tiles instead of 2, 480 MB less at
-#: the peak, ~7 % more L.A.Cosmic time for the extra margins).
-TILE_PIXELS = 4_500_000
+#: a tile of this size takes up to ~270 MB while it runs.  The tiles running at once also cover at most
+#: half of the frame (tiles of at least MIN_TILE_PIXELS): 4 tiles on 2 threads for a full and a quarter
+#: MEGARA frame instead of 2, about half of L.A.Cosmic's memory for ~7 % (~14 %) more of its time.
+TILE_PIXELS, MIN_TILE_PIXELS = 4_500_000, 1_000_000
 
 #: A detector run on one rectangle: ``(image, window) -> mask`` or ``(image, window) -> (mask, cleaned)``;
 #: :func:`local` turns a plain ``image -> mask`` detector into one.
@@ -395,9 +396,9 @@ def around_candidates(runner: Runner, image: np.ndarray, candidates: np.ndarray,
 
 
 def _n_tiles(npix: int, workers: int) -> int:
-    """Tiles of a whole-frame L.A.Cosmic run: one per worker, more (a multiple) above ``TILE_PIXELS`` each."""
-    rounds = -(-npix // (workers * TILE_PIXELS))  # ceil
-    return workers * max(1, rounds) if workers > 1 or npix > TILE_PIXELS else 1
+    """Tiles of a whole-frame L.A.Cosmic run: a multiple of the workers, see ``TILE_PIXELS``."""
+    tile = min(TILE_PIXELS, max(MIN_TILE_PIXELS, npix // (2 * workers)))
+    return workers * max(1, -(-npix // (workers * tile)))  # ceil
 
 
 def lacosmic_where_needed(image: np.ndarray, candidates: np.ndarray | None, *, workers: int | None = None,

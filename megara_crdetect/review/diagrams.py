@@ -163,16 +163,15 @@ def _histogram_inputs(data: ReviewData) -> _HistogramInputs:
                             _u_top(grid, real, sim_hist))
 
 
-def _classic_edges(h, x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.ndarray, np.ndarray]:
+def _classic_edges(h, xy: "_ClassicPoints", x_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Uniform bins of the classic diagram: signal 0..x_max, y up to the data and the boundary there.
 
     The y range covers the 99.99th percentile of the pixels of that signal
     range and 1.3 times the boundary at its high end (not beyond: a far
     boundary would squash the data at the origin).
     """
-    sel = x <= x_max
-    step = max(1, int(np.count_nonzero(sel)) // 500_000)
-    ys = _every_selected(y, sel, step)
+    count = sum(int(np.count_nonzero(x <= x_max)) for x, _ in xy.chunks())
+    ys = xy.every_selected(x_max, max(1, count // 500_000))
     ytop = float(np.percentile(ys, 99.99)) if ys.size else 1.0
     if h.boundary is not None:
         yb = h.boundary(np.linspace(0, x_max, 200))
@@ -180,14 +179,34 @@ def _classic_edges(h, x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.nd
     return np.linspace(0, max(x_max, 1.0), 201), np.linspace(0, max(ytop, 1.0), 151)
 
 
-def _every_selected(y: np.ndarray, sel: np.ndarray, step: int, chunk: int = 1 << 20) -> np.ndarray:
-    """``y[sel][::step]`` of flat arrays, a chunk at a time (no copy of every selected value)."""
-    parts, seen = [], 0
-    for s in range(0, y.size, chunk):
-        picked = y[s:s + chunk][sel[s:s + chunk]]
-        parts.append(picked[(-seen) % step::step])
-        seen += picked.size
-    return np.concatenate(parts) if parts else y[:0]
+class _ClassicPoints:
+    """The real pixels in the guide's axes, ``x = u^2 - rnoise^2`` and ``y = median2d - min2d`` (flat),
+    computed ``chunk`` pixels at a time whenever they are read (two float32 frames never held)."""
+
+    def __init__(self, data: ReviewData, chunk: int = 1 << 20):
+        self.u, self.chunk = data.u.reshape(-1), chunk
+        self.median, self.min = data.stats.median2d.reshape(-1), data.stats.min2d.reshape(-1)
+        self.r2 = np.float32(data.rnoise_e**2)
+
+    def x_of(self, u: np.ndarray) -> np.ndarray:
+        x = np.square(u)
+        x -= self.r2
+        return x
+
+    def chunks(self):
+        """``(x, y)`` of consecutive chunks."""
+        for s in range(0, self.u.size, self.chunk):
+            e = s + self.chunk
+            yield self.x_of(self.u[s:e]), np.subtract(self.median[s:e], self.min[s:e])
+
+    def every_selected(self, x_max: float, step: int) -> np.ndarray:
+        """``y[x <= x_max][::step]``."""
+        parts, seen = [], 0
+        for x, y in self.chunks():
+            picked = y[x <= x_max]
+            parts.append(picked[(-seen) % step::step])
+            seen += picked.size
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def _overlays(ax, h, u: np.ndarray, *, classic: bool, simulated: bool) -> None:
@@ -230,15 +249,12 @@ def _classic_row(fig, axes, h, data: ReviewData) -> None:
     and a wide bright column cannot be drawn in these axes without smearing it
     over the whole signal range.
     """
-    r2 = data.rnoise_e**2
-    x = np.square(data.u).ravel()
-    x -= np.float32(r2)
-    y = np.subtract(data.stats.median2d, data.stats.min2d).ravel()
-    x_full = float(np.max(x)) * 1.02  # the data, not the grid (which also covers the inflated scales)
-    x_faint = float(np.percentile(x[:: max(1, x.size // 200_000)], 90))
-    limits_x = (x_full, max(x_faint, 10 * r2))
-    edges = [_classic_edges(h, x, y, xm) for xm in limits_x]
-    counts = [uniform_hist2d(x, y, *e) for e in edges]
+    xy = _ClassicPoints(data)
+    x_full = max(float(np.max(x)) for x, _ in xy.chunks()) * 1.02  # the data, not the grid (also inflated u)
+    x_faint = float(np.percentile(xy.x_of(xy.u[:: max(1, xy.u.size // 200_000)]), 90))
+    limits_x = (x_full, max(x_faint, 10 * data.rnoise_e**2))
+    edges = [_classic_edges(h, xy, xm) for xm in limits_x]
+    counts = [sum(uniform_hist2d(x, y, *e) for x, y in xy.chunks()) for e in edges]
     norm = log_norm(*[c.astype(float) for c in counts])
     for ax, (x_edges, y_edges), c, what, xm in zip(axes, edges, counts,
                                                   ("all signals", "faint end (90 % of the pixels)"), limits_x):

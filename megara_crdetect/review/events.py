@@ -289,8 +289,8 @@ class ReviewData:
         """Diagram column of every pixel (clipped to the grid; int16 when the grid is that small, else int32)."""
         grid = self.grid
         if hasattr(grid, "column_index"):
-            col = grid.column_index(self.u)
-            return col.astype(np.int16) if grid.shape[0] <= np.iinfo(np.int16).max else col
+            small = grid.shape[0] <= np.iinfo(np.int16).max
+            return grid.column_index(self.u, dtype=np.int16 if small else np.int32)
         col = np.searchsorted(grid.u_edges, self.u, side="right").astype(np.int32) - 1
         return np.clip(col, 0, len(grid.u_edges) - 2, out=col)
 
