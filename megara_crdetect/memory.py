@@ -4,16 +4,16 @@ The detection's threads (the exposure-difference model, the simulations,
 L.A.Cosmic's tiles and OpenMP threads) free most of what they allocate.
 glibc gives each thread an arena of its own (up to 8 per core), and the
 memory freed in one arena is not reused by the others nor given back to the
-system: on a 4112 x 4096 x 3 run the arenas kept some 400 MB of freed memory
-(peak resident memory 2015 MB, 1627 MB with one arena; same wall time).
+system: on a 4112 x 4096 x 3 run without figures the peak resident memory
+fell from ~2000 to ~1770 MB with one arena, at the same wall time.
 :func:`share_one_arena` makes the threads created from then on share the main
 arena, where a block freed by any thread serves the next request.
 
 Blocks freed inside the arena (a step's temporaries below the ones it keeps)
 stay resident too; :func:`releasing_between_steps` gives their pages back to
 the system (``malloc_trim``) whenever a long step ends, so that the next
-step's peak starts from what is really held: full frame, no figures, peak
-1771 -> ~1550 MB, same wall time.
+step's peak starts from what is really held: ~1600 MB on the same run, same
+wall time (docs/speed.md, Memory).
 """
 
 from __future__ import annotations
