@@ -32,8 +32,7 @@ from .products import (OWN_PRODUCTS, combined_hdulist, cr_table_csv, crmasks_hdu
                        read_crmasks)
 
 __all__ = ["RunOutcome", "run", "detector_of", "detect", "find_masks", "mask_products", "iter_combinations",
-           "build_combinations",
-           "build_products", "bad_pixels_of", "run_dq"]
+           "build_combinations", "build_products", "bad_pixels_of", "run_dq"]
 
 _log = logging.getLogger(__name__)
 
@@ -216,7 +215,12 @@ def detect(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None, review
 
 def find_masks(stack_e: np.ndarray, cfg: RunConfig, *, bad: BadPixels, progress=None, review=None,
                workers: int | None = None) -> CRMaskResult:
-    """The detection of :func:`detect`, without its products."""
+    """The detection of :func:`detect` (same parameters), without its products.
+
+    The run's command line starts the figure processes between this and
+    :func:`mask_products`: a forked process counts every page of its parent
+    that is resident at the fork.
+    """
     share_one_arena()  # the detection's threads reuse each other's freed memory (see megara_crdetect.memory)
     progress = releasing_between_steps(progress)  # and its steps' freed memory goes back to the system
     result = compute_crmasks(stack_e, cfg.params, detector=detector_of(cfg), progress=progress, review=review,
