@@ -180,8 +180,12 @@ def _classic_edges(h, xy: "_ClassicPoints", x_max: float) -> tuple[np.ndarray, n
 
 
 class _ClassicPoints:
-    """The real pixels in the guide's axes, ``x = u^2 - rnoise^2`` and ``y = median2d - min2d`` (flat),
-    computed ``chunk`` pixels at a time whenever they are read (two float32 frames never held)."""
+    """The real pixels in the guide's axes, read a chunk at a time.
+
+    ``x = u^2 - rnoise^2`` and ``y = median2d - min2d`` (flat) are computed
+    ``chunk`` pixels at a time whenever they are read: two float32 frames are
+    never held.
+    """
 
     def __init__(self, data: ReviewData, chunk: int = 1 << 20):
         self.u, self.chunk = data.u.reshape(-1), chunk
@@ -189,6 +193,7 @@ class _ClassicPoints:
         self.r2 = np.float32(data.rnoise_e**2)
 
     def x_of(self, u: np.ndarray) -> np.ndarray:
+        """``u^2 - rnoise^2`` in the dtype of ``u``."""
         x = np.square(u)
         x -= self.r2
         return x
