@@ -19,10 +19,10 @@ def _rss_mb() -> float:
 @glibc
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_release_gives_freed_blocks_back_to_the_system():
-    blocks = [bytearray(200_000) for _ in range(1500)]  # 300 MB of malloc blocks below the mmap threshold
+    blocks = [bytearray(100_000) for _ in range(3000)]  # 300 MB of blocks below glibc's first mmap threshold
     for b in blocks:
         b[::4096] = b"x" * len(b[::4096])  # touch every page
-    pin = bytearray(200_000)  # the heap's top stays in use: only malloc_trim can free the blocks below
+    pin = bytearray(100_000)  # the heap's top stays in use: only malloc_trim can free the blocks below
     del blocks
     before = _rss_mb()
     memory.release_free_memory()

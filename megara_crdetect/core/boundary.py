@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.interpolate import BSpline
 
+from .chunks import CHUNK, map_in_chunks
 from .mmdiagram import DiagramGrid
 from .noise import sigma
 
@@ -99,14 +100,9 @@ class Boundary:
         u = np.asarray(u, dtype=float)
         return self._t_at64(u)
 
-    def t_at32(self, u: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    def t_at32(self, u: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
         """``t_at(u)`` as float32, ``chunk`` pixels at a time (no float64 copy of a whole frame)."""
-        u = np.asarray(u)
-        out = np.empty(u.shape, dtype=np.float32)
-        flat_u, flat_out = u.reshape(-1), out.reshape(-1)
-        for s in range(0, flat_u.size, chunk):
-            flat_out[s:s + chunk] = self._t_at64(flat_u[s:s + chunk].astype(float))
-        return out
+        return map_in_chunks(lambda part: self._t_at64(part.astype(float)), u, np.float32, chunk)
 
     def _t_at64(self, u: np.ndarray) -> np.ndarray:
         """:meth:`t_at` of float64 ``u``."""

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .chunks import CHUNK, map_in_chunks
 from .noise import NoiseSampler, sigma
 from .stack import low_mean, median_of_stack
 
@@ -109,18 +110,17 @@ class DiagramGrid:
         """Signal ``x`` (electrons, >= 0) whose noise is ``u``."""
         return np.maximum(np.asarray(u, dtype=float) ** 2 - self.rnoise_e**2, 0.0)
 
-    def column_index(self, u: np.ndarray, chunk: int = 1 << 20, dtype=np.int32) -> np.ndarray:
+    def column_index(self, u: np.ndarray, chunk: int = CHUNK, dtype=np.int32) -> np.ndarray:
         """Column (``dtype``, clipped to the grid) of noise values ``u``, ``chunk`` values at a time."""
         nfine = len(self.fine_edges) - 1
         scale = np.float32(nfine / (self.fine_edges[-1] - self.fine_edges[0]))
-        u = np.asarray(u)
-        out = np.empty(u.shape, dtype=dtype)
-        flat_u, flat_out = u.reshape(-1), out.reshape(-1)
-        for s in range(0, flat_u.size, chunk):
-            f = (flat_u[s:s + chunk] - np.float32(self.fine_edges[0])) * scale
+
+        def columns(part: np.ndarray) -> np.ndarray:
+            f = (part - np.float32(self.fine_edges[0])) * scale
             np.clip(f, 0, nfine - 1, out=f)
-            flat_out[s:s + chunk] = self.lut[f.astype(np.int32)]
-        return out
+            return self.lut[f.astype(np.int32)]
+
+        return map_in_chunks(columns, u, dtype, chunk)
 
     def row_index(self, t: np.ndarray) -> np.ndarray:
         """Row (int32, clipped to the grid) of normalised values ``t``."""

@@ -23,8 +23,8 @@ from matplotlib.scale import SymmetricalLogTransform
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter, NullLocator, ScalarFormatter
 
 from ..core import mmdiagram as mm
-from ._plot import (MARKERS, block_mean, column_hist2d, count_cmap, display_image, limits, log_norm, maxpool,
-                    uniform_hist2d)
+from ._plot import (HIST_CHUNK, MARKERS, block_mean, column_hist2d, count_cmap, display_image, limits, log_norm,
+                    maxpool, uniform_hist2d)
 from .events import ReviewData
 
 __all__ = ["diagram_grid", "histogram_figure", "MediancrPanels", "mediancr_figure", "target_figure",
@@ -187,7 +187,7 @@ class _ClassicPoints:
     never held.
     """
 
-    def __init__(self, data: ReviewData, chunk: int = 1 << 20):
+    def __init__(self, data: ReviewData, chunk: int = HIST_CHUNK):
         self.u, self.chunk = data.u.reshape(-1), chunk
         self.median, self.min = data.stats.median2d.reshape(-1), data.stats.min2d.reshape(-1)
         self.r2 = np.float32(data.rnoise_e**2)
