@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ccdproc
 import numpy as np
 import pytest
 from astroscrappy.astroscrappy import gausskernel
 
+from megara_crdetect.core import lacosmic as lacosmic_module
 from megara_crdetect.core.lacosmic import gaussxy_kernel, run_lacosmic, run_lacosmic_many
 
 RN = 3.0
@@ -77,17 +77,17 @@ class TestKernel:
 
 
 class TestArguments:
-    """What is handed to ccdproc (captured with a stub)."""
+    """The ccdproc keyword arguments of each L.A.Cosmic run (captured with a stub of the one-run function)."""
 
     @pytest.fixture
     def captured(self, monkeypatch):
         calls = []
 
-        def fake(data, **kwargs):
+        def fake(data, kwargs, workers=1):
             calls.append((data, kwargs))
             return data * 1.0, np.zeros(data.shape, bool)
 
-        monkeypatch.setattr(ccdproc, "cosmicray_lacosmic", fake)
+        monkeypatch.setattr(lacosmic_module, "_one_pass", fake)
         return calls
 
     def test_electrons_and_defaults(self, captured):

@@ -97,6 +97,17 @@ def test_windows_are_refused_when_they_would_cover_most_of_the_frame(image):
     assert W.around_candidates(runner, image, cands, margin, max_fraction=0.5) is None
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_occupied_cells_never_exceed_the_windows_area(seed):
+    """The cheap refusal (cells that hold a candidate) is a lower bound of the windows' area."""
+    rng = np.random.default_rng(seed)
+    cands = rng.random((300, 257)) < 10 ** rng.uniform(-4, -2)
+    cands[0, -1] = cands[-1, 0] = True  # clipped cells at the frame's sides
+    for margin in (5, 20, 71):
+        area = sum(w.area for w in W.windows_around(cands, margin))
+        assert 0 < W._cells_covered(cands, margin) <= area
+
+
 def _whole_frame(image, candidates, *, workers=None, padwidth=0, satlevel_e=None, max_fraction=0.5, **kwargs):
     mask, cleaned = run_lacosmic(image, padwidth=padwidth, satlevel_e=satlevel_e, **kwargs)
     return mask, cleaned, None
@@ -133,15 +144,17 @@ def test_tile_count_bounds_the_pixels_of_a_tile():
     assert full / W._n_tiles(full, 2) <= W.TILE_PIXELS
 
 
-def test_more_tiles_than_workers_are_bit_identical_to_the_whole_frame(monkeypatch):
+@pytest.mark.parametrize(("cleantype", "n_windows"), [("idw", 4), ("meanmask", None)])
+def test_more_tiles_than_workers_are_bit_identical_to_the_whole_frame(monkeypatch, cleantype, n_windows):
+    """astroscrappy itself (idw) runs on tiles; the incremental L.A.Cosmic (meanmask) on the whole frame."""
     sim = simulate_exposures((600, 160), 3, seed=5, n_coincident=10)
     img = np.median(((sim.exposures - sim.bias) * sim.gain).astype(np.float32), axis=0)
-    kwargs = {k: v for k, v in LA.items() if k != "verbose"}
-    whole = run_lacosmic(img, satlevel_e=SAT, padwidth=PAD, **LA)
+    kwargs = {k: v for k, v in LA.items() if k != "verbose"} | {"cleantype": cleantype}
+    whole = run_lacosmic(img, satlevel_e=SAT, padwidth=PAD, **kwargs)
     monkeypatch.setattr(W, "TILE_PIXELS", img.size // 4)
     monkeypatch.setattr(W, "MIN_TILE_PIXELS", 1000)
     mask, cleaned, info = W.lacosmic_where_needed(img, None, workers=2, padwidth=PAD, satlevel_e=SAT,
                                                   verbose=False, **kwargs)
-    assert info.n_windows == 4
+    assert (info and info.n_windows) == n_windows
     assert whole[0].any() and np.array_equal(mask, whole[0])
     assert np.array_equal(cleaned, whole[1])

@@ -345,6 +345,24 @@ def _complete_groups(flags: np.ndarray, cands: np.ndarray, w: Window, shape) -> 
     return (seeded & ~open_)[labels], (seeded & open_)[labels]
 
 
+def _cells_covered(candidates: np.ndarray, side: int) -> int:
+    """Pixels of the ``side`` x ``side`` cells that hold a candidate: no more than the windows cover.
+
+    A window reaches ``side`` pixels beyond its candidate on every side, so
+    it covers the whole cell of that candidate: a cheap lower bound of the
+    windows' area that spares building them when it is already too large.
+    """
+    ys, xs = np.nonzero(candidates)
+    if ys.size == 0:
+        return 0
+    side = max(int(side), 1)
+    ny, nx = candidates.shape
+    ncx = -(-nx // side)
+    cells = np.unique((ys // side) * ncx + xs // side)
+    cy, cx = cells // ncx, cells % ncx
+    return int(np.sum(np.minimum(side, ny - cy * side) * np.minimum(side, nx - cx * side)))
+
+
 def around_candidates(runner: Runner, image: np.ndarray, candidates: np.ndarray, margin: int, *,
                       workers: int | None = None, max_fraction: float = 0.6, max_rounds: int = 4
                       ) -> WindowedDetection | None:
@@ -366,6 +384,8 @@ def around_candidates(runner: Runner, image: np.ndarray, candidates: np.ndarray,
     values on a group are exact too (the reach covers the cleaning).
     """
     shape = image.shape
+    if _cells_covered(candidates, margin) > max_fraction * image.size:
+        return None
     mask = np.zeros(shape, dtype=bool)
     cleaned = None
     todo, n_run, area = candidates, 0, 0
@@ -404,7 +424,10 @@ def _n_tiles(npix: int, workers: int) -> int:
 def lacosmic_where_needed(image: np.ndarray, candidates: np.ndarray | None, *, workers: int | None = None,
                           padwidth: int = 0, satlevel_e: float | None = None, max_fraction: float = 0.5,
                           **kwargs) -> tuple[np.ndarray, np.ndarray, WindowedDetection | None]:
-    """L.A.Cosmic on one image: on windows around ``candidates`` when they are few, else on tiles.
+    """L.A.Cosmic on one image: on windows around ``candidates`` when they are few, else on the whole frame.
+
+    The whole frame runs the incremental L.A.Cosmic (its threads), or, for
+    options only astroscrappy runs, tiles in parallel threads.
 
     Parameters
     ----------
@@ -424,35 +447,43 @@ def lacosmic_where_needed(image: np.ndarray, candidates: np.ndarray | None, *, w
     mask, cleaned : ndarray
         With candidates: the groups of the whole-frame flags that contain a
         candidate, and the image with the whole-frame cleaned values on them.
-        Without: the whole-frame flags and cleaned image (tiled when the
-        frame is large enough; bit-identical either way).
+        Without: the whole-frame flags and cleaned image (bit-identical
+        however they were run).
     info : WindowedDetection or None
         What was run (None: one whole-frame run).
     """
     from .lacosmic import run_lacosmic
+    from .lacosmic_incremental import supported
 
     image = np.asarray(image, dtype=np.float32)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
     margin = lacosmic_reach(niter=kwargs["niter"], sepmed=kwargs.get("sepmed", True),
                             fsmode=kwargs.get("fsmode", "median"), psfsize=kwargs.get("psfsize", 7))
-    level = frame_level(image, padwidth, satlevel_e)
-    runner = lacosmic_runner(satlevel_e, padwidth, level, image.shape, **kwargs)
+    # the incremental L.A.Cosmic already spends its time only where it can matter: no tiles
+    incremental = supported(kwargs.get("cleantype", "meanmask"), kwargs.get("fsmode", "median"),
+                            kwargs.get("psfmodel", "gauss"))
+    few = candidates is not None and _cells_covered(candidates, margin) <= max_fraction * image.size
+    if candidates is not None and not few:
+        _log.debug("L.A.Cosmic: windows of %d px around %d candidates would cover more than %.0f %% of the "
+                   "frame", margin, int(np.count_nonzero(candidates)), 100 * max_fraction)
+    level = frame_level(image, padwidth, satlevel_e) if few or not incremental else None
     try:
-        if candidates is not None and level is not None:
-            found = around_candidates(runner, image, candidates, margin, workers=workers, max_fraction=max_fraction)
-            if found is None:
-                _log.debug("L.A.Cosmic: windows of %d px around %d candidates would cover more than %.0f %% of the "
-                           "frame", margin, int(np.count_nonzero(candidates)), 100 * max_fraction)
-            else:
-                _log.debug("L.A.Cosmic on %d windows around %d candidates (%.1f %% of the frame)", found.n_windows,
-                           int(np.count_nonzero(candidates)), 100 * found.fraction)
+        if few and level is not None:
+            runner = lacosmic_runner(satlevel_e, padwidth, level, image.shape, **kwargs)
+            found = around_candidates(runner, image, candidates, margin, workers=workers,
+                                      max_fraction=max_fraction)
+            if found is not None:
+                _log.debug("L.A.Cosmic on %d windows around %d candidates (%.1f %% of the frame)",
+                           found.n_windows, int(np.count_nonzero(candidates)), 100 * found.fraction)
                 return found.mask, found.cleaned, found
         n_tiles = _n_tiles(image.size, workers)
-        if level is not None and n_tiles > 1 and len(tiles(image.shape, margin, n_tiles)) > 1:
+        if not incremental and level is not None and len(tiles(image.shape, margin, n_tiles)) > 1:
+            runner = lacosmic_runner(satlevel_e, padwidth, level, image.shape, **kwargs)
             found = tiled(runner, image, margin, n_tiles=n_tiles, workers=workers)
             _log.debug("L.A.Cosmic on %d tiles (%.1f %% of the frame)", found.n_windows, 100 * found.fraction)
             return found.mask, found.cleaned, found
     except NotLocal as exc:  # pragma: no cover - guarded by frame_level
         _log.debug("L.A.Cosmic on the whole frame: %s", exc)
-    mask, cleaned = run_lacosmic(image, satlevel_e=satlevel_e, padwidth=padwidth, **kwargs)
+    mask, cleaned = run_lacosmic(image, satlevel_e=satlevel_e, padwidth=padwidth,
+                                 workers=workers if incremental else 1, **kwargs)
     return mask, cleaned, None

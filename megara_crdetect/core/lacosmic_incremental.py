@@ -1,0 +1,290 @@
+"""astroscrappy's L.A.Cosmic, bit for bit, with its later iterations computed only where they can change.
+
+L.A.Cosmic (van Dokkum 2001, as astroscrappy 1.x implements it) repeats one
+detection step ``niter`` times: find the cosmic-ray pixels of the current
+image, add them to the mask, clean the masked pixels from their 5x5
+neighbourhood, start again.  Every step runs on the whole image, yet after
+the first one the image differs from the previous step's only at the pixels
+just cleaned (a few thousand on a MEGARA frame).
+
+The detection at a pixel depends only on the image within
+``r = lacosmic_reach(niter=0, ...)`` of it (see
+:func:`~megara_crdetect.core.windows.lacosmic_reach`; 14 pixels with the
+guide's parameters).  So a pixel further than ``r`` from every cleaned pixel
+sees the same neighbourhood as in the previous step and gets the same
+answer, which was "no" (every earlier detection is a cleaned pixel).  Step
+``i + 1`` therefore only runs on windows whose exact part covers the mask
+grown by ``r``, padded by ``r``; the union of their detections is the
+whole-image step's.  When those windows would cover more than half of the
+image (dense masks, e.g. a single exposure with many cosmic rays), the step
+runs on the whole image.
+
+The first step, the cleaning and the whole-image statistics are
+astroscrappy's, with its own compiled filters (``astroscrappy.utils``) and
+the same float32 operations in the same order; the cleaning of the masked
+pixels (``meanmask``, ``medmask``) is written here over the masked pixels
+only, with astroscrappy's summation order.  astroscrappy compiles its
+filters with ``-ffast-math``, so their float32 sums cannot be rewritten in
+NumPy; what the windows need is that a filter's value at a pixel does not
+depend on where the pixel lies in the array, which a test checks.  The
+tests compare masks and cleaned images with astroscrappy's bit for bit.  Cleaning types whose
+astroscrappy implementation is not reproducible (``median`` reads
+uninitialised memory) or not written here (``idw``) and the Moffat kernel
+(not exported by astroscrappy) run astroscrappy itself (:func:`supported`).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+
+import numpy as np
+
+__all__ = ["supported", "psf_kernel", "detect_cosmics", "step_reach"]
+
+_log = logging.getLogger(__name__)
+
+#: Cleaning types written here (astroscrappy's ``median`` and ``idw`` run astroscrappy itself).
+CLEANTYPES = ("meanmask", "medmask")
+#: Largest fraction of the image the windows of a later step may cover before it runs on the whole image.
+MAX_WINDOW_FRACTION = 0.5
+#: Side of the cells that group the masked pixels into windows.
+CELL = 64
+#: Pixels of one band of rows of the first step (~90 MB of temporaries each).
+STRIP_PIXELS = 2_000_000
+_HALF = 2  # the cleaning reads the 5x5 neighbourhood
+
+
+def supported(cleantype: str, fsmode: str, psfmodel: str) -> bool:
+    """Whether :func:`detect_cosmics` reproduces astroscrappy with these options."""
+    return cleantype in CLEANTYPES and (fsmode == "median" or psfmodel != "moffat")
+
+
+def _c_float(value: float) -> float:
+    """``value`` as astroscrappy sees it: its parameters are C floats."""
+    return float(np.float32(value))
+
+
+def psf_kernel(psfmodel: str, psffwhm: float, psfsize: int) -> np.ndarray:
+    """astroscrappy's fine-structure kernel for ``gauss``, ``gaussx`` or ``gaussy`` (flipped as it does)."""
+    from astroscrappy.astroscrappy import gausskernel, gaussxkernel, gaussykernel
+
+    make = {"gauss": gausskernel, "gaussx": gaussxkernel, "gaussy": gaussykernel}[psfmodel]
+    kernel = np.asarray(make(psffwhm, psfsize))
+    return np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
+
+
+def step_reach(*, sepmed: bool, fsmode: str, psfsize: int) -> int:
+    """Reach (Chebyshev radius, pixels) of one detection step (Laplacian, fine structure, two dilations)."""
+    from .windows import lacosmic_reach
+
+    mask_reach = 7 if sepmed else 6
+    return lacosmic_reach(niter=1, sepmed=sepmed, fsmode=fsmode, psfsize=psfsize) - mask_reach - _HALF
+
+
+def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict) -> np.ndarray:
+    """One L.A.Cosmic detection step on ``clean`` (astroscrappy's operations, in its order)."""
+    from astroscrappy.utils import (convolve, dilate3, laplaceconvolve, medfilt3, medfilt5, medfilt7, rebin,
+                                    sepmedfilt5, sepmedfilt7, sepmedfilt9, subsample)
+
+    conved = laplaceconvolve(subsample(clean))
+    conved[conved < 0] = 0.0
+    s = rebin(conved)
+    del conved
+    m5 = sepmedfilt7(var) if o["sepmed"] else medfilt5(var)
+    m5[m5 < 0.00001] = 0.00001
+    noise = np.sqrt(m5)
+    del m5
+    s /= 2.0 * noise
+    sp = s - (sepmedfilt7(s) if o["sepmed"] else medfilt5(s))
+    del s
+    cosmics = np.logical_and(sp > o["sigclip"], good)
+    if o["fsmode"] == "convolve":
+        f = convolve(clean / noise / noise, o["psfk"])
+        f = f / convolve(1.0 / noise / noise, o["psfk"])
+    else:
+        f = sepmedfilt5(clean) if o["sepmed"] else medfilt3(clean)
+    f = (f - (sepmedfilt9(f) if o["sepmed"] else medfilt7(f))) / noise
+    f[f < 0.01] = 0.01
+    del noise
+    cosmics = np.logical_and(cosmics, (sp / f) > o["objlim"])
+    del f
+    cosmics = np.logical_and(dilate3(cosmics), good)
+    cosmics = np.logical_and(sp > o["sigclip"], cosmics)
+    cosmics = np.logical_and(dilate3(cosmics), good)
+    return np.logical_and(sp > o["sigcliplow"], cosmics)
+
+
+def _windows(changed: np.ndarray, reach: int) -> list:
+    """Windows whose exact parts cover ``changed`` grown by ``reach``, padded by ``reach``; one per cell."""
+    from .windows import _window
+
+    ys, xs = np.nonzero(changed)
+    if ys.size == 0:
+        return []
+    ncx = -(-changed.shape[1] // CELL)
+    cell = (ys // CELL) * ncx + xs // CELL
+    order = np.argsort(cell, kind="stable")
+    cell, ys, xs = cell[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts) + 1
+    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1
+    return [_window(int(a) - reach, int(b) + reach, int(c) - reach, int(d) + reach, reach, changed.shape)
+            for a, b, c, d in zip(y0, y1, x0, x1)]
+
+
+def _strips(shape: tuple[int, int], reach: int) -> list:
+    """Bands of whole rows (about ``STRIP_PIXELS`` each) whose exact parts cover the image once."""
+    from .windows import _window
+
+    ny, nx = shape
+    rows = max(4 * reach, STRIP_PIXELS // max(nx, 1))
+    return [_window(y0, min(y0 + rows, ny), 0, nx, reach, shape) for y0 in range(0, ny, rows)]
+
+
+def _on_windows(clean, var, good, o, wins, found, pool) -> np.ndarray:
+    """Detections on each window, pasted into ``found`` on its exact part (windows in parallel threads)."""
+
+    def one(w) -> None:
+        run = w.run
+        part = _detections(np.ascontiguousarray(clean[run]), np.ascontiguousarray(var[run]), good[run], o)
+        found[w.inner] = part[w.inner_local]  # overlapping exact parts hold the same values
+
+    if pool is None or len(wins) < 2:
+        for w in wins:
+            one(w)
+    else:
+        list(pool.map(one, wins))
+    return found
+
+
+def _first_step(clean, var, good, o, reach, pool) -> np.ndarray:
+    """The first step on the whole image, computed on bands of rows (less memory, parallel threads)."""
+    wins = _strips(clean.shape, reach)
+    if len(wins) < 2:
+        return _detections(clean, var, good, o)
+    return _on_windows(clean, var, good, o, wins, np.empty(clean.shape, dtype=bool), pool)
+
+
+def _later_step(clean, var, good, found, changed, o, reach, pool) -> np.ndarray:
+    """Detections of a step after the first, from the previous step's ``found`` and the ``changed`` pixels.
+
+    Away from the changed pixels they are the previous step's; near them
+    they are computed again on windows (or on the whole image when the
+    windows would cover too much of it).
+    """
+    wins = _windows(changed, reach)
+    if sum(w.area for w in wins) > MAX_WINDOW_FRACTION * clean.size:
+        return _first_step(clean, var, good, o, reach, pool)
+    return _on_windows(clean, var, good, o, wins, found, pool)
+
+
+def _neighbour_values(arr: np.ndarray, bad: np.ndarray, ys: np.ndarray, xs: np.ndarray):
+    """The 25 neighbours of each pixel in astroscrappy's order (rows, then columns), and which are good."""
+    for dy in range(-_HALF, _HALF + 1):
+        for dx in range(-_HALF, _HALF + 1):
+            yield arr[ys + dy, xs + dx], ~bad[ys + dy, xs + dx]
+
+
+def _clean(arr: np.ndarray, bad: np.ndarray, ys, xs, cleantype: str, level) -> None:
+    """Replace ``arr`` at ``(ys, xs)`` by the mean (or median) of their good 5x5 neighbours, in place.
+
+    astroscrappy's ``clean_meanmask`` / ``clean_medmask``: float32 sums in
+    its order; the median is the order statistic ``(n - 1) // 2``; a pixel
+    without good neighbours gets ``level()`` (the image's level).
+    """
+    n = np.zeros(ys.size, dtype=np.int64)
+    if cleantype == "meanmask":
+        total = np.zeros(ys.size, dtype=np.float32)
+        for values, ok in _neighbour_values(arr, bad, ys, xs):
+            total = np.where(ok, total + values, total)
+            n += ok
+        out = total / np.maximum(n, 1).astype(np.float32)
+    else:
+        values = np.full((ys.size, (2 * _HALF + 1) ** 2), np.inf, dtype=np.float32)
+        for j, (v, ok) in enumerate(_neighbour_values(arr, bad, ys, xs)):
+            values[ok, j] = v[ok]
+            n += ok
+        values.sort(axis=1)
+        out = values[np.arange(ys.size), np.maximum(n - 1, 0) // 2]
+    if not n.all():
+        out[n == 0] = level()
+    arr[ys, xs] = out
+
+
+def _levels(image: np.ndarray, mask: np.ndarray, rn2: float):
+    """astroscrappy's levels of the whole uncleaned image and of its variance, computed when first needed."""
+    from astroscrappy.utils import median
+
+    cache = {}
+
+    def level(which: str) -> np.float32:
+        if not cache:
+            good = np.ascontiguousarray(image[~mask], dtype=np.float32)
+            cache["image"] = median(good, good.size)
+            good += np.float32(rn2)  # the variance is the image plus the read-noise variance
+            cache["var"] = median(good, good.size)
+        return np.float32(cache[which])
+
+    return level
+
+
+def detect_cosmics(image: np.ndarray, *, readnoise: float, sigclip: float, sigfrac: float, objlim: float,
+                   satlevel: float, niter: int, sepmed: bool, cleantype: str, fsmode: str,
+                   psfk: np.ndarray | None = None, psfsize: int = 7, workers: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """astroscrappy's ``detect_cosmics`` (gain 1, no input mask, background or variance): mask, cleaned image.
+
+    Parameters are astroscrappy's; ``psfk`` is the kernel as astroscrappy
+    uses it (:func:`psf_kernel`, or a symmetric kernel given as is) and
+    ``psfsize`` its side; ``workers`` threads run the bands of the first
+    step and the windows of the later ones.  Returns the bool mask and the
+    float32 cleaned image, bit-identical to astroscrappy's.
+    """
+    from astroscrappy.astroscrappy import update_mask
+
+    if not supported(cleantype, fsmode, "gauss"):
+        raise ValueError(f"cleantype must be one of {', '.join(CLEANTYPES)}; got {cleantype!r}")
+    clean = np.empty(image.shape, dtype=np.float32)
+    clean[:, :] = image * 1.0
+    rn2 = float(np.float32(readnoise) * np.float32(readnoise))
+    var = clean + rn2
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    if np.any(clean >= _c_float(satlevel)):  # else astroscrappy's saturation mask is empty
+        update_mask(clean, mask, _c_float(satlevel), sepmed)
+    mask = mask.view(bool)
+    good = ~mask
+    o = {"sepmed": sepmed, "fsmode": fsmode, "psfk": psfk, "sigclip": _c_float(sigclip),
+         "objlim": _c_float(objlim), "sigcliplow": float(np.float32(sigfrac) * np.float32(sigclip))}
+    reach = step_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)
+    level = _levels(image, mask, rn2)  # of the image before any cleaning, as astroscrappy's
+    crmask = np.zeros(image.shape, dtype=bool)
+    changed = np.zeros(image.shape, dtype=bool)
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        for i in range(int(niter)):
+            if i == 0:
+                found = _first_step(clean, var, good, o, reach, pool)
+            else:
+                found = _later_step(clean, var, good, found, changed, o, reach, pool)
+            numcr = int(np.count_nonzero(found))
+            _log.debug("L.A.Cosmic iteration %d: %d pixels", i + 1, numcr)
+            crmask |= found
+            if numcr == 0:
+                break
+            _clean_step(clean, var, crmask, mask, changed, cleantype, level)
+    return crmask, clean
+
+
+def _clean_step(clean, var, crmask, mask, changed, cleantype, level) -> None:
+    """Clean every masked pixel (not the outer 2 rows and columns, as astroscrappy); mark those that changed."""
+    ny, nx = clean.shape
+    ys, xs = np.nonzero(crmask[_HALF:ny - _HALF, _HALF:nx - _HALF])
+    ys += _HALF
+    xs += _HALF
+    before = clean[ys, xs], var[ys, xs]
+    bad = crmask | mask
+    _clean(clean, bad, ys, xs, cleantype, lambda: level("image"))
+    _clean(var, bad, ys, xs, cleantype, lambda: level("var"))
+    changed[:] = False  # the state the next step sees differs from this one's only there
+    changed[ys, xs] = (clean[ys, xs] != before[0]) | (var[ys, xs] != before[1])
