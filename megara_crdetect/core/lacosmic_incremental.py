@@ -100,6 +100,8 @@ def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict) -
     sp = s - (sepmedfilt7(s) if o["sepmed"] else medfilt5(s))
     del s
     cosmics = np.logical_and(sp > o["sigclip"], good)
+    if not cosmics.any():  # nothing for the fine structure to confirm: no detection (common in later steps)
+        return cosmics
     if o["fsmode"] == "convolve":
         f = convolve(clean / noise / noise, o["psfk"])
         f = f / convolve(1.0 / noise / noise, o["psfk"])

@@ -989,7 +989,7 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
     if variation is not None:  # aligned exposures brought onto one scene: what is left is noise and CRs
         _warn_heavy_tails(stack, stats.median2d, noise)
     targets = _targets(stats, stack)
-    timings["statistics"] = time.perf_counter() - t0
+    timings["statistics"] = time.perf_counter() - t0 - timings.get("variation", 0.0)
 
     mms = _MMStage(inflated=noise) if params.uses_mm else _aux_alone_stage(stats, stack, params, factors, floor,
                                                                            noise, rnoise_e)
