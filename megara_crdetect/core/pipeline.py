@@ -53,6 +53,7 @@ Order of operations
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -260,8 +261,19 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
         from .windows import lacosmic_where_needed
 
         kwargs = lacosmic_arguments(params, detector.rnoise_e, satlevel_e)
-        results = [lacosmic_where_needed(targets[n], candidates and candidates(targets[n]), workers=workers,
-                                         **kwargs) for n in names]
+        threads = min(len(names), (os.cpu_count() or 1) if workers is None else max(1, int(workers)))
+
+        def one(n: str):  # several targets: one thread each, each run in one thread (fewer small tasks)
+            return lacosmic_where_needed(targets[n], candidates and candidates(targets[n]),
+                                         workers=1 if threads > 1 else workers, **kwargs)
+
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                results = list(pool.map(one, names))
+        else:
+            results = [one(n) for n in names]
     else:
         aux = make_detector(params, rnoise_e=detector.rnoise_e, satlevel_e=satlevel_e)
         results = run_many(aux, [targets[n] for n in names], workers=workers)
