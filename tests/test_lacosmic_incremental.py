@@ -154,3 +154,19 @@ def test_astroscrappy_filters_do_not_depend_on_the_position_in_the_array():
                 assert np.array_equal(inner, expected), (name, offset, width)
             if offset % 2 == 0 and width % 2 == 0:
                 assert np.array_equal(rebin(part), whole["rebin"][:, offset // 2:(offset + width) // 2])
+
+
+def test_one_openmp_thread_is_set_for_this_thread_only_and_restored():
+    import threading
+
+    lib = incremental._libgomp()
+    if lib is None:
+        pytest.skip("astroscrappy's OpenMP runtime (GNU libgomp) is not loaded on this system")
+    before = lib.omp_get_max_threads()
+    seen = []
+    with incremental._one_openmp_thread():
+        seen.append(lib.omp_get_max_threads())
+        other = threading.Thread(target=lambda: seen.append(lib.omp_get_max_threads()))
+        other.start()
+        other.join()
+    assert seen == [1, before] and lib.omp_get_max_threads() == before

@@ -258,27 +258,42 @@ def _la_detections(targets: dict[str, np.ndarray], params: CRMaskConfig, detecto
     names = list(targets)
     satlevel_e = detector.level_e(params.la_satlevel)
     if params.aux_method == "lacosmic" and not _two_pass(params):
-        from .windows import lacosmic_where_needed
-
-        kwargs = lacosmic_arguments(params, detector.rnoise_e, satlevel_e)
-        threads = min(len(names), (os.cpu_count() or 1) if workers is None else max(1, int(workers)))
-
-        def one(n: str):  # several targets: one thread each, each run in one thread (fewer small tasks)
-            return lacosmic_where_needed(targets[n], candidates and candidates(targets[n]),
-                                         workers=1 if threads > 1 else workers, **kwargs)
-
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                results = list(pool.map(one, names))
-        else:
-            results = [one(n) for n in names]
+        done = dict(_lacosmic_targets(targets, candidates, workers,
+                                      lacosmic_arguments(params, detector.rnoise_e, satlevel_e)))
+        results = [done[n] for n in names]
     else:
         aux = make_detector(params, rnoise_e=detector.rnoise_e, satlevel_e=satlevel_e)
         results = run_many(aux, [targets[n] for n in names], workers=workers)
     flags = {n: r[0] for n, r in zip(names, results)}
     return flags, results[names.index("median")][1] if "median" in names else None
+
+
+def _lacosmic_targets(targets: dict[str, np.ndarray], candidates, workers: int | None, kwargs: dict):
+    """``(name, L.A.Cosmic result)`` of every target: several at once, one thread each, then the rest.
+
+    With ``w`` workers, the first targets run ``w`` at a time in one thread
+    each (fewer, larger tasks than one target's bands and windows); the
+    remainder (fewer than ``w``: the median last, the cheapest with its few
+    cosmic rays) runs one target at a time on every worker, so that no
+    worker waits for the last target of the others.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .windows import lacosmic_where_needed
+
+    threads = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    names = sorted(targets, key=lambda n: n == "median")  # the median last
+    together = len(names) - len(names) % threads if threads > 1 else 0
+
+    def one(name: str, n_workers: int):
+        return name, lacosmic_where_needed(targets[name], candidates and candidates(targets[name]),
+                                           workers=n_workers, **kwargs)
+
+    if together:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield from pool.map(one, names[:together], [1] * together)
+    for name in names[together:]:
+        yield one(name, threads)
 
 
 def _la_candidates(params: CRMaskConfig, stats: StackStats, noise: np.ndarray,
