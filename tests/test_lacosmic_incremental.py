@@ -87,6 +87,16 @@ def test_dense_cosmic_rays_whole_image_steps_match():
     assert sum(w.area for w in wins) > incremental.MAX_WINDOW_FRACTION * image.size
 
 
+@pytest.mark.parametrize("dense_fraction", [0.0, 1.0])
+def test_cleaning_on_whole_rows_and_on_gathers_match(monkeypatch, dense_fraction):
+    """The mean cleaning computed over whole rows (many flags) or gathered at the flags (few)."""
+    monkeypatch.setattr(incremental, "DENSE_FRACTION", dense_fraction)
+    image = spectra((200, 220), seed=3, n_cr=400)
+    image[100:109, 30:39] += np.random.default_rng(2).uniform(2000, 20000, (9, 9)).astype(np.float32)
+    image[150:160, 150:160] = 70000.0
+    assert_identical(image, satlevel=65000.0)
+
+
 def test_saturated_star_and_pixel_without_good_neighbours():
     """The saturation mask (astroscrappy's own) and the image's level for a pixel with no good neighbour."""
     from scipy import ndimage

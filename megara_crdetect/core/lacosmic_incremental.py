@@ -55,6 +55,8 @@ MAX_WINDOW_FRACTION = 0.5
 CELL = 64
 #: Pixels of one band of rows of the first step (~90 MB of temporaries each).
 STRIP_PIXELS = 2_000_000
+#: Fraction of the image flagged above which the mean cleaning runs on whole rows instead of gathers.
+DENSE_FRACTION = 0.05
 _HALF = 2  # the cleaning reads the 5x5 neighbourhood
 _DILATIONS = 2  # the detections grow twice by a 3x3 dilation
 
@@ -257,6 +259,20 @@ def _neighbour_values(arr: np.ndarray, bad: np.ndarray, ys: np.ndarray, xs: np.n
             yield arr[ys + dy, xs + dx], ~bad[ys + dy, xs + dx]
 
 
+def _mean_of_good_neighbours_dense(arr: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of the good 5x5 neighbours of every pixel at least 2 from the sides (same order)."""
+    ny, nx = arr.shape
+    total = np.zeros((ny - 2 * _HALF, nx - 2 * _HALF), dtype=np.float32)
+    n = np.zeros(total.shape, dtype=np.int8)
+    for dy in range(-_HALF, _HALF + 1):
+        for dx in range(-_HALF, _HALF + 1):
+            part = (slice(_HALF + dy, ny - _HALF + dy), slice(_HALF + dx, nx - _HALF + dx))
+            ok = good[part]
+            total += arr[part] * ok  # adds exactly the value or a zero: astroscrappy's sum of the good ones
+            n += ok
+    return total, n
+
+
 def _clean(arr: np.ndarray, bad: np.ndarray, ys, xs, cleantype: str, level) -> None:
     """Replace ``arr`` at ``(ys, xs)`` by the mean (or median) of their good 5x5 neighbours, in place.
 
@@ -368,12 +384,32 @@ def detect_cosmics(image: np.ndarray, *, readnoise: float, sigclip: float, sigfr
 def _clean_step(clean, var, crmask, mask, changed, cleantype, level) -> None:
     """Clean every masked pixel (not the outer 2 rows and columns, as astroscrappy); mark those that changed."""
     ny, nx = clean.shape
-    ys, xs = np.nonzero(crmask[_HALF:ny - _HALF, _HALF:nx - _HALF])
+    bad = crmask | mask
+    inner = (slice(_HALF, ny - _HALF), slice(_HALF, nx - _HALF))
+    if cleantype == "meanmask" and np.count_nonzero(crmask) > DENSE_FRACTION * crmask.size:
+        _clean_dense(clean, var, bad, crmask[inner], changed, level)
+        return
+    ys, xs = np.nonzero(crmask[inner])
     ys += _HALF
     xs += _HALF
     before = clean[ys, xs], var[ys, xs]
-    bad = crmask | mask
     _clean(clean, bad, ys, xs, cleantype, lambda: level("image"))
     _clean(var, bad, ys, xs, cleantype, lambda: level("var"))
     changed[:] = False  # the state the next step sees differs from this one's only there
     changed[ys, xs] = (clean[ys, xs] != before[0]) | (var[ys, xs] != before[1])
+
+
+def _clean_dense(clean, var, bad, flagged, changed, level) -> None:
+    """The mean cleaning of many pixels at once: whole arrays instead of gathers (same values)."""
+    changed[:] = False
+    inner_changed = changed[_HALF:-_HALF, _HALF:-_HALF]
+    good = ~bad
+    for arr, which in ((clean, "image"), (var, "var")):
+        total, n = _mean_of_good_neighbours_dense(arr, good)
+        new = total / np.maximum(n, 1).astype(np.float32)
+        empty = flagged & (n == 0)
+        if empty.any():
+            new[empty] = level(which)
+        old = arr[_HALF:-_HALF, _HALF:-_HALF]
+        inner_changed |= flagged & (new != old)
+        np.copyto(old, new, where=flagged)
