@@ -3,34 +3,32 @@
 L.A.Cosmic (van Dokkum 2001, as astroscrappy 1.x implements it) repeats one
 detection step ``niter`` times: find the cosmic-ray pixels of the current
 image, add them to the mask, clean the masked pixels from their 5x5
-neighbourhood, start again.  Every step runs on the whole image, yet after
-the first one the image differs from the previous step's only at the pixels
-just cleaned (a few thousand on a MEGARA frame).
+neighbourhood, start again.  astroscrappy runs every step on the whole
+image, yet after the first one the image differs from the previous step's
+only at the pixels whose cleaned value changed (a few hundred to a few
+thousand on a MEGARA frame).
 
-The detection at a pixel depends only on the image within
-``r = lacosmic_reach(niter=0, ...)`` of it (see
-:func:`~megara_crdetect.core.windows.lacosmic_reach`; 14 pixels with the
-guide's parameters).  So a pixel further than ``r`` from every cleaned pixel
-sees the same neighbourhood as in the previous step and gets the same
-answer, which was "no" (every earlier detection is a cleaned pixel).  Step
-``i + 1`` therefore only runs on windows whose exact part covers the mask
-grown by ``r``, padded by ``r``; the union of their detections is the
-whole-image step's.  When those windows would cover more than half of the
-image (dense masks, e.g. a single exposure with many cosmic rays), the step
-runs on the whole image.
+One step's detection at a pixel depends only on the image within
+:func:`step_reach` of it (14 pixels with the guide's parameters).  So a
+pixel further than that from every changed pixel keeps the previous step's
+answer, and step ``i + 1`` only runs on windows whose exact part covers the
+changed pixels grown by the reach, padded by the reach (on the whole image
+when those would cover more than half of it).  The first step runs on bands
+of rows.  In every band and window the fine structure (the costly part) is
+computed only on the rectangle holding the Laplacian's candidates in the
+part that is kept, padded by its own reach.
 
-The first step, the cleaning and the whole-image statistics are
-astroscrappy's, with its own compiled filters (``astroscrappy.utils``) and
-the same float32 operations in the same order; the cleaning of the masked
-pixels (``meanmask``, ``medmask``) is written here over the masked pixels
-only, with astroscrappy's summation order.  astroscrappy compiles its
-filters with ``-ffast-math``, so their float32 sums cannot be rewritten in
-NumPy; what the windows need is that a filter's value at a pixel does not
-depend on where the pixel lies in the array, which a test checks.  The
-tests compare masks and cleaned images with astroscrappy's bit for bit.  Cleaning types whose
-astroscrappy implementation is not reproducible (``median`` reads
-uninitialised memory) or not written here (``idw``) and the Moffat kernel
-(not exported by astroscrappy) run astroscrappy itself (:func:`supported`).
+Everything is astroscrappy's own: its compiled filters
+(``astroscrappy.utils``), its saturation mask, its levels, the same float32
+operations in the same order.  Only the cleaning of the masked pixels
+(``meanmask``, ``medmask``) is written here, in astroscrappy's summation
+order.  astroscrappy compiles its filters with ``-ffast-math``, so their
+sums cannot be rewritten in NumPy; the windows need a filter's value at a
+pixel not to depend on where the pixel lies in the array, which a test
+checks.  The tests compare masks and cleaned images with astroscrappy's bit
+for bit.  The ``median`` cleaning (astroscrappy's reads memory it never
+wrote), ``idw`` and the Moffat kernel (not exported by astroscrappy) run
+astroscrappy itself (:func:`supported`).
 """
 
 from __future__ import annotations
