@@ -52,7 +52,7 @@ def detector_of(cfg: RunConfig) -> Detector:
 
 def iter_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images,
                       combinations=COMBINATIONS, bad: BadPixels | None = None, headers=(), checksums=(),
-                      dq: np.ndarray | None = None):
+                      dq: np.ndarray | None = None, workers: int = 1):
     """Yield ``(file name, HDUList)`` of every combination, one at a time.
 
     The combinations are always built from the exposures divided by their flux
@@ -60,16 +60,17 @@ def iter_combinations(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid:
     that all the exposures are equivalent.  Writing each one before the next
     is built keeps a single combination in memory.  Bad input values
     (``bad.left_out``) are left out of their exposure; ``dq`` (the run's
-    summary, :func:`run_dq`) becomes each combination's DQ plane.
+    summary, :func:`run_dq`) becomes each combination's DQ plane.  ``workers``
+    threads build each one, on bands of rows.
     """
     one = _combiner(stack_e, masks, cfg, masks_uuid=masks_uuid, images=images, bad=bad, headers=headers,
-                    checksums=checksums, dq=dq)
+                    checksums=checksums, dq=dq, workers=workers)
     for name in combinations:
         yield one(name)
 
 
 def _combiner(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, images, bad, headers, checksums,
-              dq):
+              dq, workers: int = 1):
     """``name -> (file name, HDUList)`` of one combination (see :func:`iter_combinations`)."""
     factors = np.asarray(masks.flux_factors, dtype=np.float32)
     if np.any(factors != 1):
@@ -80,7 +81,8 @@ def _combiner(stack_e: np.ndarray, masks, cfg: RunConfig, *, masks_uuid: str, im
     def one(name: str):
         use_la = cfg.params.use_lamedian and name not in ("mean", "median", "min")
         combined = apply_crmasks(stack_e, masks, name, rnoise_e=det.rnoise_e, use_lamedian=use_la,
-                                 local_median=cfg.params.pixels_to_be_replaced_by_local_median, exclude=exclude)
+                                 local_median=cfg.params.pixels_to_be_replaced_by_local_median, exclude=exclude,
+                                 workers=workers)
         return f"combined_{name}.fits", combined_hdulist(name, combined, masks_uuid=masks_uuid, detector=det,
                                                          images=images, extnum=cfg.inputs.extnum,
                                                          flux_factors=masks.flux_factors, inputs=headers,
@@ -331,7 +333,8 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             products = mask_products(result, cfg, images=images, bad=bad, **described)
             masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
         combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
-                                   dq=run_dq(masks, cfg, bad, stack.shape[1:]), **described)
+                                   dq=run_dq(masks, cfg, bad, stack.shape[1:]),
+                                   workers=workers or os.cpu_count() or 1, **described)
         items = itertools.chain(_drain(products), combos)
         if raw is not None:  # the MEGARA identity and what was done, in every product
             items = ((name, megara.stamp_hdulist(p, prep.headers[0], prep)) for name, p in items)

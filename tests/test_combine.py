@@ -300,3 +300,28 @@ class TestExclude:
                             crmasks=np.zeros_like(exclude), meancr_mask=none)
         others = ~exclude.any(axis=0)
         np.testing.assert_array_equal(res.value[others], untouched.value[others])
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_bands_in_threads_give_the_same_bits(monkeypatch, combination):
+    """combine_in_bands: bands of 7 rows (the last one shorter) in 3 threads, local medians afterwards."""
+    import megara_crdetect.core.combine as combine_module
+
+    monkeypatch.setattr(combine_module, "BAND_PIXELS", 7 * 40)
+    rng = np.random.default_rng(4)
+    stack = rng.normal(100.0, 10.0, (3, 50, 40)).astype(np.float32)
+    crmasks = rng.random(stack.shape) < 0.05
+    stack[crmasks] += 500.0
+    exclude = rng.random(stack.shape) < 0.01
+    exclude[:, 3, 5] = True  # every exposure left out at one pixel
+    kwargs = {"rnoise_e": 3.0, "mediancr": crmasks.sum(axis=0) >= 2, "meancrt": crmasks.any(axis=0),
+              "crmasks": crmasks, "meancr_mask": crmasks.all(axis=0) | (rng.random((50, 40)) < 0.01),
+              "replacement": stack.min(axis=0) - 1.0, "local_median_pixels": [(6, 10, 3, 3), (20, 39, 5, 3)],
+              "exclude": exclude}
+    whole = combine_module.combine(stack, combination, **kwargs)
+    bands = combine_module.combine_in_bands(stack, combination, workers=3, **kwargs)
+    without_boxes = combine_module.combine(stack, combination, **{**kwargs, "local_median_pixels": ()})
+    assert np.array_equal(whole.value, without_boxes.value) == (combination in ("mean", "median", "min"))
+    for name in ("value", "variance", "exposure_map"):
+        a, b = getattr(whole, name), getattr(bands, name)
+        assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), name

@@ -26,6 +26,7 @@ __all__ = [
     "COMBINATIONS",
     "Combined",
     "combine",
+    "combine_in_bands",
     "median_variance_factor",
     "min_variance_factor",
     "problematic_pixels",
@@ -487,5 +488,44 @@ def combine(
             factor[mask] = 1.0
             expmap[mask] = 1
     var, expmap = _finish(value, factor, expmap, rnoise_e)
+    _apply_local_median(value, var, boxes)
+    return Combined(value, var, expmap)
+
+
+#: Rows of one band of :func:`combine_in_bands` per pixel of a row (about 1 Mpx per band).
+BAND_PIXELS = 1 << 20
+
+
+def combine_in_bands(stack: np.ndarray, combination: str, *, workers: int = 1, **kwargs) -> Combined:
+    """:func:`combine` on bands of rows in ``workers`` threads: the same arrays, bit for bit.
+
+    Every combination is computed pixel by pixel (along the exposures), so
+    a band's pixels do not depend on the others.  The local-median pixels
+    (``local_median_pixels``) read their neighbours and are applied to the
+    whole image afterwards, in order, as :func:`combine` does.  NumPy
+    releases the GIL in the band's array operations.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack = _check_stack(stack)
+    boxes = kwargs.pop("local_median_pixels", ())
+    ny, nx = stack.shape[1:]
+    rows = max(1, BAND_PIXELS // max(nx, 1))
+    if workers <= 1 or ny <= rows:
+        return combine(stack, combination, local_median_pixels=boxes, **kwargs)
+    boxes = _check_boxes(boxes, (ny, nx)) if combination not in ("mean", "median", "min") else []
+    value = np.empty((ny, nx), dtype=np.float32)
+    var = np.empty((ny, nx), dtype=np.float32)
+    expmap = np.empty((ny, nx), dtype=np.int16)
+
+    def band(y0: int) -> None:
+        part = slice(y0, min(y0 + rows, ny))
+        args = {k: (None if v is None else (v[:, part] if np.ndim(v) == 3 else v[part]) if np.ndim(v) >= 2 else v)
+                for k, v in kwargs.items()}
+        out = combine(stack[:, part], combination, **args)
+        value[part], var[part], expmap[part] = out.value, out.variance, out.exposure_map
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(band, range(0, ny, rows)))
     _apply_local_median(value, var, boxes)
     return Combined(value, var, expmap)

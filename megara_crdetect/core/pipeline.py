@@ -66,7 +66,7 @@ from . import boundary as bd
 from . import faintgroups as fg
 from . import mmdiagram as mm
 from . import shiftmodel as sm
-from .combine import combine, problematic_pixels
+from .combine import combine, combine_in_bands, problematic_pixels
 from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
 from .locallevel import neighbour_index, noise_dips, raised_medians, spoiled_minima, typical_spread
 from .masks import cleanable_map, dilate, keep_groups_with, label_groups
@@ -1315,7 +1315,8 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
 
 
 def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, rnoise_e: float,
-                  use_lamedian: bool = False, local_median=(), exclude: np.ndarray | None = None):
+                  use_lamedian: bool = False, local_median=(), exclude: np.ndarray | None = None,
+                  workers: int = 1):
     """Build one combination from the masks (see :mod:`megara_crdetect.core.combine`).
 
     Parameters
@@ -1336,6 +1337,9 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         ``pixels_to_be_replaced_by_local_median`` (FITS).
     exclude : ndarray of bool, shape (N, ny, nx), optional
         Bad input values left out of their exposure (see :func:`~megara_crdetect.core.combine.combine`).
+    workers : int
+        Threads, each on a band of rows (:func:`~megara_crdetect.core.combine.combine_in_bands`; the same
+        bits as one thread).
     """
     if combination not in COMBINATIONS:
         raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}, got {combination!r}")
@@ -1345,7 +1349,8 @@ def apply_crmasks(stack: np.ndarray, masks: CRMaskResult, combination: str, *, r
         if masks.lamedian is None:
             raise ValueError("use_lamedian needs the median cleaned by the auxiliary detector (AUXCLEAN)")
         replacement = masks.lamedian
-    return combine(stack, combination, rnoise_e=rnoise_e, mediancr=masks.mediancr, meancrt=masks.meancrt,
-                   crmasks=masks.crmasks, meancr_mask=masks.meancr, replacement=replacement,
-                   local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median],
-                   exclude=exclude)
+    return combine_in_bands(stack, combination, workers=workers, rnoise_e=rnoise_e, mediancr=masks.mediancr,
+                            meancrt=masks.meancrt, crmasks=masks.crmasks, meancr_mask=masks.meancr,
+                            replacement=replacement,
+                            local_median_pixels=[(y - 1, x - 1, yw, xw) for x, y, xw, yw in local_median],
+                            exclude=exclude)
