@@ -231,10 +231,14 @@ def find_masks(stack_e: np.ndarray, cfg: RunConfig, *, bad: BadPixels, progress=
     return result
 
 
-def mask_products(result: CRMaskResult, cfg: RunConfig, *, images, bad: BadPixels, headers=(), checksums=()
-                  ) -> dict:
-    """The products of :func:`detect` (the masks file and the two tables) of a detection's result."""
-    dq = run_dq(result, cfg, bad, result.mediancr.shape)
+def mask_products(result: CRMaskResult, cfg: RunConfig, *, images, bad: BadPixels, headers=(), checksums=(),
+                  dq: np.ndarray | None = None) -> dict:
+    """The products of :func:`detect` (the masks file and the two tables) of a detection's result.
+
+    ``dq``: the run's :func:`run_dq`, when the caller has it already (computed here otherwise).
+    """
+    if dq is None:
+        dq = run_dq(result, cfg, bad, result.mediancr.shape)
     masks = crmasks_hdulist(result, cfg.params, detector_of(cfg), images, extnum=cfg.inputs.extnum,
                             inputs=headers, checksums=checksums, dq=dq)
     return {"crmasks.fits": masks,
@@ -246,12 +250,12 @@ def build_products(stack_e: np.ndarray, cfg: RunConfig, *, images, progress=None
                    checksums=()) -> tuple[CRMaskResult, dict]:
     """:func:`detect` plus every combination, all in memory (the numina recipe returns them at once)."""
     bad = bad_pixels_of(stack_e, cfg, _labels(images))
-    result, products = detect(stack_e, cfg, images=images, progress=progress, review=review, bad=bad,
-                              headers=headers, checksums=checksums)
+    result = find_masks(stack_e, cfg, progress=progress, review=review, bad=bad)
+    dq = run_dq(result, cfg, bad, stack_e.shape[1:])
+    products = mask_products(result, cfg, images=images, bad=bad, headers=headers, checksums=checksums, dq=dq)
     uuid = products["crmasks.fits"][0].header["UUID"]
     products.update(build_combinations(stack_e, result, cfg, masks_uuid=uuid, images=images, bad=bad,
-                                       headers=headers, checksums=checksums,
-                                       dq=run_dq(result, cfg, bad, stack_e.shape[1:])))
+                                       headers=headers, checksums=checksums, dq=dq))
     return result, products
 
 
@@ -325,15 +329,16 @@ def run(cfg: RunConfig, *, base_dir: str | Path = ".", output_dir: str | Path = 
             masks = read_crmasks(crmasks_file, stack.shape[0], stack.shape[1:])
             _log.info("re-applying the masks of %s", crmasks_file)
             result, uuid = None, masks.uuid
+            dq = run_dq(masks, cfg, bad, stack.shape[1:])
             products = {}
         else:
-            result = find_masks(stack, cfg, progress=progress, review=review, bad=bad, workers=workers)
+            result = masks = find_masks(stack, cfg, progress=progress, review=review, bad=bad, workers=workers)
             if figures is not None:  # started before the products are built: forked figure processes hold less
                 pending = figures(result, stack, cfg, stage, progress=progress)
-            products = mask_products(result, cfg, images=images, bad=bad, **described)
-            masks, uuid = result, products["crmasks.fits"][0].header["UUID"]
-        combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad,
-                                   dq=run_dq(masks, cfg, bad, stack.shape[1:]),
+            dq = run_dq(masks, cfg, bad, stack.shape[1:])
+            products = mask_products(result, cfg, images=images, bad=bad, dq=dq, **described)
+            uuid = products["crmasks.fits"][0].header["UUID"]
+        combos = iter_combinations(stack, masks, cfg, masks_uuid=uuid, images=images, bad=bad, dq=dq,
                                    workers=workers or os.cpu_count() or 1, **described)
         items = itertools.chain(_drain(products), combos)
         if raw is not None:  # the MEGARA identity and what was done, in every product

@@ -8,6 +8,7 @@ import pytest
 
 from megara_crdetect.core import lacosmic_incremental as incremental
 from megara_crdetect.core.lacosmic import gaussxy_kernel, run_lacosmic
+from megara_crdetect.core.windows import lacosmic_step_reach
 
 
 def spectra(shape, seed, *, n_cr, peak=3000.0, sky=20.0):
@@ -75,15 +76,26 @@ def test_later_steps_run_on_windows_and_match():
     image[0:2, 300:302] += 4000.0  # on the frame's edge rows: the windows are clipped there
     image[350, 0] += 4000.0
     crmask = assert_identical(image)
-    wins = incremental._windows(crmask, incremental.step_reach(sepmed=True, fsmode="convolve", psfsize=11))
+    wins = incremental._windows(crmask, lacosmic_step_reach(sepmed=True, fsmode="convolve", psfsize=11))
     assert 0 < sum(w.area for w in wins) < 0.3 * image.size
+
+
+def test_first_step_on_bands_in_threads_matches(monkeypatch):
+    """The first step on bands of rows (here 9 bands of ~30 rows) in two threads."""
+    monkeypatch.setattr(incremental, "STRIP_PIXELS", 8_000)
+    image = spectra((260, 300), seed=9, n_cr=80)
+    ref_mask, ref_clean = reference(image, **dict(BASE))
+    mask, clean = ours(image, workers=2, **dict(BASE))
+    assert len(incremental.tiles(image.shape, lacosmic_step_reach(sepmed=True, fsmode="convolve", psfsize=11),
+                                 -(-image.size // incremental.STRIP_PIXELS))) == 9
+    assert np.array_equal(mask, ref_mask) and np.array_equal(clean, ref_clean)
 
 
 def test_dense_cosmic_rays_whole_image_steps_match():
     """Many cosmic rays: the later steps' windows would cover most of the image, so they run whole."""
     image = spectra((200, 220), seed=3, n_cr=900)
     crmask = assert_identical(image)
-    wins = incremental._windows(crmask, incremental.step_reach(sepmed=True, fsmode="convolve", psfsize=11))
+    wins = incremental._windows(crmask, lacosmic_step_reach(sepmed=True, fsmode="convolve", psfsize=11))
     assert sum(w.area for w in wins) > incremental.MAX_WINDOW_FRACTION * image.size
 
 

@@ -518,11 +518,12 @@ def combine_in_bands(stack: np.ndarray, combination: str, *, workers: int = 1, *
     var = np.empty((ny, nx), dtype=np.float32)
     expmap = np.empty((ny, nx), dtype=np.int16)
 
+    def rows_of(v, part: slice):  # the band of an image (ny, nx) or a stack (N, ny, nx); anything else as is
+        return v[..., part, :] if np.ndim(v) >= 2 else v
+
     def band(y0: int) -> None:
         part = slice(y0, min(y0 + rows, ny))
-        args = {k: (None if v is None else (v[:, part] if np.ndim(v) == 3 else v[part]) if np.ndim(v) >= 2 else v)
-                for k, v in kwargs.items()}
-        out = combine(stack[:, part], combination, **args)
+        out = combine(stack[:, part], combination, **{k: rows_of(v, part) for k, v in kwargs.items()})
         value[part], var[part], expmap[part] = out.value, out.variance, out.exposure_map
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

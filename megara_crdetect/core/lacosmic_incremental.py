@@ -9,7 +9,8 @@ only at the pixels whose cleaned value changed (a few hundred to a few
 thousand on a MEGARA frame).
 
 One step's detection at a pixel depends only on the image within
-:func:`step_reach` of it (14 pixels with the guide's parameters).  So a
+:func:`~megara_crdetect.core.windows.lacosmic_step_reach` of it (14 pixels with the guide's
+parameters).  So a
 pixel further than that from every changed pixel keeps the previous step's
 answer, and step ``i + 1`` only runs on windows whose exact part covers the
 changed pixels grown by the reach, padded by the reach (on the whole image
@@ -41,7 +42,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["supported", "psf_kernel", "detect_cosmics", "step_reach"]
+from .windows import _window, lacosmic_fine_reach, lacosmic_step_reach, tiles
+
+__all__ = ["supported", "psf_kernel", "detect_cosmics"]
 
 _log = logging.getLogger(__name__)
 
@@ -78,14 +81,6 @@ def psf_kernel(psfmodel: str, psffwhm: float, psfsize: int) -> np.ndarray:
     return np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
 
 
-def step_reach(*, sepmed: bool, fsmode: str, psfsize: int) -> int:
-    """Reach (Chebyshev radius, pixels) of one detection step (Laplacian, fine structure, two dilations)."""
-    from .windows import lacosmic_reach
-
-    mask_reach = 7 if sepmed else 6
-    return lacosmic_reach(niter=1, sepmed=sepmed, fsmode=fsmode, psfsize=psfsize) - mask_reach - _HALF
-
-
 def _fine_structure(clean: np.ndarray, noise: np.ndarray, o: dict) -> np.ndarray:
     """astroscrappy's fine-structure image over the noise, clipped at 0.01."""
     from astroscrappy.utils import convolve, medfilt3, medfilt7, sepmedfilt5, sepmedfilt9
@@ -98,12 +93,6 @@ def _fine_structure(clean: np.ndarray, noise: np.ndarray, o: dict) -> np.ndarray
     f = (f - (sepmedfilt9(f) if o["sepmed"] else medfilt7(f))) / noise
     f[f < 0.01] = 0.01
     return f
-
-
-def _fine_reach(*, sepmed: bool, fsmode: str, psfsize: int) -> int:
-    """Reach of the fine-structure image from the image and the noise (convolution or median, then median)."""
-    first = psfsize // 2 if fsmode == "convolve" else (2 if sepmed else 1)
-    return first + (4 if sepmed else 3)
 
 
 def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
@@ -149,8 +138,6 @@ def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
 
 def _windows(changed: np.ndarray, reach: int) -> list:
     """Windows whose exact parts cover ``changed`` grown by ``reach``, padded by ``reach``; one per cell."""
-    from .windows import _window
-
     ys, xs = np.nonzero(changed)
     if ys.size == 0:
         return []
@@ -163,15 +150,6 @@ def _windows(changed: np.ndarray, reach: int) -> list:
     x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1
     return [_window(int(a) - reach, int(b) + reach, int(c) - reach, int(d) + reach, reach, changed.shape)
             for a, b, c, d in zip(y0, y1, x0, x1)]
-
-
-def _strips(shape: tuple[int, int], reach: int) -> list:
-    """Bands of whole rows (about ``STRIP_PIXELS`` each) whose exact parts cover the image once."""
-    from .windows import _window
-
-    ny, nx = shape
-    rows = max(4 * reach, STRIP_PIXELS // max(nx, 1))
-    return [_window(y0, min(y0 + rows, ny), 0, nx, reach, shape) for y0 in range(0, ny, rows)]
 
 
 @lru_cache(maxsize=1)
@@ -231,7 +209,7 @@ def _on_windows(clean, var, good, o, wins, found, pool) -> np.ndarray:
 
 def _first_step(clean, var, good, o, reach, pool) -> np.ndarray:
     """The first step on the whole image, computed on bands of rows (less memory, parallel threads)."""
-    wins = _strips(clean.shape, reach)
+    wins = tiles(clean.shape, reach, -(-clean.size // STRIP_PIXELS))  # bands of about STRIP_PIXELS
     if len(wins) < 2:
         with _one_openmp_thread() if pool is None else nullcontext():
             return _detections(clean, var, good, o)
@@ -347,7 +325,7 @@ def detect_cosmics(image: np.ndarray, *, readnoise: float, sigclip: float, sigfr
     """
     from astroscrappy.astroscrappy import update_mask
 
-    if not supported(cleantype, fsmode, "gauss"):
+    if cleantype not in CLEANTYPES:
         raise ValueError(f"cleantype must be one of {', '.join(CLEANTYPES)}; got {cleantype!r}")
     clean = np.empty(image.shape, dtype=np.float32)
     clean[:, :] = image * 1.0
@@ -360,8 +338,8 @@ def detect_cosmics(image: np.ndarray, *, readnoise: float, sigclip: float, sigfr
     good = ~mask
     o = {"sepmed": sepmed, "fsmode": fsmode, "psfk": psfk, "sigclip": _c_float(sigclip),
          "objlim": _c_float(objlim), "sigcliplow": float(np.float32(sigfrac) * np.float32(sigclip)),
-         "fine_reach": _fine_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)}
-    reach = step_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)
+         "fine_reach": lacosmic_fine_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)}
+    reach = lacosmic_step_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)
     level = _levels(image, mask, rn2)  # of the image before any cleaning, as astroscrappy's
     crmask = np.zeros(image.shape, dtype=bool)
     changed = np.zeros(image.shape, dtype=bool)
