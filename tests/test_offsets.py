@@ -15,6 +15,7 @@ from megara_crdetect.core.offsets import (
     isolated_peaks,
     measure_offsets,
     neighbour_maximum,
+    neighbour_minimum,
     shift_image,
     shift_image_spline,
     shift_spline_coefficients,
@@ -144,6 +145,9 @@ def test_neighbour_maximum_matches_scipy():
     b = a > 1.5
     np.testing.assert_array_equal(neighbour_maximum(b),
                                   ndimage.binary_dilation(b, np.ones((3, 3), dtype=bool)))
+    np.testing.assert_array_equal(neighbour_minimum(a, include_centre=False),
+                                  ndimage.minimum_filter(a, footprint=ring, mode="nearest"))
+    np.testing.assert_array_equal(neighbour_minimum(a), ndimage.minimum_filter(a, 3, mode="nearest"))
 
 
 def test_isolated_peaks_flags_spikes_not_sampled_profiles():

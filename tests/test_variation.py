@@ -298,3 +298,37 @@ def test_work_in_place_puts_the_exposures_back_on_an_error(monkeypatch):
         pipeline.compute_crmasks(stack, CRMaskConfig(), detector=pipeline.Detector(1.0, RN, 0.0), workers=1,
                                  work_in_place=True)
     np.testing.assert_array_equal(stack.view(np.uint32), original.view(np.uint32))
+
+
+@pytest.mark.parametrize("ny, nc, step", [(630, 126, 5), (637, 128, 5), (40, 10, 4), (9, 3, 3), (7, 2, 5), (3, 1, 5)])
+def test_rows_interpolated_by_broadcasting_equal_the_gathered_rows(ny, nc, step):
+    """The periodic part computed by broadcasting gives the bits of ``along[y0] * (1 - fy) + along[y1] * fy``."""
+    from megara_crdetect.core.variation import _axis_weights, _interpolate_rows
+
+    along = np.random.default_rng(ny).normal(size=(nc, 17)).astype(np.float32)
+    y0, y1, fy = _axis_weights(ny, nc, step)
+    out, work = np.full((ny, 17), np.nan, np.float32), np.empty((ny, 17), np.float32)
+    _interpolate_rows(along, (y0, y1, fy), step, out, work)
+    np.testing.assert_array_equal(out, along[y0] * (1 - fy[:, None]) + along[y1] * fy[:, None])
+
+
+def test_block_products_are_the_sums_of_the_weighted_products_of_each_block():
+    """Every kept pair (the normal matrix's lower triangle, each regressor by each target), block by block."""
+    from megara_crdetect.core.variation import _block_products, _box_sum, _product_pairs
+
+    rng = np.random.default_rng(3)
+    planes = [None] + [rng.normal(size=(20, 30)).astype(np.float32) for _ in range(4)]
+    weight = rng.random((20, 30)).astype(np.float32)
+    sums = _block_products(planes, weight, 3, 5)
+    pairs = _product_pairs(3, 5)
+    assert len(pairs) == 6 + 2 * 3 and sums.shape == (12, 4, 6)
+    for k, (i, j) in enumerate(pairs):
+        a, b = [np.ones((20, 30)) if planes[m] is None else planes[m].astype(float) for m in (i, j)]
+        expected = (weight * a * b).reshape(4, 5, 6, 5).sum(axis=(1, 3))
+        np.testing.assert_allclose(sums[k], expected, rtol=1e-5, atol=1e-4)
+    # the window sums of a stack of planes are those of each plane
+    boxed = _box_sum(sums, (3, 3), "constant")
+    for k in (0, 7):
+        padded = np.pad(sums[k], 1)
+        expected = sum(padded[i:i + 4, j:j + 6] for i in range(3) for j in range(3))
+        np.testing.assert_allclose(boxed[k], expected, rtol=1e-12)

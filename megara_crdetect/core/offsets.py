@@ -25,8 +25,8 @@ from scipy import ndimage
 
 from .shift import SPLINE_PAD, shift_image, shift_image_spline, shift_spline_coefficients, spline_coefficients
 
-__all__ = ["SPLINE_PAD", "isolated_peaks", "measure_offsets", "neighbour_maximum", "shift_image", "shift_image_spline",
-           "shift_spline_coefficients", "spline_coefficients"]
+__all__ = ["SPLINE_PAD", "isolated_peaks", "measure_offsets", "neighbour_maximum", "neighbour_minimum", "shift_image",
+           "shift_image_spline", "shift_spline_coefficients", "spline_coefficients"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,12 +60,21 @@ def neighbour_maximum(data: np.ndarray, *, include_centre: bool = True) -> np.nd
     mode="nearest")`` (with a ring footprint when ``include_centre`` is
     False), several times faster on large images.
     """
+    return _neighbour_extreme(data, np.maximum, include_centre)
+
+
+def neighbour_minimum(data: np.ndarray, *, include_centre: bool = True) -> np.ndarray:
+    """Minimum over the 3 x 3 neighbourhood of every pixel (edges replicated); see :func:`neighbour_maximum`."""
+    return _neighbour_extreme(data, np.minimum, include_centre)
+
+
+def _neighbour_extreme(data: np.ndarray, extreme: np.ufunc, include_centre: bool) -> np.ndarray:
     pad = np.pad(data, 1, mode="edge")
-    rows = np.maximum(np.maximum(pad[:, :-2], pad[:, 2:]), pad[:, 1:-1])
-    out = np.maximum(rows[:-2], rows[2:])
+    rows = extreme(extreme(pad[:, :-2], pad[:, 2:]), pad[:, 1:-1])
+    out = extreme(rows[:-2], rows[2:])
     if include_centre:
-        return np.maximum(out, rows[1:-1], out=out)
-    return np.maximum(out, np.maximum(pad[1:-1, :-2], pad[1:-1, 2:]), out=out)
+        return extreme(out, rows[1:-1], out=out)
+    return extreme(out, extreme(pad[1:-1, :-2], pad[1:-1, 2:]), out=out)
 
 
 def isolated_peaks(data: np.ndarray, var_floor: float, *, nsigma: float = 5.0,

@@ -66,6 +66,7 @@ from scipy import ndimage
 from scipy.special import chdtri
 
 from .locallevel import neighbour_index
+from .offsets import neighbour_maximum, neighbour_minimum
 from .noise import sigma
 from .stack import AGREEMENT_SIGMA
 
@@ -142,6 +143,11 @@ def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
     part of the grid does not depend on where the part starts.  The terms are
     added from the lowest offset to the highest (a missing term adds zero).
     """
+    if grid.ndim > 2:  # plane by plane: each plane's passes stay in the cache
+        out = np.empty(grid.shape, dtype=grid.dtype)
+        for index in np.ndindex(grid.shape[:-2]):
+            out[index] = _box_sum(grid[index], span, mode)
+        return out
     if mode != "constant":
         pads = [(0, 0)] * (grid.ndim - 2) + [(h // 2, h // 2) for h in span]
         grid = np.pad(grid, pads, mode=mode)
@@ -158,12 +164,15 @@ def _box_sum(grid: np.ndarray, span: tuple[int, int], mode: str) -> np.ndarray:
         if h == 0:
             continue
         n, src = grid.shape[axis], out
-        out = np.zeros(grid.shape, dtype=grid.dtype)
+        out = np.empty(grid.shape, dtype=grid.dtype)
         for shift in range(-h, h + 1):
             lo, hi = max(0, -shift), min(n, n - shift)  # out[i] += src[i + shift] where both exist
-            if lo < hi:
-                dst = (Ellipsis, slice(lo, hi)) + ((slice(None),) if axis == -2 else ())
-                from_ = (Ellipsis, slice(lo + shift, hi + shift)) + ((slice(None),) if axis == -2 else ())
+            dst = (Ellipsis, slice(lo, hi)) + ((slice(None),) if axis == -2 else ())
+            from_ = (Ellipsis, slice(lo + shift, hi + shift)) + ((slice(None),) if axis == -2 else ())
+            if shift == -h:  # the first term is 0 + src: the same values, without a pass of zeros
+                out[dst] = src[from_] if lo < hi else 0
+                out[(Ellipsis, slice(0, lo)) + ((slice(None),) if axis == -2 else ())] = 0
+            elif lo < hi:
                 out[dst] += src[from_]
     return out.copy() if out is grid else out
 
@@ -182,49 +191,63 @@ PRODUCT_CHUNK = 8
 
 
 def _block_products(planes: list[np.ndarray | None], weight: np.ndarray, npar: int, step: int) -> np.ndarray:
-    """Sums over every block of ``weight * a * b`` for ``a`` in ``planes[:npar]`` and ``b`` in ``planes``.
+    """Sums over every block of ``weight * a * b`` for the pairs of :func:`_product_pairs`.
 
     ``None`` in ``planes`` is the constant 1.  Each block's pixels are laid out
     as one row, so the sums of all the products are one small matrix product
     per block ``(npar, step**2) x (step**2, len(planes))`` (float32, as the
-    pixels); a block's sums depend on that block only, in a fixed order.
+    pixels); a block's sums depend on that block only, in a fixed order.  Of
+    the symmetric normal matrix only the lower triangle is kept.
 
     Returns
     -------
-    ndarray, shape (npar, len(planes), by, bx), float64
+    ndarray, shape (len(pairs), by, bx), float64
     """
     ny, nx = weight.shape
     by, bx, npix = ny // step, nx // step, step * step
-    out = np.empty((npar, len(planes), by, bx), dtype=np.float64)
+    rows_of, cols_of = np.array(_product_pairs(npar, len(planes))).T
+    out = np.empty((len(rows_of), by, bx), dtype=np.float64)
 
     def blocks(image: np.ndarray, nb: int) -> np.ndarray:  # (nb, bx, step**2): one row per block
         return image.reshape(nb, step, bx, step).transpose(0, 2, 1, 3).reshape(nb, bx, npix)
 
-    for b0 in range(0, by, PRODUCT_CHUNK):
-        b1 = min(by, b0 + PRODUCT_CHUNK)
+    chunk = min(PRODUCT_CHUNK, by)
+    x_buf = np.empty((chunk, bx, len(planes), npix), dtype=np.float32)  # reused: no new pages per chunk
+    xw_buf = np.empty((chunk, bx, npar, npix), dtype=np.float32)
+    for b0 in range(0, by, chunk):
+        b1 = min(by, b0 + chunk)
         rows = slice(b0 * step, b1 * step)
-        x = np.empty((b1 - b0, bx, len(planes), npix), dtype=np.float32)
+        x, xw = x_buf[:b1 - b0], xw_buf[:b1 - b0]
         for i, g in enumerate(planes):
             x[:, :, i] = 1.0 if g is None else blocks(g[rows], b1 - b0)
-        xw = x[:, :, :npar] * blocks(weight[rows], b1 - b0)[:, :, None, :]
-        out[:, :, b0:b1] = np.matmul(xw, x.transpose(0, 1, 3, 2)).transpose(2, 3, 0, 1)
+        np.multiply(x[:, :, :npar], blocks(weight[rows], b1 - b0)[:, :, None, :], out=xw)
+        out[:, b0:b1] = np.moveaxis(np.matmul(xw, x.transpose(0, 1, 3, 2))[:, :, rows_of, cols_of], -1, 0)
     return out
 
 
-def _cholesky_solve(a: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def _product_pairs(npar: int, nplanes: int) -> list[tuple[int, int]]:
+    """The products ``(i, j)`` summed by :func:`_block_products`: the normal matrix's lower triangle
+    (``j <= i < npar``), then every regressor against every target (``j >= npar``)."""
+    return [(i, j) for i in range(npar) for j in range(i + 1)] + \
+        [(i, j) for j in range(npar, nplanes) for i in range(npar)]
+
+
+def _cholesky_solve(a, rhs: np.ndarray) -> np.ndarray:
     """Solve ``a x = b`` for symmetric positive definite ``a`` (P, P, ...) and ``b`` (T, P, ...), vectorised.
 
     The Cholesky factor is built and applied element by element over the
     trailing (grid) axes: thousands of small systems in a few array operations.
+    Only the lower triangle ``a[i][j]`` (``j <= i``) is read: ``a`` may be a
+    list of rows holding those planes only.
     """
-    npar = a.shape[0]
+    npar = len(a)
     low = [[None] * npar for _ in range(npar)]
     for j in range(npar):
-        d = a[j, j] - sum(low[j][k] ** 2 for k in range(j))
+        d = a[j][j] - sum(low[j][k] ** 2 for k in range(j))
         # a non-positive pivot (not met: every coefficient has a prior) gives its coefficient 0, not NaN
         low[j][j] = np.sqrt(np.where(d > 0, d, np.inf))
         for i in range(j + 1, npar):
-            low[i][j] = (a[i, j] - sum(low[i][k] * low[j][k] for k in range(j))) / low[j][j]
+            low[i][j] = (a[i][j] - sum(low[i][k] * low[j][k] for k in range(j))) / low[j][j]
     x = np.empty(rhs.shape)
     for t in range(rhs.shape[0]):
         y = [None] * npar
@@ -251,14 +274,20 @@ def _local_coefficients(basis: list[np.ndarray], weight: np.ndarray, targets: li
         The coefficients of every target at the block centres.
     """
     npar = len(basis) + 1
-    sums = _box_sum(_block_products([None] + list(basis) + list(targets), weight, npar, step), span, "constant")
-    a = sums[:, :npar]
-    diag = np.arange(npar)
-    a[diag, diag] += (1.0 / np.square(np.asarray(PRIOR_SCALE[:npar])))[:, None, None]  # Gaussian prior
-    scale = 1.0 / np.sqrt(np.where(a[diag, diag] > 0, a[diag, diag], 1.0))  # (P, by, bx)
-    a *= scale[:, None] * scale[None, :]  # columns of very different magnitudes
-    a[diag, diag] += RIDGE
-    b = np.moveaxis(sums[:, npar:], 1, 0) * scale  # (T, P, by, bx)
+    planes = [None] + list(basis) + list(targets)
+    sums = _box_sum(_block_products(planes, weight, npar, step), span, "constant")
+    where = {pair: k for k, pair in enumerate(_product_pairs(npar, len(planes)))}
+    a = [[sums[where[i, j]] for j in range(i + 1)] for i in range(npar)]  # lower triangle, views of ``sums``
+    prior = 1.0 / np.square(np.asarray(PRIOR_SCALE[:npar]))
+    for j in range(npar):
+        a[j][j] += prior[j]  # Gaussian prior
+    diag = np.array([a[j][j] for j in range(npar)])
+    scale = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (P, by, bx)
+    for i in range(npar):
+        for j in range(i + 1):
+            a[i][j] *= scale[i] * scale[j]  # columns of very different magnitudes
+        a[i][i] += RIDGE
+    b = np.array([[sums[where[i, npar + t]] for i in range(npar)] for t in range(len(targets))]) * scale
     del sums
     coef_s = _cholesky_solve(a, b)
     return [_significant(c, bk, scale, span) for c, bk in zip(coef_s, b)]
@@ -308,14 +337,13 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
     rows = nonzero[y0] | nonzero[y1]
     active = rows[:, x0] | rows[:, x1]
     if active.mean() > EVALUATE_SPARSE:  # bilinear interpolation of whole planes
-        wy, wx = fy[:, None], fx[None, :]
-        plane = np.empty(shape, dtype=np.float32)
+        wx = fx[None, :]
+        plane, upper = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
         for g, c in zip([None] + list(basis), coef):
             if not c.any():  # an all-zero plane adds nothing
                 continue
             along = c[:, x0] * (1 - wx) + c[:, x1] * wx  # (by, nx)
-            np.multiply(along[y0], 1 - wy, out=plane)
-            plane += along[y1] * wy
+            _interpolate_rows(along, (y0, y1, fy), step, plane, upper)
             if g is not None:
                 plane *= g
             out += plane
@@ -334,6 +362,35 @@ def _evaluate(basis: list[np.ndarray], coef: np.ndarray, step: int) -> np.ndarra
         value += plane
     out[ys, xs] = value
     return out
+
+
+def _interpolate_rows(along: np.ndarray, weights, step: int, out: np.ndarray, work: np.ndarray) -> None:
+    """``out = along[y0] * (1 - fy) + along[y1] * fy`` (``weights`` from :func:`_axis_weights`), into ``out``.
+
+    From the first block centre on, the rows repeat with the period ``step``
+    (from block ``k`` to ``k + 1``, the same fractions), so that part is
+    computed by broadcasting instead of gathering rows: the same operations
+    on the same values (the same bits).  ``work`` is a buffer of ``out``'s shape.
+    """
+    y0, y1, fy = weights
+    start = step // 2  # the first row at or past the first centre
+    nper = max(0, min(along.shape[0] - 1, (len(fy) - start) // step))
+    stop = start + nper * step
+    periodic = (np.array_equal(y0[start:stop], np.repeat(np.arange(nper), step))
+                and np.array_equal(y1[start:stop], y0[start:stop] + 1)
+                and np.array_equal(fy[start:stop].reshape(nper, step), np.broadcast_to(fy[start:start + step],
+                                                                                        (nper, step))))
+    if not periodic:
+        start = stop = nper = 0
+    rest = np.r_[0:start, stop:len(fy)]
+    if rest.size:
+        wy = fy[rest, None]
+        out[rest] = along[y0[rest]] * (1 - wy) + along[y1[rest]] * wy
+    if nper:
+        frac = fy[start:start + step, None]
+        mid, tmp = out[start:stop].reshape(nper, step, -1), work[start:stop].reshape(nper, step, -1)
+        np.multiply(along[:nper, None, :], 1 - frac, out=mid)
+        mid += np.multiply(along[1:nper + 1, None, :], frac, out=tmp)
 
 
 def _add_line_ratios(scene: np.ndarray, diffs: list[np.ndarray], fitted: np.ndarray, weight: np.ndarray,
@@ -360,8 +417,9 @@ def _add_line_ratios(scene: np.ndarray, diffs: list[np.ndarray], fitted: np.ndar
     smm = [_line_sums(wmm, step, axis) + 1.0 / LINE_PRIOR ** 2 for axis in (0, 1)]
     del wmm
     ratios, scores = ([], []), [np.zeros(g.shape) for g in smm]
+    product = np.empty(wm.shape, dtype=np.float32)
     for k in range(len(diffs)):
-        product = wm * (diffs[k] - fitted[k])
+        np.multiply(wm, np.subtract(diffs[k], fitted[k], out=product), out=product)
         for axis in (0, 1):
             srm = _line_sums(product, step, axis)
             chi2 = srm * srm / smm[axis]
@@ -604,8 +662,10 @@ def _fit_strip(frame: _Frame, fixed: _Fixed, previous: np.ndarray, used: np.ndar
     del basis, coefs, weight
     if used_out is not None:  # pixels off the model in some exposure (and their neighbours) leave the next fit
         off = np.zeros(scene.shape, dtype=bool)
+        limit, residual = clip_sigma * noise, np.empty(scene.shape, dtype=np.float32)
         for k in range(frame.n):
-            off |= np.abs(diffs[k] - fitted[k]) > clip_sigma * noise
+            np.abs(np.subtract(diffs[k], fitted[k], out=residual), out=residual)
+            off |= residual > limit
         off = ndimage.binary_dilation(off, structure=np.ones((3, 3), bool))
         used_out[lo:hi] = fixed.keep_fit[lo:hi] & ~off[lo - a:hi - a]
     return fitted[:, lo - a:hi - a].copy()
@@ -714,22 +774,23 @@ def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near:
     """
     # one exposure at a time: the memory is a few planes, not a corrected copy of the stack
     limit = stack[0] - fitted[0]
+    corrected = np.empty(limit.shape, dtype=np.float32)
     for k in range(1, len(stack)):
-        np.minimum(limit, stack[k] - fitted[k], out=limit)
+        np.minimum(limit, np.subtract(stack[k], fitted[k], out=corrected), out=limit)
     limit += np.float32(BASIS_SIGMA) * noise
     total = np.zeros(limit.shape, dtype=np.float32)
-    count = np.zeros(limit.shape, dtype=np.int64)
+    count = np.zeros(limit.shape, dtype=np.uint8)
+    inside = np.empty(limit.shape, dtype=bool)
     for k in range(len(stack)):
-        corrected = stack[k] - fitted[k]
-        inside = corrected <= limit
+        np.subtract(stack[k], fitted[k], out=corrected)
+        np.less_equal(corrected, limit, out=inside)
         corrected *= inside
         total += corrected
         count += inside
     del corrected, inside, limit
-    out = total / count
+    out = np.divide(total, count, out=total, dtype=np.float64)  # in float64, rounded once to float32
     if near is not None:
-        out = np.where(near, fill, out)
-    out = out.astype(np.float32, copy=False)
+        out = np.where(near, fill, out).astype(np.float32, copy=False)
     ys, xs = np.nonzero(_spikes(out, noise))
     if ys.size:  # few pixels: the median of their neighbours there only
         yy, xx = neighbour_index(ys, xs, out.shape)
@@ -741,8 +802,6 @@ def _spikes(scene: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Pixels of the scene ``SPIKE_SIGMA`` noise sigmas above all of their 8 neighbours, and sharper than any
     resolved peak: their excess over the highest neighbour is ``SPIKE_CONTRAST`` of their height over the
     lowest one (a point source or a sky-line spot one pixel wide has neighbours at ~0.6 of its peak)."""
-    footprint = np.ones((3, 3), dtype=bool)
-    footprint[1, 1] = False
-    excess = scene - ndimage.maximum_filter(scene, footprint=footprint, mode="nearest")
-    height = scene - ndimage.minimum_filter(scene, footprint=footprint, mode="nearest")
+    excess = scene - neighbour_maximum(scene, include_centre=False)
+    height = scene - neighbour_minimum(scene, include_centre=False)
     return (excess > SPIKE_SIGMA * noise) & (excess > SPIKE_CONTRAST * height)
