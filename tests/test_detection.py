@@ -172,6 +172,44 @@ def test_one_cosmic_ray_on_a_sharp_line_does_not_confirm_the_whole_line():
     assert np.argwhere(kept).tolist() == [[2, 20], [2, 21]]
 
 
+def test_confirmation_level_map_is_read_at_the_flagged_pixels_like_a_whole_map():
+    """A per-column level map evaluated lazily at the flagged pixels confirms the same groups as the whole map."""
+    from megara_crdetect.core import mmdiagram as mm
+    from megara_crdetect.core.pipeline import _ColumnLevels
+
+    rng = np.random.default_rng(5)
+    scale = rng.uniform(4, 60, (60, 80)).astype(np.float32)
+    grid = mm.make_grid(scale, 3.4, n_columns=8)
+    levels = np.linspace(3.0, 9.0, grid.shape[0]).astype(np.float32)
+    lazy = _ColumnLevels(levels, grid, scale)
+    whole = levels[grid.column_index(scale)]
+    ys, xs = rng.integers(0, 60, 50), rng.integers(0, 80, 50)
+    np.testing.assert_array_equal(lazy[ys, xs], whole[ys, xs])
+    flags = rng.random((60, 80)) < 0.05
+    flags[10, 10:14] = True
+    target = rng.uniform(0, 1000, (60, 80)).astype(np.float32)
+    t = rng.uniform(0, 12, (60, 80)).astype(np.float32)
+    kept = _confirm(flags, t, lazy, target)
+    assert kept.any() and (flags & ~kept).any() and not (kept & ~flags).any()
+    np.testing.assert_array_equal(kept, _confirm(flags, t, whole, target))
+    # the reference rule, written out: a group is kept where its brightest pixel is above its level, or any
+    # pixel above SURE_FACTOR times it; of it the pixels above GROW_FRACTION of the level joined to a seed
+    from scipy import ndimage
+
+    from megara_crdetect.core.pipeline import GROW_FRACTION, SURE_FACTOR
+
+    labels, n = ndimage.label(flags, np.ones((3, 3)))
+    seeds = np.zeros_like(flags)
+    for g in range(1, n + 1):
+        pix = labels == g
+        seeds |= pix & (target >= target[pix].max()) & (t > whole)
+        seeds |= pix & (t > SURE_FACTOR * whole)
+    core = flags & ((t > np.float32(GROW_FRACTION) * whole) | seeds)
+    core_labels, m = ndimage.label(core, np.ones((3, 3)))
+    expected = np.isin(core_labels, np.unique(core_labels[seeds])) & core
+    np.testing.assert_array_equal(kept, expected)
+
+
 def test_input_stack_is_not_modified_with_flux_factors():
     stack = make_stack()
     before = stack.copy()

@@ -332,7 +332,8 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
              hit_everywhere: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Keep the groups of LA flags where the exposures disagree at the group's brightest pixel.
 
-    ``level`` is a number or a per-pixel map (see :meth:`_Detections.confirm_level`).
+    ``level`` is a number or a per-pixel map, read at the flagged pixels and their neighbours only
+    (see :meth:`_Detections.confirm_level`).
     Testing only the brightest pixel of ``target`` in each group (the core of
     a cosmic ray, or the hot pixel itself) keeps one noisy neighbour that L.A.Cosmic
     added to a hot pixel from confirming it.
@@ -361,21 +362,31 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
     """
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
+    # everything is decided at the flagged pixels (few): gathered there, not computed over the frame
     labels, n = label_groups(flags)
+    ys, xs = np.nonzero(flags)
+    group, value, tf = labels[ys, xs], target[ys, xs], t[ys, xs]
+    lev = level if np.isscalar(level) else level[ys, xs]
     peak = np.full(n + 1, -np.inf, dtype=target.dtype)
-    np.maximum.at(peak, labels[flags], target[flags])  # each group's brightest value
-    peak[0] = np.inf
-    brightest = (target >= peak[labels]) & flags
-    above = t > level
-    seeds = above & brightest
-    seeds |= flags & (t > SURE_FACTOR * level)
+    np.maximum.at(peak, group, value)  # each group's brightest value
+    brightest = value >= peak[group]
+    above = tf > lev
+    seed = (above & brightest) | (tf > SURE_FACTOR * lev)
     if hit_everywhere is not None:
-        seeds |= _hit_cores(brightest & ~above, t, level, hit_everywhere)
-    if not seeds.any():
+        seed |= _hit_cores(_pixels(flags.shape, ys, xs, brightest & ~above), t, level, hit_everywhere)[ys, xs]
+    if not seed.any():
         return np.zeros_like(flags)
-    core = keep_groups_with(flags, seeds, labels=(labels, n))
-    core &= (t > np.float32(GROW_FRACTION) * level) | seeds
-    return keep_groups_with(core, seeds)
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[group[seed]] = True  # the groups with a seed
+    core = kept[group] & ((tf > np.float32(GROW_FRACTION) * lev) | seed)
+    return keep_groups_with(_pixels(flags.shape, ys, xs, core), _pixels(flags.shape, ys, xs, seed))
+
+
+def _pixels(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """A map of ``shape`` True at the pixels ``(ys, xs)[which]``."""
+    out = np.zeros(shape, dtype=bool)
+    out[ys[which], xs[which]] = True
+    return out
 
 
 def _hit_cores(cores: np.ndarray, t: np.ndarray, level, hit_everywhere) -> np.ndarray:
@@ -540,6 +551,19 @@ def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Bo
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _ColumnLevels:
+    """A per-pixel map ``levels[column of scale]``, evaluated only at the pixels asked for (``map[ys, xs]``):
+    the detections that read it are few."""
+
+    levels: np.ndarray  # one value per column of the grid
+    grid: mm.DiagramGrid
+    scale: np.ndarray  # (ny, nx) noise scale of the pixels
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.levels[self.grid.column_index(self.scale[index])]
+
+
 class _Detections:
     """Per-target detections (LA confirmed, MM) shared by the mask builders."""
 
@@ -580,7 +604,7 @@ class _Detections:
         if sims is None or diagram not in sims.hist or base <= 0:
             return base
         q = mm.column_quantile(sims.hist[diagram], sims.grid, CONFIRM_FRACTION).astype(np.float32)
-        return np.maximum(np.float32(base), q[sims.grid.column_index(self.scale(diagram))])
+        return _ColumnLevels(np.maximum(np.float32(base), q), sims.grid, self.scale(diagram))
 
     def hit_everywhere(self, where: np.ndarray) -> np.ndarray:
         """Pixels of ``where`` hit in every exposure: min2d is spoiled as well.
