@@ -208,8 +208,8 @@ def _block_products(planes: list[np.ndarray | None], weight: np.ndarray, npar: i
     rows_of, cols_of = np.array(_product_pairs(npar, len(planes))).T
     out = np.empty((len(rows_of), by, bx), dtype=np.float64)
 
-    def blocks(image: np.ndarray, nb: int) -> np.ndarray:  # (nb, bx, step**2): one row per block
-        return image.reshape(nb, step, bx, step).transpose(0, 2, 1, 3).reshape(nb, bx, npix)
+    def blocks(image: np.ndarray, nb: int) -> np.ndarray:  # (nb, bx, step, step) view: one block per (row, col)
+        return image.reshape(nb, step, bx, step).transpose(0, 2, 1, 3)
 
     chunk = min(PRODUCT_CHUNK, by)
     x_buf = np.empty((chunk, bx, len(planes), npix), dtype=np.float32)  # reused: no new pages per chunk
@@ -218,9 +218,10 @@ def _block_products(planes: list[np.ndarray | None], weight: np.ndarray, npar: i
         b1 = min(by, b0 + chunk)
         rows = slice(b0 * step, b1 * step)
         x, xw = x_buf[:b1 - b0], xw_buf[:b1 - b0]
-        for i, g in enumerate(planes):
-            x[:, :, i] = 1.0 if g is None else blocks(g[rows], b1 - b0)
-        np.multiply(x[:, :, :npar], blocks(weight[rows], b1 - b0)[:, :, None, :], out=xw)
+        for i, g in enumerate(planes):  # each block's pixels laid out as one row, copied once
+            x[:, :, i].reshape(b1 - b0, bx, step, step)[...] = 1.0 if g is None else blocks(g[rows], b1 - b0)
+        xw.reshape(b1 - b0, bx, npar, step, step)[...] = blocks(weight[rows], b1 - b0)[:, :, None]
+        xw *= x[:, :, :npar]
         out[:, b0:b1] = np.moveaxis(np.matmul(xw, x.transpose(0, 1, 3, 2))[:, :, rows_of, cols_of], -1, 0)
     return out
 
