@@ -250,3 +250,34 @@ def test_columns_found_in_chunks_equal_one_pass():
     assert got.dtype == np.int32 and np.array_equal(got, grid.column_index(u, chunk=u.size))
     assert got.min() == 0 and got.max() == grid.shape[0] - 1
     assert np.array_equal(grid.column_index(u, chunk=100, dtype=np.int16), got)
+
+
+def test_sort8_sorts_every_input():
+    """Zero-one principle: a comparator network that sorts all 256 inputs of 0s and 1s sorts everything."""
+    from megara_crdetect.core.mmdiagram import SORT8
+
+    for code in range(256):
+        wires = [(code >> k) & 1 for k in range(8)]
+        for i, j in SORT8:
+            wires[i], wires[j] = min(wires[i], wires[j]), max(wires[i], wires[j])
+        assert wires == sorted(wires)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (33, 5), (70, 41)])
+def test_local_reference_is_ndimage_median_of_the_eight_neighbours(shape):
+    """The sorting network gives ndimage's upper-middle median of the 8 neighbours, ties and edges included."""
+    from scipy import ndimage
+
+    from megara_crdetect.core.mmdiagram import local_reference
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 6, shape).astype(np.float32)  # many ties
+    image[0, 0] = -3.5
+    ring = np.ones((3, 3), dtype=bool)
+    ring[1, 1] = False
+    expected = ndimage.median_filter(image, footprint=ring, mode="nearest")
+    for workers in (1, 2):
+        np.testing.assert_array_equal(local_reference(image, workers=workers), expected)
+    image[shape[0] // 2, 0] = np.nan  # non-finite: ndimage itself
+    np.testing.assert_array_equal(local_reference(image, workers=2),
+                                  ndimage.median_filter(image, footprint=ring, mode="nearest"))

@@ -136,29 +136,66 @@ class DiagramGrid:
         return idx
 
 
+#: Batcher's odd-even merge sort of 8 values: each pair of wires takes (min, max).
+SORT8 = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (1, 2), (5, 6),
+         (0, 4), (1, 5), (2, 6), (3, 7), (2, 4), (3, 5), (1, 2), (3, 4), (5, 6))
+_NEIGHBOURS8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+#: Rows worked on at a time by the sorting network (its planes stay in the cache).
+NETWORK_ROWS = 32
+
+
+def _pruned_network(rank: int) -> list[tuple[int, int, bool, bool]]:
+    """The comparators of :data:`SORT8` that lead to output ``rank``, with which of (min, max) is needed."""
+    needed, steps = {rank}, []
+    for i, j in reversed(SORT8):
+        if i in needed or j in needed:
+            steps.append((i, j, i in needed, j in needed))
+            needed |= {i, j}
+    return steps[::-1]
+
+
+def _neighbour_rank(padded: np.ndarray, rank: int) -> np.ndarray:
+    """Value of ``rank`` (0-based, ascending) among the 8 neighbours of the inner pixels of ``padded``.
+
+    A sorting network of minima and maxima: exact, whatever the values (finite).
+    """
+    ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
+    wires = [padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy, dx in _NEIGHBOURS8]
+    for i, j, low, high in _pruned_network(rank):
+        a, b = wires[i], wires[j]
+        wires[i] = np.minimum(a, b) if low else None
+        wires[j] = np.maximum(a, b) if high else None
+    return wires[rank]
+
+
 def local_reference(image: np.ndarray, *, workers: int | None = None) -> np.ndarray:
     """Median of the 8 neighbours of every pixel (the pixel itself excluded; edges replicated).
 
-    Computed in row bands (one row of overlap each side) on ``workers``
-    threads; the bands give exactly the single-pass result.
+    The upper middle of the 8 values (``scipy.ndimage.median_filter``'s
+    choice), selected by a sorting network on blocks of rows, in row bands on
+    ``workers`` threads: exactly ndimage's values, several times faster.
+    Images with non-finite values go to ndimage itself.
     """
     image = np.asarray(image, dtype=np.float32)
-    footprint = np.ones((3, 3), dtype=bool)
-    footprint[1, 1] = False
-    ny = image.shape[0]
-    nband = max(1, min(workers or os.cpu_count() or 1, ny // 256))
-    if nband == 1:
+    if not np.isfinite(image).all():
+        footprint = np.ones((3, 3), dtype=bool)
+        footprint[1, 1] = False
         return ndimage.median_filter(image, footprint=footprint, mode="nearest")
+    padded = np.pad(image, 1, mode="edge")
     out = np.empty_like(image)
-    edges = np.linspace(0, ny, nband + 1).astype(int)
+    starts = range(0, image.shape[0], NETWORK_ROWS)
 
-    def band(i: int) -> None:
-        lo, hi = edges[i], edges[i + 1]
-        lo2, hi2 = max(lo - 1, 0), min(hi + 1, ny)
-        out[lo:hi] = ndimage.median_filter(image[lo2:hi2], footprint=footprint, mode="nearest")[lo - lo2:hi - lo2]
+    def rows(a: int) -> None:
+        b = min(a + NETWORK_ROWS, image.shape[0])
+        out[a:b] = _neighbour_rank(padded[a:b + 2], 4)
 
-    with ThreadPoolExecutor(nband) as pool:
-        list(pool.map(band, range(nband)))
+    nthreads = max(1, min(workers or os.cpu_count() or 1, len(starts)))
+    if nthreads == 1:
+        for a in starts:
+            rows(a)
+    else:
+        with ThreadPoolExecutor(nthreads) as pool:
+            list(pool.map(rows, starts))
     return out
 
 
