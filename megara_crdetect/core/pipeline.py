@@ -536,13 +536,23 @@ def _mm_boundaries(sims: mm.SimulatedDiagrams, params: CRMaskConfig, rnoise_e: f
     return boundaries, expected
 
 
+#: Pixels per block of rows of the element-wise MM test (its temporaries stay in the cache).
+MM_FLAGS_CHUNK = 1 << 18
+
+
 def _mm_flags(target: np.ndarray, stats: StackStats, noise: np.ndarray, b: bd.Boundary, *, threshold_e: float,
               max2d_e: float) -> np.ndarray:
-    y = target - stats.min2d
-    flags = y > b.y_at(noise)
-    if threshold_e > 0:
-        flags &= y > threshold_e
-    flags &= stats.max2d > max2d_e
+    """Pixels above the boundary (and the thresholds), a block of rows at a time (element-wise)."""
+    flags = np.empty(target.shape, dtype=bool)
+    step = max(1, MM_FLAGS_CHUNK // max(target.shape[-1], 1))
+    for a in range(0, target.shape[0], step):
+        rows = slice(a, a + step)
+        y = target[rows] - stats.min2d[rows]
+        part = flags[rows]
+        np.greater(y, b.y_at(noise[rows]), out=part)
+        if threshold_e > 0:
+            part &= y > threshold_e
+        part &= stats.max2d[rows] > max2d_e
     return flags
 
 
