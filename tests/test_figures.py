@@ -119,6 +119,17 @@ class TestEvents:
         expected = (res.stats.median2d[r, c] - res.stats.min2d[r, c]) / data.u[r, c]
         assert data.t[r, c] == pytest.approx(expected, rel=1e-5)
         assert data.margin[r, c] > 0  # flagged by MM: above its boundary
+        # the margin is interpolated only where it can exceed -MARGIN_DEPTH and at MEDIANCR: the same values
+        # there as over the whole frame, and below the depth elsewhere
+        from megara_crdetect.review.events import MARGIN_DEPTH
+
+        whole = data.margin_of(data.t, data.boundary)
+        exact = (whole > -MARGIN_DEPTH) | res.mediancr
+        assert exact.any() and (~exact).any()
+        np.testing.assert_array_equal(data.margin[exact], whole[exact])
+        rest = data.margin[~exact]
+        assert (rest <= -MARGIN_DEPTH).all() and np.isneginf(rest).mean() > 0.5
+        np.testing.assert_array_equal(rest[np.isfinite(rest)], whole[~exact][np.isfinite(rest)])
         if getattr(res, "noise", None) is not None:
             assert data.u is res.noise
 

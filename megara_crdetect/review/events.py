@@ -28,6 +28,8 @@ __all__ = ["CODE_NAMES", "EventTable", "ReviewData", "cutout", "find_events", "l
 #: Meaning of the MEDIANCR codes.
 CODE_NAMES = CODES
 _EIGHT = np.ones((3, 3), dtype=bool)
+#: The review's margins are exact down to this far below the boundary (sigma units; near misses use 1).
+MARGIN_DEPTH = 2.0
 
 
 def label_events(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -193,8 +195,8 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     start = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]]) if lab.size else np.zeros(0, dtype=np.intp)
     npix = np.diff(np.r_[start, lab.size]).astype(np.int64)
     pc = np.asarray(codes)[rows, cols].astype(np.int8)
-    pt = np.asarray(t, dtype=np.float64)[rows, cols]
-    pm = np.full(pt.shape, np.nan) if margin is None else np.asarray(margin, dtype=np.float64)[rows, cols]
+    pt = np.asarray(t)[rows, cols].astype(np.float64)  # gathered first: no float64 copy of the frame
+    pm = np.full(pt.shape, np.nan) if margin is None else np.asarray(margin)[rows, cols].astype(np.float64)
     count = {c: _group_reduce((pc == c).astype(np.int64), start, np.add) for c in CODE_NAMES if c}
     # peak: the largest t of each event (ties: first in raster order)
     key = np.lexsort((-np.arange(lab.size), pt, lab))
@@ -321,17 +323,30 @@ class ReviewData:
         """Normalised height of median2d."""
         return self.t_of(self.stats.median2d)
 
-    def margin_of(self, t: np.ndarray, boundary) -> np.ndarray | None:
-        """``t - t_B(u)`` for a boundary (None without one)."""
+    def margin_of(self, t: np.ndarray, boundary, *, where: np.ndarray | None = None) -> np.ndarray | None:
+        """``t - t_B(u)`` for a boundary (None without one).
+
+        With ``where`` (bool), exact there and wherever the margin exceeds
+        ``-MARGIN_DEPTH``; elsewhere ``-inf`` (farther below the boundary).  A
+        spline boundary never lies below its lowest table value, so only the
+        pixels of ``t`` above that minus the depth are interpolated: a few
+        per cent of a frame instead of all of it.
+        """
         if boundary is None:
             return None
-        level = boundary.t_at32(self.u)
-        return np.subtract(t, level, out=level)
+        if where is None or boundary.kind == "piecewise" or not len(boundary.t_table):
+            level = boundary.t_at32(self.u)
+            return np.subtract(t, level, out=level)
+        out = np.full(t.shape, -np.inf, dtype=np.float32)
+        rows, cols = np.nonzero((t > np.float32(np.min(boundary.t_table) - MARGIN_DEPTH)) | where)
+        out[rows, cols] = t[rows, cols] - boundary.t_at32(self.u[rows, cols])
+        return out
 
     @cached_property
     def margin(self) -> np.ndarray | None:
-        """Height of median2d above the MM boundary (sigma units)."""
-        return self.margin_of(self.t, self.boundary)
+        """Height of median2d above the MM boundary (sigma units): exact at MEDIANCR and wherever it
+        exceeds ``-MARGIN_DEPTH``, ``-inf`` elsewhere (see :meth:`margin_of`)."""
+        return self.margin_of(self.t, self.boundary, where=self.result.mediancr)
 
     @cached_property
     def events(self) -> EventTable:
