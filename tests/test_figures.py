@@ -595,3 +595,17 @@ def test_classic_points_read_in_chunks_are_the_whole_frame_ones(step):
     assert np.array_equal(np.concatenate([c[1] for c in xy.chunks()]), y)
     x_max = float(np.median(x))
     assert np.array_equal(xy.every_selected(x_max, step), y[x <= x_max][::step])
+
+
+@pytest.mark.parametrize("shape", [(700, 900), (1500,), (999,), (37, 41)])
+def test_zscale_limits_are_astropys_on_its_own_sample(shape):
+    """The sample is taken without copying the finite values first: the same limits as astropy's."""
+    from astropy.visualization import ZScaleInterval
+
+    from megara_crdetect.review._plot import limits
+
+    image = np.random.default_rng(len(shape)).normal(100, 10, shape).astype(np.float32)
+    image.reshape(-1)[::97] += 5000.0  # bright pixels for the rejection
+    assert limits(image) == tuple(float(v) for v in ZScaleInterval().get_limits(image))
+    image.reshape(-1)[5] = np.nan  # non-finite values: astropy's path
+    assert limits(image) == tuple(float(v) for v in ZScaleInterval().get_limits(image))

@@ -46,7 +46,11 @@ def limits(data: np.ndarray, scale: str = "zscale") -> tuple[float, float]:
     else:
         from astropy.visualization import ZScaleInterval
 
-        lo, hi = (float(v) for v in ZScaleInterval().get_limits(finite))
+        interval, flat = ZScaleInterval(), finite.reshape(-1)
+        if flat.size > interval.n_samples and np.isfinite(flat).all():
+            # astropy's own sample (every stride-th value), taken without its copy of a whole frame
+            flat = flat[::int(max(1.0, flat.size / interval.n_samples))][:interval.n_samples].copy()
+        lo, hi = (float(v) for v in interval.get_limits(flat))
     if not hi > lo:
         hi = lo + 1.0
     return lo, hi
@@ -109,17 +113,19 @@ def _bin_counts(col: np.ndarray, y: np.ndarray, y0: np.float32, scale: np.float3
     return np.bincount(idx, minlength=size)
 
 
-def column_hist2d(col: np.ndarray, ncols: int, y: np.ndarray, y_edges: np.ndarray) -> np.ndarray:
+def column_hist2d(col: np.ndarray, ncols: int, y: np.ndarray, y_edges: np.ndarray, transform=None) -> np.ndarray:
     """Counts per (column, uniform y bin), shape ``(ncols, len(y_edges) - 1)``; y outside dropped.
 
-    ``col`` is the (already computed, in-range) column index of every point.
+    ``col`` is the (already computed, in-range) column index of every point;
+    ``transform`` (element-wise) is applied to ``y`` a chunk at a time.
     """
     ny = len(y_edges) - 1
     col, y = np.asarray(col).ravel(), np.asarray(y).ravel()
     y0, scale = np.float32(y_edges[0]), np.float32(ny / (y_edges[-1] - y_edges[0]))
     counts = np.zeros(ncols * ny, dtype=np.int64)
     for s in range(0, y.size, HIST_CHUNK):
-        counts += _bin_counts(col[s:s + HIST_CHUNK], y[s:s + HIST_CHUNK], y0, scale, ny, ncols * ny)
+        part = y[s:s + HIST_CHUNK] if transform is None else transform(y[s:s + HIST_CHUNK])
+        counts += _bin_counts(col[s:s + HIST_CHUNK], part, y0, scale, ny, ncols * ny)
     return counts.reshape(ncols, ny)
 
 

@@ -332,7 +332,7 @@ def _detection_counts(grid: mm.DiagramGrid, columns: np.ndarray, t: np.ndarray, 
     tr = SymmetricalLogTransform(10, LINTHRESH, 1)
     a, b = tr.transform(np.array([lo, hi], dtype=float))
     disp_edges = np.linspace(a, b, nrows + 1)
-    counts = column_hist2d(columns, grid.shape[0], _symlog(t), disp_edges)
+    counts = column_hist2d(columns, grid.shape[0], t, disp_edges, transform=_symlog)
     return tr.inverted().transform(disp_edges), counts, lo, hi
 
 
