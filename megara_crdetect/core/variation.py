@@ -66,8 +66,8 @@ from scipy import ndimage
 from scipy.special import chdtri
 
 from .locallevel import neighbour_index
-from .offsets import neighbour_maximum, neighbour_minimum
 from .noise import sigma
+from .offsets import neighbour_maximum, neighbour_minimum
 from .stack import AGREEMENT_SIGMA
 
 __all__ = ["VariationFit", "scene_regressors", "fit_variations", "CLIP_SIGMA", "SPIKE_SIGMA", "BASIS_SIGMA"]
@@ -379,8 +379,7 @@ def _interpolate_rows(along: np.ndarray, weights, step: int, out: np.ndarray, wo
     stop = start + nper * step
     periodic = (np.array_equal(y0[start:stop], np.repeat(np.arange(nper), step))
                 and np.array_equal(y1[start:stop], y0[start:stop] + 1)
-                and np.array_equal(fy[start:stop].reshape(nper, step), np.broadcast_to(fy[start:start + step],
-                                                                                        (nper, step))))
+                and np.array_equal(fy[start:stop], np.tile(fy[start:start + step], nper)))
     if not periodic:
         start = stop = nper = 0
     rest = np.r_[0:start, stop:len(fy)]
@@ -780,7 +779,7 @@ def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near:
         np.minimum(limit, np.subtract(stack[k], fitted[k], out=corrected), out=limit)
     limit += np.float32(BASIS_SIGMA) * noise
     total = np.zeros(limit.shape, dtype=np.float32)
-    count = np.zeros(limit.shape, dtype=np.uint8)
+    count = np.zeros(limit.shape, dtype=np.uint16)  # exposures kept at each pixel
     inside = np.empty(limit.shape, dtype=bool)
     for k in range(len(stack)):
         np.subtract(stack[k], fitted[k], out=corrected)
