@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Allowed values of ``combination``.
 COMBINATIONS = ("mean", "median", "min", "mediancr", "meancrt", "meancr", "meancr2")
+#: The plain combinations: no masks, no replaced pixels (and no local-median boxes).
+_PLAIN = COMBINATIONS[:3]
 
 # Integration grid for the order-statistic moments of the standard normal.
 _GRID = np.linspace(-12.0, 12.0, 48001)
@@ -243,7 +245,7 @@ def _estimator_factor(estimator: str, n: np.ndarray) -> np.ndarray:
 
 def _estimators(combination: str, mediancr, meancrt, touched: np.ndarray) -> dict[str, np.ndarray]:
     """Which plain estimator formed each touched pixel of ``combination`` (replaced pixels excluded)."""
-    if combination in ("mean", "median", "min"):
+    if combination in _PLAIN:
         return {combination: np.ones(touched.sum(), dtype=bool)}
     if combination == "mediancr":
         return {"median": ~mediancr[touched]}
@@ -449,7 +451,7 @@ def combine(
         exclude = _check_mask("exclude", exclude, stack.shape)
         if not exclude.any():
             exclude = None
-    if combination in ("mean", "median", "min"):
+    if combination in _PLAIN:
         value, factor, expmap = _simple(stack, combination)
         expmap = np.full(shape2, expmap, dtype=np.int16)
         if exclude is not None:
@@ -513,7 +515,7 @@ def combine_in_bands(stack: np.ndarray, combination: str, *, workers: int = 1, *
     rows = max(1, BAND_PIXELS // max(nx, 1))
     if workers <= 1 or ny <= rows:
         return combine(stack, combination, local_median_pixels=boxes, **kwargs)
-    boxes = _check_boxes(boxes, (ny, nx)) if combination not in ("mean", "median", "min") else []
+    boxes = _check_boxes(boxes, (ny, nx)) if combination not in _PLAIN else []
     value = np.empty((ny, nx), dtype=np.float32)
     var = np.empty((ny, nx), dtype=np.float32)
     expmap = np.empty((ny, nx), dtype=np.int16)

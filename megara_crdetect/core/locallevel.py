@@ -58,8 +58,8 @@ QUIET_SIGMA = 5.0
 #: median2d above the local level of a clean median, in noise sigmas, for a raised median
 RAISED_SIGMA = 5.0
 
-#: neighbour k and neighbour 7 - k are opposite through the pixel
-_NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+#: Offsets (dy, dx) of the 8 neighbours; neighbour k and neighbour 7 - k are opposite through the pixel.
+NEIGHBOURS = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
 _BOX = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
 
 
@@ -72,7 +72,7 @@ def neighbour_index(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int], *,
     clipped at the image edges (the edge pixel stands in for the missing
     neighbours).
     """
-    step = _BOX if centre else _NEIGHBOURS
+    step = _BOX if centre else NEIGHBOURS
     yy = np.clip(ys[:, None] + step[:, 0], 0, shape[0] - 1)
     xx = np.clip(xs[:, None] + step[:, 1], 0, shape[1] - 1)
     return yy, xx

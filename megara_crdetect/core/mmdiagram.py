@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from .chunks import CHUNK, map_in_chunks
+from .locallevel import NEIGHBOURS
 from .noise import NoiseSampler, sigma
 from .stack import low_mean, median_of_stack
 
@@ -139,7 +140,6 @@ class DiagramGrid:
 #: Batcher's odd-even merge sort of 8 values: each pair of wires takes (min, max).
 SORT8 = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (1, 2), (5, 6),
          (0, 4), (1, 5), (2, 6), (3, 7), (2, 4), (3, 5), (1, 2), (3, 4), (5, 6))
-_NEIGHBOURS8 = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 #: Rows worked on at a time by the sorting network (its planes stay in the cache).
 NETWORK_ROWS = 32
 
@@ -160,7 +160,7 @@ def _neighbour_rank(padded: np.ndarray, rank: int) -> np.ndarray:
     A sorting network of minima and maxima: exact, whatever the values (finite).
     """
     ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
-    wires = [padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy, dx in _NEIGHBOURS8]
+    wires = [padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy, dx in NEIGHBOURS]
     for i, j, low, high in _pruned_network(rank):
         a, b = wires[i], wires[j]
         wires[i] = np.minimum(a, b) if low else None

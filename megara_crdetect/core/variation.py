@@ -466,7 +466,9 @@ def _line_interpolator(grid_shape: tuple[int, int], shape: tuple[int, int], step
             index = (lambda i: (i, across)) if axis == 0 else (lambda i: (across, i))
             return grid[index(lo[along])] * (1 - frac[along]) + grid[index(hi[along])] * frac[along]
         if axis == 0:
-            return grid[lo] * (1 - frac[:, None]) + grid[hi] * frac[:, None]
+            out = np.empty((len(lo), grid.shape[1]), dtype=np.float32)
+            _interpolate_rows(grid, (lo, hi, frac), step, out, np.empty_like(out))
+            return out
         return grid[:, lo] * (1 - frac) + grid[:, hi] * frac
 
     return spread

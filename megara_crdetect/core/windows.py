@@ -392,7 +392,8 @@ def around_candidates(runner: Runner, image: np.ndarray, candidates: np.ndarray,
     flags that contain a candidate pixel, and ``cleaned`` = ``image`` with
     the whole-frame cleaned values on those groups; or None when the windows
     would cover more than ``max_fraction`` of the frame (the caller then runs
-    the whole frame).
+    the whole frame; :func:`_cells_covered` tells that before the windows
+    are built).
 
     Proof of identity.  Every candidate lies in the exact part of a window
     (``windows_around``), where the window's flags equal the whole-frame
@@ -404,8 +405,6 @@ def around_candidates(runner: Runner, image: np.ndarray, candidates: np.ndarray,
     values on a group are exact too (the reach covers the cleaning).
     """
     shape = image.shape
-    if _cells_covered(candidates, margin) > max_fraction * image.size:
-        return None
     mask = np.zeros(shape, dtype=bool)
     cleaned = None
     todo, n_run, area = candidates, 0, 0
