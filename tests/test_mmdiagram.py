@@ -252,17 +252,6 @@ def test_columns_found_in_chunks_equal_one_pass():
     assert np.array_equal(grid.column_index(u, chunk=100, dtype=np.int16), got)
 
 
-def test_sort8_sorts_every_input():
-    """Zero-one principle: a comparator network that sorts all 256 inputs of 0s and 1s sorts everything."""
-    from megara_crdetect.core.mmdiagram import SORT8
-
-    for code in range(256):
-        wires = [(code >> k) & 1 for k in range(8)]
-        for i, j in SORT8:
-            wires[i], wires[j] = min(wires[i], wires[j]), max(wires[i], wires[j])
-        assert wires == sorted(wires)
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (2, 7), (33, 5), (70, 41)])
 def test_local_reference_is_ndimage_median_of_the_eight_neighbours(shape):
     """The sorting network gives ndimage's upper-middle median of the 8 neighbours, ties and edges included."""

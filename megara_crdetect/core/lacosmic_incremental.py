@@ -42,6 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .sortnet import separable_median
 from .windows import _window, lacosmic_fine_reach, lacosmic_step_reach, tiles
 
 __all__ = ["supported", "psf_kernel", "detect_cosmics"]
@@ -83,14 +84,14 @@ def psf_kernel(psfmodel: str, psffwhm: float, psfsize: int) -> np.ndarray:
 
 def _fine_structure(clean: np.ndarray, noise: np.ndarray, o: dict) -> np.ndarray:
     """astroscrappy's fine-structure image over the noise, clipped at 0.01."""
-    from astroscrappy.utils import convolve, medfilt3, medfilt7, sepmedfilt5, sepmedfilt9
+    from astroscrappy.utils import convolve, medfilt3, medfilt7
 
     if o["fsmode"] == "convolve":
         f = convolve(clean / noise / noise, o["psfk"])
         f = f / convolve(1.0 / noise / noise, o["psfk"])
     else:
-        f = sepmedfilt5(clean) if o["sepmed"] else medfilt3(clean)
-    f = (f - (sepmedfilt9(f) if o["sepmed"] else medfilt7(f))) / noise
+        f = separable_median(clean, 5) if o["sepmed"] else medfilt3(clean)
+    f = (f - (separable_median(f, 9) if o["sepmed"] else medfilt7(f))) / noise
     f[f < 0.01] = 0.01
     return f
 
@@ -104,18 +105,18 @@ def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
     the result the caller keeps, grown by the two dilations); it is computed
     on the smallest rectangle that holds them, padded by its reach.
     """
-    from astroscrappy.utils import dilate3, laplaceconvolve, medfilt5, rebin, sepmedfilt7, subsample
+    from astroscrappy.utils import dilate3, laplaceconvolve, medfilt5, rebin, subsample
 
     conved = laplaceconvolve(subsample(clean))
     conved[conved < 0] = 0.0
     s = rebin(conved)
     del conved
-    m5 = sepmedfilt7(var) if o["sepmed"] else medfilt5(var)
+    m5 = separable_median(var, 7) if o["sepmed"] else medfilt5(var)
     m5[m5 < 0.00001] = 0.00001
     noise = np.sqrt(m5)
     del m5
     s /= 2.0 * noise
-    sp = s - (sepmedfilt7(s) if o["sepmed"] else medfilt5(s))
+    sp = s - (separable_median(s, 7) if o["sepmed"] else medfilt5(s))
     del s
     cosmics = np.logical_and(sp > o["sigclip"], good)
     if need is not None:

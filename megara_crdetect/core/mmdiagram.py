@@ -53,6 +53,7 @@ from scipy import ndimage
 from .chunks import CHUNK, map_in_chunks
 from .locallevel import NEIGHBOURS
 from .noise import NoiseSampler, sigma
+from .sortnet import select
 from .stack import low_mean, median_of_stack
 
 __all__ = ["DiagramGrid", "SimulatedDiagrams", "local_reference", "noise_floor", "noise_scale", "make_grid",
@@ -137,35 +138,18 @@ class DiagramGrid:
         return idx
 
 
-#: Batcher's odd-even merge sort of 8 values: each pair of wires takes (min, max).
-SORT8 = ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (1, 2), (5, 6),
-         (0, 4), (1, 5), (2, 6), (3, 7), (2, 4), (3, 5), (1, 2), (3, 4), (5, 6))
 #: Rows worked on at a time by the sorting network (its planes stay in the cache).
 NETWORK_ROWS = 32
-
-
-def _pruned_network(rank: int) -> list[tuple[int, int, bool, bool]]:
-    """The comparators of :data:`SORT8` that lead to output ``rank``, with which of (min, max) is needed."""
-    needed, steps = {rank}, []
-    for i, j in reversed(SORT8):
-        if i in needed or j in needed:
-            steps.append((i, j, i in needed, j in needed))
-            needed |= {i, j}
-    return steps[::-1]
 
 
 def _neighbour_rank(padded: np.ndarray, rank: int) -> np.ndarray:
     """Value of ``rank`` (0-based, ascending) among the 8 neighbours of the inner pixels of ``padded``.
 
-    A sorting network of minima and maxima: exact, whatever the values (finite).
+    A sorting network of minima and maxima (:func:`~megara_crdetect.core.sortnet.select`): exact,
+    whatever the values (finite).
     """
     ny, nx = padded.shape[0] - 2, padded.shape[1] - 2
-    wires = [padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy, dx in NEIGHBOURS]
-    for i, j, low, high in _pruned_network(rank):
-        a, b = wires[i], wires[j]
-        wires[i] = np.minimum(a, b) if low else None
-        wires[j] = np.maximum(a, b) if high else None
-    return wires[rank]
+    return select([padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx] for dy, dx in NEIGHBOURS], rank)
 
 
 def local_reference(image: np.ndarray, *, workers: int | None = None) -> np.ndarray:
