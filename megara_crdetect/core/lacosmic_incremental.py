@@ -19,10 +19,14 @@ of rows.  In every band and window the fine structure (the costly part) is
 computed only on the rectangle holding the Laplacian's candidates in the
 part that is kept, padded by its own reach.
 
-Everything is astroscrappy's own: its compiled filters
-(``astroscrappy.utils``), its saturation mask, its levels, the same float32
-operations in the same order.  Only the cleaning of the masked pixels
-(``meanmask``, ``medmask``) is written here, in astroscrappy's summation
+Everything else is astroscrappy's: its Laplacian, dilation, convolution
+and non-separable median filters (``astroscrappy.utils``), its saturation
+mask, its levels, the same float32 operations in the same order.  Written
+here, with the same results: the separable medians (the same order
+statistics, by sorting networks: :mod:`~megara_crdetect.core.sortnet`), the
+fine-structure test where bounds decide it
+(:mod:`~megara_crdetect.core.lacosmic_fine`), and the cleaning of the
+masked pixels (``meanmask``, ``medmask``) in astroscrappy's summation
 order.  astroscrappy compiles its filters with ``-ffast-math``, so their
 sums cannot be rewritten in NumPy; the windows need a filter's value at a
 pixel not to depend on where the pixel lies in the array, which a test
@@ -42,6 +46,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .lacosmic_fine import fine_structure_test, separable_kernel
 from .sortnet import separable_median
 from .windows import _window, lacosmic_fine_reach, lacosmic_step_reach, tiles
 
@@ -82,20 +87,6 @@ def psf_kernel(psfmodel: str, psffwhm: float, psfsize: int) -> np.ndarray:
     return np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
 
 
-def _fine_structure(clean: np.ndarray, noise: np.ndarray, o: dict) -> np.ndarray:
-    """astroscrappy's fine-structure image over the noise, clipped at 0.01."""
-    from astroscrappy.utils import convolve, medfilt3, medfilt7
-
-    if o["fsmode"] == "convolve":
-        f = convolve(clean / noise / noise, o["psfk"])
-        f = f / convolve(1.0 / noise / noise, o["psfk"])
-    else:
-        f = separable_median(clean, 5) if o["sepmed"] else medfilt3(clean)
-    f = (f - (separable_median(f, 9) if o["sepmed"] else medfilt7(f))) / noise
-    f[f < 0.01] = 0.01
-    return f
-
-
 def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
                 need: tuple[slice, slice] | None = None) -> np.ndarray:
     """One L.A.Cosmic detection step on ``clean`` (astroscrappy's operations, in its order).
@@ -127,10 +118,10 @@ def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
     ys, xs = np.nonzero(cosmics.any(axis=1))[0], np.nonzero(cosmics.any(axis=0))[0]
     r, (ny, nx) = o["fine_reach"], clean.shape
     box = slice(max(ys[0] - r, 0), min(ys[-1] + 1 + r, ny)), slice(max(xs[0] - r, 0), min(xs[-1] + 1 + r, nx))
-    f = _fine_structure(np.ascontiguousarray(clean[box]), np.ascontiguousarray(noise[box]), o)
+    # exact where the candidates are (the box's inner part)
+    cosmics[box] = fine_structure_test(np.ascontiguousarray(clean[box]), np.ascontiguousarray(noise[box]),
+                                       sp[box], cosmics[box], o)
     del noise
-    cosmics[box] &= (sp[box] / f) > o["objlim"]  # exact where the candidates are (the box's inner part)
-    del f
     cosmics = np.logical_and(dilate3(cosmics), good)
     cosmics = np.logical_and(sp > o["sigclip"], cosmics)
     cosmics = np.logical_and(dilate3(cosmics), good)
@@ -338,6 +329,7 @@ def detect_cosmics(image: np.ndarray, *, readnoise: float, sigclip: float, sigfr
     mask = mask.view(bool)
     good = ~mask
     o = {"sepmed": sepmed, "fsmode": fsmode, "psfk": psfk, "sigclip": _c_float(sigclip),
+         "separable": separable_kernel(psfk) if fsmode == "convolve" and psfk is not None else None,
          "objlim": _c_float(objlim), "sigcliplow": float(np.float32(sigfrac) * np.float32(sigclip)),
          "fine_reach": lacosmic_fine_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)}
     reach = lacosmic_step_reach(sepmed=sepmed, fsmode=fsmode, psfsize=psfsize)
