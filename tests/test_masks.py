@@ -14,6 +14,7 @@ from megara_crdetect.core.masks import (
     grow,
     keep_groups_with,
     label_groups,
+    sparse_groups,
 )
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -79,6 +80,27 @@ class TestLabelGroups:
         assert labels[3, 4] == 3
 
 
+class TestSparseGroups:
+    @pytest.mark.parametrize("density", [0.0, 0.001, 0.01, 0.019, 0.05, 0.4])
+    def test_numbers_are_ndimage_labels(self, density):
+        """Same groups and numbers as ndimage (raster order of first pixel), sparse or not, rows never wrap."""
+        mask = random_mask(shape=(90, 130), density=density, seed=int(density * 1000))
+        mask[5, -1] = mask[6, 0] = True  # end of a row next to the start of the next one: not neighbours
+        expected, n = ndimage.label(mask, structure=EIGHT)
+        ys, xs, groups, m = sparse_groups(mask)
+        assert m == n and groups.dtype == np.int32
+        assert np.array_equal(ys * mask.shape[1] + xs, np.flatnonzero(mask))
+        assert np.array_equal(groups, expected[ys, xs])
+        labels, k = label_groups(mask)
+        assert k == n and labels.dtype == np.int32 and np.array_equal(labels, expected)
+
+    def test_long_diagonal_and_snake_are_one_group(self):
+        mask = np.eye(50, dtype=bool) | np.eye(50, dtype=bool)[::-1]
+        mask[10, :] = True
+        _, _, groups, n = sparse_groups(mask)
+        assert n == 1 and set(groups) == {1}
+
+
 class TestKeepGroupsWith:
     def test_keeps_whole_seeded_groups(self):
         mask = np.zeros((7, 9), dtype=bool)
@@ -93,8 +115,9 @@ class TestKeepGroupsWith:
         expected[5, 5:8] = True
         assert np.array_equal(out, expected)
 
-    def test_matches_per_group_reference(self):
-        mask = random_mask(density=0.2, seed=3)
+    @pytest.mark.parametrize("density", [0.01, 0.2])  # the sparse path and the labelling
+    def test_matches_per_group_reference(self, density):
+        mask = random_mask(density=density, seed=3)
         seeds = random_mask(density=0.01, seed=4)
         labels, n = ndimage.label(mask, structure=EIGHT)
         expected = np.zeros_like(mask)

@@ -119,6 +119,65 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return _dilate_axis(_dilate_axis(mask, radius, 0), radius, 1)
 
 
+def sparse_groups(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The pixels of ``mask`` and their 8-connected group, without a frame-sized label map.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        Boolean map ``(ny, nx)``.
+
+    Returns
+    -------
+    ys, xs : numpy.ndarray
+        Coordinates of the True pixels in raster order (``np.nonzero``).
+    groups : numpy.ndarray
+        int32 group of each, 1..n, numbered in raster order of the first
+        pixel of each group (``label_groups``' numbers).
+    n : int
+        Number of groups.
+
+    Notes
+    -----
+    Connected components of the graph of neighbouring True pixels
+    (``scipy.sparse.csgraph``): O(True pixels) after one pass over the
+    map, where a labelling visits every pixel twice.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    mask = _as_mask("mask", mask)
+    ys, xs = np.nonzero(mask)
+    m = ys.size
+    if m == 0:
+        return ys, xs, np.zeros(0, dtype=np.int32), 0
+    nx = mask.shape[1]
+    index = ys.astype(np.int64) * nx + xs  # increasing
+    first, second = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each neighbour pair once
+        ok = (xs + dx >= 0) & (xs + dx < nx)
+        target = index[ok] + (dy * nx + dx)
+        at = np.minimum(np.searchsorted(index, target), m - 1)
+        hit = index[at] == target
+        first.append(np.flatnonzero(ok)[hit])
+        second.append(at[hit])
+    first, second = np.concatenate(first), np.concatenate(second)
+    graph = coo_matrix((np.ones(first.size, dtype=np.int8), (first, second)), shape=(m, m))
+    n, component = connected_components(graph, directed=False)
+    _, starts = np.unique(component, return_index=True)  # first pixel of each component, in raster order
+    rank = np.empty(n, dtype=np.int32)
+    rank[np.argsort(starts, kind="stable")] = np.arange(1, n + 1, dtype=np.int32)
+    return ys, xs, rank[component], int(n)
+
+
+#: Fraction of True pixels below which groups are found from the pixels' coordinates (:func:`sparse_groups`).
+SPARSE_FRACTION = 0.02
+
+
+def _is_sparse(mask: np.ndarray) -> bool:
+    return np.count_nonzero(mask) <= SPARSE_FRACTION * mask.size
+
+
 def label_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Label the 8-connected groups of a boolean map.
 
@@ -136,6 +195,11 @@ def label_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
         Number of groups.
     """
     mask = _as_mask("mask", mask)
+    if _is_sparse(mask):
+        ys, xs, groups, n = sparse_groups(mask)
+        labels = np.zeros(mask.shape, dtype=np.int32)
+        labels[ys, xs] = groups
+        return labels, n
     labels, n = ndimage.label(mask, structure=_EIGHT)
     return labels.astype(np.int32, copy=False), int(n)
 
@@ -161,10 +225,18 @@ def keep_groups_with(mask: np.ndarray, seeds: np.ndarray, *,
 
     Notes
     -----
-    One labelling plus a lookup table indexed by label, O(pixels).
+    One labelling (of the pixels alone when they are few) plus a lookup
+    table indexed by group.
     """
     mask = _as_mask("mask", mask)
     seeds = _as_mask("seeds", seeds, mask.shape)
+    if labels is None and _is_sparse(mask):
+        ys, xs, groups, n = sparse_groups(mask)
+        keep = np.zeros(n + 1, dtype=bool)
+        keep[groups[seeds[ys, xs]]] = True
+        out = np.zeros(mask.shape, dtype=bool)
+        out[ys, xs] = keep[groups]
+        return out
     labels, n = label_groups(mask) if labels is None else labels
     keep = np.zeros(n + 1, dtype=bool)
     keep[labels[seeds]] = True
