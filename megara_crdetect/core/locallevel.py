@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masks import keep_groups_with, label_groups
+from .masks import keep_groups_with, sparse_groups
 from .stack import AGREEMENT_SIGMA, StackStats
 
 __all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "spoiled_minima",
@@ -100,9 +100,9 @@ def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
         Isolated candidates in a quiet neighbourhood whose ``median2d`` stands
         less above the local level than ``min2d`` falls below it.
     """
-    labels, n = label_groups(candidates)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    ys, xs = _inner(candidates & (sizes[labels] == 1))
+    ys, xs, groups, n = sparse_groups(candidates)
+    single = np.bincount(groups, minlength=n + 1)[groups] == 1
+    ys, xs = _inside(ys[single], xs[single], candidates.shape)
     out = np.zeros(candidates.shape, dtype=bool)
     if ys.size == 0:
         return out
@@ -137,10 +137,13 @@ def _opposite_means(values: np.ndarray) -> np.ndarray:
 
 def _inner(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the True pixels of ``mask`` that have 8 neighbours."""
-    inner = mask.copy()
-    inner[[0, -1], :] = False
-    inner[:, [0, -1]] = False
-    return np.nonzero(inner)
+    return _inside(*np.nonzero(mask), mask.shape)
+
+
+def _inside(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels ``(ys, xs)`` that have 8 neighbours, in the same order."""
+    keep = (ys > 0) & (ys < shape[0] - 1) & (xs > 0) & (xs < shape[1] - 1)
+    return ys[keep], xs[keep]
 
 
 def typical_spread(stats: StackStats, noise: np.ndarray, step: int = 7) -> float:
@@ -184,8 +187,12 @@ def raised_medians(where: np.ndarray, stats: StackStats, noise: np.ndarray, offs
     u = np.median(noise[yy, xx], axis=1)  # the pixel's own noise scale follows its (possibly hit) min2d
     level += np.float32(offset) * u
     hit = stats.median2d[ys, xs] - level > raised_sigma * u
-    out[ys[hit], xs[hit]] = True
-    return keep_groups_with(out, out & (stats.max2d - stats.min2d > AGREEMENT_SIGMA * noise))
+    ys, xs = ys[hit], xs[hit]
+    out[ys, xs] = True
+    differ = stats.max2d[ys, xs] - stats.min2d[ys, xs] > AGREEMENT_SIGMA * noise[ys, xs]
+    seeds = np.zeros(where.shape, dtype=bool)
+    seeds[ys[differ], xs[differ]] = True
+    return keep_groups_with(out, seeds)
 
 
 def spoiled_minima(where: np.ndarray, stats: StackStats, noise: np.ndarray,

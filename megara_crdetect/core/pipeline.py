@@ -701,11 +701,12 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     """
     if exposure_flags is None or params.mm_pair_sigma <= 0 or not params.uses_mm:
         return None
-    t = _normalised(det.stats.median2d, det.stats, det.inflated)
-    pairs = (t > params.mm_pair_sigma) & _pair_evidence(det, exposure_flags, exposure_masks, t)
-    if exposure_masks is not None:  # aligned exposures: the neighbours' min2d gives the clean level
+    flagged = exposure_flags.any(axis=0)
+    masked = None if exposure_masks is None else exposure_masks.any(axis=0)
+    pairs = _pair_evidence(det, params, exposure_masks, flagged, masked)
+    if masked is not None:  # aligned exposures: the neighbours' min2d gives the clean level
         offset = typical_spread(det.stats, det.noise)
-        pairs |= raised_medians(exposure_masks.any(axis=0), det.stats, det.noise, offset)
+        pairs |= raised_medians(masked, det.stats, det.noise, offset)
     if det.model_flags is not None:
         pairs |= _spread_pairs(det, params)
     if det.untrusted_model is not None:
@@ -715,18 +716,28 @@ def _pairs(det: _Detections, params: CRMaskConfig, exposure_flags: np.ndarray | 
     return pairs & det.dilatable
 
 
-def _pair_evidence(det: _Detections, exposure_flags: np.ndarray, exposure_masks: np.ndarray | None,
-                   t: np.ndarray) -> np.ndarray:
-    """Where another exposure than the one setting median2d - min2d (``t``) is known to be hit."""
-    top = _normalised(det.stats.max2d, det.stats, det.inflated)
+def _pair_evidence(det: _Detections, params: CRMaskConfig, exposure_masks: np.ndarray | None,
+                   flagged: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
+    """Where median2d - min2d (``t``) exceeds ``mm_pair_sigma`` and another exposure than the one setting it is
+    known to be hit (judged at the flagged or masked pixels only: nowhere else is there evidence)."""
+    ys, xs = np.nonzero(flagged if masked is None else flagged | masked)
+    stats, u = det.stats, det.inflated[ys, xs]
+    low = stats.min2d[ys, xs]
+    t = stats.median2d[ys, xs] - low
+    t /= u
+    top = stats.max2d[ys, xs] - low
+    top /= u
     top -= t  # (max2d - median2d) / u: the exposure that is hit must stand out too
-    evidence = exposure_flags.any(axis=0) & (top > PAIR_TOP_SIGMA)
+    evidence = flagged[ys, xs] & (top > PAIR_TOP_SIGMA)
     if exposure_masks is not None:
         # aligned exposures only: next to a line flank of shifted exposures the masks of two exposures
         # overlap and median2d - min2d is large without any cosmic ray
-        seen = exposure_masks.sum(axis=0, dtype=np.uint8)
+        seen = exposure_masks[:, ys, xs].sum(axis=0, dtype=np.uint8)
         evidence |= (seen >= 2) | (seen >= 1) & (t > PAIR_SURE_SIGMA)
-    return evidence
+    keep = evidence & (t > params.mm_pair_sigma)
+    pairs = np.zeros(flagged.shape, dtype=bool)
+    pairs[ys[keep], xs[keep]] = True
+    return pairs
 
 
 def _expected_spread(det: _Detections) -> np.ndarray:
@@ -814,7 +825,8 @@ def _mediancr(det: _Detections, params: CRMaskConfig, shape, exposure_flags: np.
     flagged = codes > 0
     mask = dilate(flagged, params.dilation) & det.dilatable | flagged
     codes[mask & ~flagged] = 1
-    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int((codes == c).sum()) for c in CODES if c}
+    found = np.bincount(codes[mask], minlength=max(CODES) + 1)  # every code but 0 lies in the mask
+    counts = {"mediancr_" + CODES[c].lower().replace("+", "_"): int(found[c]) for c in CODES if c}
     return mask, codes, counts
 
 
