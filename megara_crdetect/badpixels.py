@@ -98,20 +98,26 @@ def find_bad_pixels(stack: np.ndarray, saturation: float, labels: Sequence[str])
     saturation = saturation - abs(saturation) * 1e-6
     nonfinite = np.zeros(stack.shape, dtype=bool)
     saturated = np.zeros(stack.shape, dtype=bool)
+    npix, clean = stack[0].size, True
     for k in range(n):
         np.logical_not(np.isfinite(stack[k]), out=nonfinite[k])
+        nbad = np.count_nonzero(nonfinite[k])
         with np.errstate(invalid="ignore"):
             np.greater_equal(stack[k], saturation, out=saturated[k])
-        saturated[k] &= ~nonfinite[k]
-        if nonfinite[k].all():
+        if nbad:  # NaN compares False: only infinities can be both
+            saturated[k] &= ~nonfinite[k]
+        nsat = np.count_nonzero(saturated[k])
+        if nbad == npix:
             raise InputError(f"{labels[k]}: every pixel is NaN or infinite; there is no data to use")
-        if saturated[k].all():
+        if nsat == npix:
             raise InputError(f"{labels[k]}: every pixel is at or above the saturation level (la_satlevel); "
                              "there is no data to use")
-        nbad, nsat = int(nonfinite[k].sum()), int(saturated[k].sum())
         if nbad or nsat:
+            clean = False
             _log.info("%s: %d NaN/infinite and %d saturated pixel(s), left out of this exposure and never "
                       "flagged as cosmic rays", labels[k], nbad, nsat)
+    if clean:  # the usual case: nothing to leave out
+        return BadPixels(None, *(np.zeros(stack.shape[1:], dtype=bool) for _ in range(3)))
     all_saturated = saturated.all(axis=0)
     left_out = nonfinite | (saturated & ~all_saturated)
     if not left_out.any():

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,8 +174,10 @@ def read_images(paths: Sequence[str | os.PathLike], *, base_dir: str | os.PathLi
             _log.debug("read %s [%d]: %s", path, extnum, data.shape)
             yield f"images[{k}] = '{path.name}'", data
 
-    stack = stack_images(items(), len(resolved))
-    return InputStack(stack, resolved, headers, [file_sha256(p) for p in resolved])
+    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: the checksums overlap with the reading
+        checksums = pool.map(file_sha256, [p for p in resolved if p.is_file()])
+        stack = stack_images(items(), len(resolved))
+        return InputStack(stack, resolved, headers, list(checksums))
 
 
 def to_electrons(data: np.ndarray, *, gain: float, bias: float) -> np.ndarray:
