@@ -112,3 +112,38 @@ def test_seeds_keep_only_groups_that_hold_one():
     kept = fg.passing_groups(t, 3.0, 10.0, seeds)
     assert kept[12:14, 12:15].all() and not kept[2:4, 2:5].any()
     assert not fg.passing_groups(t, 3.0, 12.5).any()  # the score is the summed excess
+
+
+@pytest.mark.parametrize("use_seeds", [False, True])
+def test_exposures_in_threads_and_blocks_give_the_whole_frame_test(use_seeds):
+    """faint_groups (blocks of rows, exposures in threads) = passing_groups on each exposure's whole t."""
+    stack = _noise_stack(5)
+    stack[0][EVENT] += 40.0
+    stack[1][EVENT] += 40.0
+    stack[2][10:12, 150:156] += 40.0
+    min2d, median2d = stack.min(axis=0), np.median(stack, axis=0)
+    noise = mm.noise_scale(min2d, mm.noise_floor(median2d), RNOISE)
+    where = np.ones(SHAPE, dtype=bool)
+    where[:, 100:104] = False
+    rng = np.random.default_rng(2)
+    seeds = rng.random(stack.shape) < 0.002 if use_seeds else None
+    thresholds = fg.GroupThresholds(exposure=4.0, median=3.0)
+    inv = np.float32(1.0) / noise
+    t_med = (median2d - min2d) * inv
+    t_med[~where] = 0
+    coinc = fg.passing_groups(t_med, fg.MEDIAN_LEVEL, thresholds.median)
+    expected = np.empty(stack.shape, dtype=bool)
+    for k in range(3):
+        t = (stack[k] - min2d) * inv
+        t[~where] = 0
+        own = coinc & (t > fg.MEDIAN_LEVEL)
+        expected[k] = fg.passing_groups(t, fg.EXPOSURE_LEVEL, thresholds.exposure,
+                                        None if seeds is None else seeds[k] | own) | own
+    assert expected[0][EVENT].any() and expected[2][10:12, 150:156].any() != use_seeds  # no seed there
+    for workers in (1, 2):
+        got = fg.faint_groups(stack, min2d, median2d, noise, thresholds, where, seeds, workers=workers)
+        assert np.array_equal(got, expected)
+    above, values, own = fg._exposure_excess(stack[2], min2d, inv, where, coinc, 3.0, 2.5, rows=7)
+    t = (stack[2] - min2d) * inv
+    t[~where] = 0
+    assert np.array_equal(above, t > 3.0) and np.array_equal(values, t[t > 3.0])

@@ -33,6 +33,8 @@ simulated frames suffice for a rate far below one per simulated frame.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,12 +91,26 @@ def group_scores(t: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
         Summed excess of each group (float64).
     """
     above = t > level
+    # only the pixels above the level (a small fraction): no frame-sized float64 or int64 copies
+    return _scores(above, t[above], level)
+
+
+def _scores(above: np.ndarray, values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`group_scores` from the map ``above`` and the values there (raster order)."""
     labels, n = ndimage.label(above, structure=_EIGHT)
     if n == 0:
         return labels, np.zeros(0)
-    # only the pixels above the level (a small fraction): no frame-sized float64 or int64 copies
-    scores = np.bincount(labels[above], weights=t[above] - np.float32(level), minlength=n + 1)[1:]
-    return labels, scores
+    return labels, np.bincount(labels[above], weights=values - np.float32(level), minlength=n + 1)[1:]
+
+
+def _kept(labels: np.ndarray, scores: np.ndarray, threshold: float, seeds: np.ndarray | None) -> np.ndarray:
+    """The pixels of the groups scoring above ``threshold`` (with ``seeds``: holding one)."""
+    keep = np.concatenate([[False], scores > threshold])
+    if seeds is not None:
+        seeded = np.zeros(keep.shape, dtype=bool)
+        seeded[labels[seeds]] = True
+        keep &= seeded
+    return keep[labels]
 
 
 def passing_groups(t: np.ndarray, level: float, threshold: float, seeds: np.ndarray | None = None) -> np.ndarray:
@@ -102,13 +118,7 @@ def passing_groups(t: np.ndarray, level: float, threshold: float, seeds: np.ndar
 
     With ``seeds`` (bool, same shape), only the groups holding a seed pixel.
     """
-    labels, scores = group_scores(t, level)
-    keep = np.concatenate([[False], scores > threshold])
-    if seeds is not None:
-        seeded = np.zeros(keep.shape, dtype=bool)
-        seeded[labels[seeds]] = True
-        keep &= seeded
-    return keep[labels]
+    return _kept(*group_scores(t, level), threshold, seeds)
 
 
 def _tail_threshold(scores: np.ndarray, npix: int, rate: float, tail_rate: float = TAIL_RATE) -> float:
@@ -193,7 +203,8 @@ def calibrate(expected: np.ndarray, floor: np.ndarray, rnoise_e: float, *, n_low
 
 def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noise: np.ndarray,
                  thresholds: GroupThresholds, where: np.ndarray | None = None, seeds: np.ndarray | None = None, *,
-                 exposure_level: float = EXPOSURE_LEVEL, median_level: float = MEDIAN_LEVEL) -> np.ndarray:
+                 exposure_level: float = EXPOSURE_LEVEL, median_level: float = MEDIAN_LEVEL,
+                 workers: int | None = None) -> np.ndarray:
     """Per exposure, the pixels of the groups that pass the calibrated test.
 
     Parameters
@@ -215,6 +226,8 @@ def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noi
         says) looks like as well.
     exposure_level, median_level : float
         The levels the thresholds were calibrated for.
+    workers : int, optional
+        Threads over the exposures (default: cores); the result is the same.
 
     Returns
     -------
@@ -227,12 +240,44 @@ def faint_groups(stack: np.ndarray, min2d: np.ndarray, median2d: np.ndarray, noi
     if where is not None:
         t_med[~where] = 0
     coinc = passing_groups(t_med, median_level, thresholds.median)
+    del t_med
     out = np.empty(stack.shape, dtype=bool)
-    for k in range(stack.shape[0]):
-        t = (stack[k] - min2d) * inv
-        if where is not None:
-            t[~where] = 0
-        own = coinc & (t > median_level)
-        out[k] = passing_groups(t, exposure_level, thresholds.exposure, None if seeds is None else seeds[k] | own)
+
+    def one(k: int) -> None:
+        above, values, own = _exposure_excess(stack[k], min2d, inv, where, coinc, exposure_level, median_level)
+        labels, scores = _scores(above, values, exposure_level)
+        del above, values
+        out[k] = _kept(labels, scores, thresholds.exposure, None if seeds is None else seeds[k] | own)
         out[k] |= own
+
+    n = stack.shape[0]
+    workers = max(1, min(n, workers or os.cpu_count() or 1))
+    if workers == 1:
+        for k in range(n):
+            one(k)
+    else:  # the labelling and NumPy release the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, range(n)))
     return out
+
+
+def _exposure_excess(image, min2d, inv, where, coinc, level: float, median_level: float, rows: int = BLOCK_ROWS):
+    """``t = (image - min2d) * inv`` (0 outside ``where``) a block of rows at a time, never whole.
+
+    Returns the map ``t > level``, the values of ``t`` there (raster order)
+    and ``coinc & (t > median_level)``.
+    """
+    above = np.empty(image.shape, dtype=bool)
+    own = np.empty(image.shape, dtype=bool)
+    values = []
+    for a in range(0, image.shape[0], rows):
+        part = slice(a, a + rows)
+        t = image[part] - min2d[part]
+        t *= inv[part]
+        if where is not None:
+            t[~where[part]] = 0
+        np.greater(t, level, out=above[part])
+        values.append(t[above[part]])
+        np.greater(t, median_level, out=own[part])
+        own[part] &= coinc[part]
+    return above, np.concatenate(values), own

@@ -1120,7 +1120,7 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
     result.crmasks |= _hit_exposures(result.mediancr, det, stack)
     if not shifted:
         if mms.median_spread is None:  # not a detector alone on shifted exposures: every line flank would pass
-            _add_faint_groups(result, det, stack, floor, factors if normalised else None)
+            _add_faint_groups(result, det, stack, floor, factors if normalised else None, workers)
         _repair_every_hit(result, det)
     del floor
     _finish_masks(result, det, params, stack, exposure_flags)
@@ -1228,7 +1228,7 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
 
 
 def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray, floor: np.ndarray,
-                      raw_factors: np.ndarray | None) -> None:
+                      raw_factors: np.ndarray | None, workers: int | None = None) -> None:
     """Aligned exposures: faint events found as groups join the CRMASKk (issue 17; in place).
 
     Events faint in every pixel of both exposures they hit escape the
@@ -1259,7 +1259,7 @@ def _add_faint_groups(result: CRMaskResult, det: _Detections, stack: np.ndarray,
                         where[near, :] = False
                     else:
                         where[:, near] = False
-    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, where)
+    added = fg.faint_groups(stack, stats.min2d, stats.median2d, det.noise, thresholds, where, workers=workers)
     added &= ~result.crmasks
     # weak evidence never leaves a pixel without an exposure to average (a problematic pixel)
     added &= ~np.stack([np.delete(result.crmasks, k, axis=0).all(axis=0) for k in range(n)])
