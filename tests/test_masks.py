@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from megara_crdetect.core.masks import (
     cleanable_map,
+    coordinates,
     dilate,
     group_pixel_table,
     group_summary,
@@ -78,6 +79,18 @@ class TestLabelGroups:
         assert labels[1, 6] == 1
         assert labels[3, 0] == labels[4, 0] == 2
         assert labels[3, 4] == 3
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.05, 0.5])
+def test_coordinates_are_numpy_nonzero(density):
+    """Flat indices for sparse maps, np.nonzero for dense ones: the same arrays either way, views and labels too."""
+    rng = np.random.default_rng(int(density * 100))
+    mask = rng.random((70, 90)) < density
+    labels = np.where(mask, rng.integers(1, 5, mask.shape), 0).astype(np.int32)
+    for m in (mask, mask[2:-3, 1:-4], labels):
+        ys, xs = coordinates(m)
+        ref_ys, ref_xs = np.nonzero(m)
+        assert np.array_equal(ys, ref_ys) and np.array_equal(xs, ref_xs) and ys.dtype == ref_ys.dtype
 
 
 class TestSparseGroups:

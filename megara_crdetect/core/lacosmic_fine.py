@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .masks import coordinates
 from .sortnet import separable_median
 
 __all__ = ["SeparableKernel", "separable_kernel", "fine_structure", "fine_structure_test"]
@@ -128,7 +129,7 @@ def fine_structure_test(clean: np.ndarray, noise: np.ndarray, sp: np.ndarray, ca
     kernel = o.get("separable")
     if o["fsmode"] != "convolve" or not o["sepmed"] or kernel is None:
         return candidates & ((sp / fine_structure(clean, noise, o)) > o["objlim"])
-    ys, xs = np.nonzero(candidates)
+    ys, xs = coordinates(candidates)
     passed = np.zeros(candidates.shape, dtype=bool)
     if ys.size == 0:
         return passed

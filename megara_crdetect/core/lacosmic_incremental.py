@@ -47,6 +47,7 @@ from functools import lru_cache
 import numpy as np
 
 from .lacosmic_fine import fine_structure_test, separable_kernel
+from .masks import coordinates
 from .sortnet import separable_median
 from .windows import _window, lacosmic_fine_reach, lacosmic_step_reach, tiles
 
@@ -130,7 +131,7 @@ def _detections(clean: np.ndarray, var: np.ndarray, good: np.ndarray, o: dict,
 
 def _windows(changed: np.ndarray, reach: int) -> list:
     """Windows whose exact parts cover ``changed`` grown by ``reach``, padded by ``reach``; one per cell."""
-    ys, xs = np.nonzero(changed)
+    ys, xs = coordinates(changed)
     if ys.size == 0:
         return []
     ncx = -(-changed.shape[1] // CELL)
@@ -359,7 +360,7 @@ def _clean_step(clean, var, crmask, mask, changed, cleantype, level) -> None:
     if cleantype == "meanmask" and np.count_nonzero(crmask) > DENSE_FRACTION * crmask.size:
         _clean_dense(clean, var, bad, crmask[inner], changed, level)
         return
-    ys, xs = np.nonzero(crmask[inner])
+    ys, xs = coordinates(crmask[inner])
     ys += _HALF
     xs += _HALF
     before = clean[ys, xs], var[ys, xs]

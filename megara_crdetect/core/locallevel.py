@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masks import keep_groups_with, sparse_groups
+from .masks import coordinates, keep_groups_with, sparse_groups
 from .stack import AGREEMENT_SIGMA, StackStats
 
 __all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "spoiled_minima",
@@ -137,7 +137,7 @@ def _opposite_means(values: np.ndarray) -> np.ndarray:
 
 def _inner(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the True pixels of ``mask`` that have 8 neighbours."""
-    return _inside(*np.nonzero(mask), mask.shape)
+    return _inside(*coordinates(mask), mask.shape)
 
 
 def _inside(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

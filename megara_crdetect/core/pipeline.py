@@ -66,10 +66,10 @@ from . import boundary as bd
 from . import faintgroups as fg
 from . import mmdiagram as mm
 from . import shiftmodel as sm
-from .combine import combine, combine_in_bands, problematic_pixels
+from .combine import combine_in_bands, problematic_pixels
 from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
 from .locallevel import neighbour_index, noise_dips, raised_medians, spoiled_minima, typical_spread
-from .masks import cleanable_map, dilate, keep_groups_with, label_groups
+from .masks import cleanable_map, coordinates, dilate, keep_groups_with, label_groups
 from .noise import sigma
 from .offsets import measure_offsets
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
@@ -364,7 +364,7 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
         return flags
     # everything is decided at the flagged pixels (few): gathered there, not computed over the frame
     labels, n = label_groups(flags)
-    ys, xs = np.nonzero(flags)
+    ys, xs = coordinates(flags)
     group, value, tf = labels[ys, xs], target[ys, xs], t[ys, xs]
     lev = level if np.isscalar(level) else level[ys, xs]
     peak = np.full(n + 1, -np.inf, dtype=target.dtype)
@@ -392,7 +392,7 @@ def _pixels(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, which: np.nd
 def _hit_cores(cores: np.ndarray, t: np.ndarray, level, hit_everywhere) -> np.ndarray:
     """Pixels of ``cores`` hit in every exposure with a neighbour that disagrees beyond ``level``."""
     cores = hit_everywhere(cores)
-    ys, xs = np.nonzero(cores)
+    ys, xs = coordinates(cores)
     if ys.size == 0:
         return cores
     yy, xx = neighbour_index(ys, xs, cores.shape)
@@ -627,7 +627,7 @@ class _Detections:
         pixel) does not do.
         """
         spoiled, _ = spoiled_minima(where, self.stats, self.noise)
-        ys, xs = np.nonzero(spoiled)
+        ys, xs = coordinates(spoiled)
         level = self.confirm_level("median")
         level = level if np.isscalar(level) else level[ys, xs]
         spread = (self.stats.max2d[ys, xs] - self.stats.min2d[ys, xs]) / self.noise[ys, xs]
@@ -720,7 +720,7 @@ def _pair_evidence(det: _Detections, params: CRMaskConfig, exposure_masks: np.nd
                    flagged: np.ndarray, masked: np.ndarray | None) -> np.ndarray:
     """Where median2d - min2d (``t``) exceeds ``mm_pair_sigma`` and another exposure than the one setting it is
     known to be hit (judged at the flagged or masked pixels only: nowhere else is there evidence)."""
-    ys, xs = np.nonzero(flagged if masked is None else flagged | masked)
+    ys, xs = coordinates(flagged if masked is None else flagged | masked)
     stats, u = det.stats, det.inflated[ys, xs]
     low = stats.min2d[ys, xs]
     t = stats.median2d[ys, xs] - low
@@ -1123,7 +1123,7 @@ def _compute_crmasks(stack: np.ndarray, params: CRMaskConfig, *, detector: Detec
             _add_faint_groups(result, det, stack, floor, factors if normalised else None, workers)
         _repair_every_hit(result, det)
     del floor
-    _finish_masks(result, det, params, stack, exposure_flags)
+    _finish_masks(result, det, params, stack, exposure_flags, workers)
     timings["other masks"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     if progress is not None:
@@ -1216,7 +1216,7 @@ def _hit_exposures(mediancr: np.ndarray, det: _Detections, stack: np.ndarray) ->
     the noise, and masks such pixels in every CRMASKk.)
     """
     out = np.zeros(stack.shape, dtype=bool)
-    ys, xs = np.nonzero(mediancr)
+    ys, xs = coordinates(mediancr)
     if ys.size == 0:
         return out
     if det.above_model is not None:
@@ -1336,7 +1336,7 @@ def _la_everywhere(params: CRMaskConfig) -> bool:
 
 
 def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, stack: np.ndarray,
-                  exposure_flags: np.ndarray) -> None:
+                  exposure_flags: np.ndarray, workers: int | None = None) -> None:
     """MEANCRT, MEANCR and the problematic pixels (in place; CRMASKk are already in ``result``).
 
     CRMASKk are the dilated detections on exposure k.  The guide restricts
@@ -1347,8 +1347,9 @@ def _finish_masks(result: CRMaskResult, det: _Detections, params: CRMaskConfig, 
     """
     mean_flags = det.union("mean", result.stats.mean2d) | exposure_flags.any(axis=0)
     result.meancrt = dilate(mean_flags, params.dilation) & det.dilatable | result.mediancr
-    meancr_img = combine(stack, "meancr", rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
-                         replacement=result.repair_min).value  # the image apply_crmasks will write
+    meancr_img = combine_in_bands(stack, "meancr", workers=workers or os.cpu_count() or 1,
+                                  rnoise_e=det.detector.rnoise_e, crmasks=result.crmasks,
+                                  replacement=result.repair_min).value  # the image apply_crmasks will write
     if params.uses_aux and _la_everywhere(params):
         la, _ = _la_detections({"meancr": meancr_img}, params, det.detector, 1,
                                _la_candidates(params, det.stats, det.noise, det.median_spread))

@@ -66,6 +66,7 @@ from scipy import ndimage
 from scipy.special import chdtri
 
 from .locallevel import neighbour_index
+from .masks import coordinates
 from .noise import sigma
 from .offsets import neighbour_maximum, neighbour_minimum
 from .stack import AGREEMENT_SIGMA
@@ -793,7 +794,7 @@ def _basis_scene(stack: np.ndarray, fitted: np.ndarray, noise: np.ndarray, near:
     out = np.divide(total, count, out=total, dtype=np.float64)  # in float64, rounded once to float32
     if near is not None:
         out = np.where(near, fill, out).astype(np.float32, copy=False)
-    ys, xs = np.nonzero(_spikes(out, noise))
+    ys, xs = coordinates(_spikes(out, noise))
     if ys.size:  # few pixels: the median of their neighbours there only
         yy, xx = neighbour_index(ys, xs, out.shape)
         out[ys, xs] = np.partition(out[yy, xx], 4, axis=1)[:, 4]  # upper middle of 8, as ndimage's median

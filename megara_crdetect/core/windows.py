@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .masks import coordinates
+
 __all__ = ["Window", "NotLocal", "local", "frame_level", "lacosmic_reach", "lacosmic_step_reach",
            "lacosmic_fine_reach", "lacosmic_runner", "windows_around", "tiles",
            "tiled", "around_candidates", "WindowedDetection"]
@@ -372,7 +374,7 @@ def _cells_covered(candidates: np.ndarray, side: int) -> int:
     it covers the whole cell of that candidate: a cheap lower bound of the
     windows' area that spares building them when it is already too large.
     """
-    ys, xs = np.nonzero(candidates)
+    ys, xs = coordinates(candidates)
     if ys.size == 0:
         return 0
     side = max(int(side), 1)

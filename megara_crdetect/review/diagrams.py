@@ -23,6 +23,7 @@ from matplotlib.scale import SymmetricalLogTransform
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter, NullLocator, ScalarFormatter
 
 from ..core import mmdiagram as mm
+from ..core.masks import coordinates
 from ._plot import (HIST_CHUNK, MARKERS, block_mean, column_hist2d, count_cmap, display_image, limits, log_norm,
                     maxpool, uniform_hist2d)
 from .events import ReviewData
@@ -411,8 +412,10 @@ def _detected(data: ReviewData) -> dict:
     """(u, t, X, Y) of the detected pixels of every category (code)."""
     codes = data.result.mediancr_codes
     out = {}
+    flagged_rows, flagged_cols = coordinates(codes)
+    flagged = codes[flagged_rows, flagged_cols]
     for code in MARKERS:
-        rows, cols = np.nonzero(codes == code)
+        rows, cols = flagged_rows[flagged == code], flagged_cols[flagged == code]
         out[code] = (data.u[rows, cols], data.t[rows, cols], cols + 1.0, rows + 1.0)
     return out
 
@@ -502,7 +505,7 @@ def target_figure(fig, data: ReviewData, *, target: np.ndarray, mask: np.ndarray
     t = data.t_of(target)
     _draw_detection_hist(ax_a, grid, _detection_counts(grid, data.columns, t))
     _boundary_line(ax_a, boundary, grid)
-    rows, cols = np.nonzero(mask)
+    rows, cols = coordinates(mask)
     u_m, t_m = data.u[rows, cols], t[rows, cols]
     above = t_m > boundary.t_at(u_m) if boundary is not None else np.zeros(t_m.shape, bool)
     for sel, colour, what in ((~above, "orange", "below the boundary"), (above, "red", "above the boundary")):

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core import mmdiagram as mm
+from ..core.masks import coordinates
 from ..core.noise import sigma
 from ..core.pipeline import CODES
 
@@ -188,7 +189,7 @@ def find_events(mask: np.ndarray, codes: np.ndarray, t: np.ndarray, margin: np.n
     EventTable
     """
     labels, _ = label_events(mask)
-    rows, cols = np.nonzero(labels)
+    rows, cols = coordinates(labels)
     lab = labels[rows, cols]
     order = np.argsort(lab, kind="stable")  # nonzero is raster order already
     rows, cols, lab = rows[order], cols[order], lab[order]
@@ -242,7 +243,7 @@ def near_misses(margin: np.ndarray, exclude: np.ndarray, *, depth: float = 1.0,
     sel = (margin > -depth) & (margin <= 0) & ~exclude
     if extra is not None:
         sel &= extra
-    rows, cols = np.nonzero(sel)
+    rows, cols = coordinates(sel)
     if rows.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
     m = margin[rows, cols]
@@ -338,7 +339,7 @@ class ReviewData:
             level = boundary.t_at32(self.u)
             return np.subtract(t, level, out=level)
         out = np.full(t.shape, -np.inf, dtype=np.float32)
-        rows, cols = np.nonzero((t > np.float32(np.min(boundary.t_table) - MARGIN_DEPTH)) | where)
+        rows, cols = coordinates((t > np.float32(np.min(boundary.t_table) - MARGIN_DEPTH)) | where)
         out[rows, cols] = t[rows, cols] - boundary.t_at32(self.u[rows, cols])
         return out
 
