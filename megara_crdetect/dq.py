@@ -54,8 +54,8 @@ _CR_BIT = np.uint16(DQ_BITS["CR_REPAIRED"][0])
 
 
 def _set(dq: np.ndarray, mask, name: str) -> None:
-    if mask is not None:
-        dq[np.asarray(mask, dtype=bool)] |= np.uint16(DQ_BITS[name][0])
+    if mask is not None:  # one pass, whatever the number of pixels set
+        np.bitwise_or(dq, np.uint16(DQ_BITS[name][0]), out=dq, where=np.asarray(mask, dtype=bool))
 
 
 def dq_summary(shape: tuple[int, int], *, cosmic_rays=None, problematic=None, saturated=None, bad_input=None,

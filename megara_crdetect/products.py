@@ -118,7 +118,7 @@ def dq_hdu(dq: np.ndarray) -> fits.ImageHDU:
 
 def _mask_hdu(mask: np.ndarray, name: str, comment: str) -> fits.ImageHDU:
     hdu = fits.ImageHDU(mask.astype(np.uint8), name=name)
-    hdu.header["NPMASKED"] = (int(mask.sum()), "Number of masked pixels")
+    hdu.header["NPMASKED"] = (int(np.count_nonzero(mask)), "Number of masked pixels")
     hdu.header["COMMENT"] = comment
     return hdu
 
