@@ -65,3 +65,33 @@ def test_separable_median_is_astroscrappys(size, shape):
 def test_separable_median_refuses_an_even_or_short_length(size):
     with pytest.raises(ValueError, match="odd and at least 3"):
         separable_median(np.zeros((10, 10), np.float32), size)
+
+
+def test_several_ranks_at_once_and_by_rows():
+    from megara_crdetect.core.sortnet import by_rows
+
+    rng = np.random.default_rng(4)
+    stack = rng.integers(0, 9, (6, 70, 30)).astype(np.float32)
+    low = select(list(stack), (0, 1, 2))
+    assert all(np.array_equal(v, e) for v, e in zip(low, np.sort(stack, axis=0)[:3]))
+    got = by_rows(stack, lambda planes: select(planes, 5), block=16)
+    assert got.dtype == np.float32 and np.array_equal(got, stack.max(axis=0))
+
+
+@pytest.mark.parametrize("n", [2, 4, 5, 7, 10])
+def test_stack_statistics_of_more_exposures(n):
+    """median_of_stack is np.median; low_mean the mean of the lowest values summed in ascending order."""
+    from megara_crdetect.core.stack import low_mean, median_of_stack
+
+    rng = np.random.default_rng(n)
+    stack = rng.normal(100, 10, (n, 90, 70)).astype(np.float32)
+    stack[:, ::5] = np.round(stack[:, ::5])  # ties
+    assert np.array_equal(median_of_stack(stack), np.median(stack, axis=0).astype(np.float32))
+    ordered = np.sort(stack, axis=0)
+    for k in range(1, n + 1):
+        expected = ordered[0].copy()
+        for plane in ordered[1:k]:
+            expected += plane
+        if k > 1:
+            expected /= np.float32(k)
+        assert np.array_equal(low_mean(stack, k), expected)

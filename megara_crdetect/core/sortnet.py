@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["batcher_network", "pruned_network", "select", "separable_median"]
+__all__ = ["batcher_network", "pruned_network", "select", "separable_median", "by_rows"]
 
 #: Rows worked on at a time by :func:`separable_median` (its planes stay in the cache).
 BLOCK_ROWS = 64
@@ -48,15 +48,16 @@ def batcher_network(n: int) -> tuple[tuple[int, int], ...]:
 
 
 @lru_cache(maxsize=None)
-def pruned_network(n: int, rank: int) -> tuple[tuple[int, int, bool, bool], ...]:
-    """The comparators of :func:`batcher_network` that lead to output ``rank``.
+def pruned_network(n: int, ranks: int | tuple[int, ...]) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The comparators of :func:`batcher_network` that lead to output ``ranks`` (one or several).
 
     Each is ``(i, j, low, high)``: whether the minimum (wire ``i``) and the
     maximum (wire ``j``) are still needed.
     """
-    if not 0 <= rank < n:
-        raise ValueError(f"rank must be in 0..{n - 1}; got {rank}")
-    needed, steps = {rank}, []
+    wanted = {ranks} if isinstance(ranks, int) else set(ranks)
+    if not wanted or not all(0 <= r < n for r in wanted):
+        raise ValueError(f"rank must be in 0..{n - 1}; got {ranks}")
+    needed, steps = set(wanted), []
     for i, j in reversed(batcher_network(n)):
         if i in needed or j in needed:
             steps.append((i, j, i in needed, j in needed))
@@ -64,27 +65,29 @@ def pruned_network(n: int, rank: int) -> tuple[tuple[int, int, bool, bool], ...]
     return tuple(steps[::-1])
 
 
-def select(wires, rank: int) -> np.ndarray:
+def select(wires, rank: int | tuple[int, ...]) -> np.ndarray | list[np.ndarray]:
     """Value of ``rank`` (0-based, ascending) among the arrays ``wires``, element by element.
 
     Parameters
     ----------
     wires : sequence of ndarray
         Arrays of one shape (views are fine: they are not written).
-    rank : int
-        0 for the minimum, ``len(wires) // 2`` for the median of an odd count.
+    rank : int or tuple of int
+        0 for the minimum, ``len(wires) // 2`` for the median of an odd
+        count; a tuple for several ranks at once.
 
     Returns
     -------
-    ndarray
-        A new array (or one of ``wires`` itself when there is one wire).
+    ndarray or list of ndarray
+        New arrays (or some of ``wires`` themselves when nothing moves them),
+        one per rank of a tuple.
     """
     wires = list(wires)
     for i, j, low, high in pruned_network(len(wires), rank):
         a, b = wires[i], wires[j]
         wires[i] = np.minimum(a, b) if low else None
         wires[j] = np.maximum(a, b) if high else None
-    return wires[rank]
+    return wires[rank] if isinstance(rank, int) else [wires[r] for r in rank]
 
 
 def separable_median(data: np.ndarray, size: int, *, block: int = BLOCK_ROWS) -> np.ndarray:
@@ -124,4 +127,12 @@ def separable_median(data: np.ndarray, size: int, *, block: int = BLOCK_ROWS) ->
     for a in range(half, ny - half, block):
         b = min(a + block, ny - half)
         out[a:b, half:nx - half] = select([rows[a - half + d:b - half + d] for d in range(size)], half)
+    return out
+
+
+def by_rows(stack: np.ndarray, fn, *, block: int = BLOCK_ROWS) -> np.ndarray:
+    """``fn(list of planes) -> plane`` over a stack ``(N, ny, ...)``, a block of rows at a time (float32 out)."""
+    out = np.empty(stack.shape[1:], dtype=np.float32)
+    for a in range(0, stack.shape[1], block):
+        out[a:a + block] = fn(list(stack[:, a:a + block]))
     return out

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sortnet import by_rows, select
+
 __all__ = ["StackStats", "stack_statistics", "low_mean", "median_of_stack"]
 
 
@@ -29,22 +31,48 @@ class StackStats:
 
 
 def low_mean(stack: np.ndarray, n_low: int) -> np.ndarray:
-    """Mean of the ``n_low`` lowest values of each pixel of ``stack`` (N, ...)."""
+    """Mean of the ``n_low`` lowest values of each pixel of ``stack`` (N, ...), float32.
+
+    The lowest values are selected by a sorting network and summed in
+    ascending order, so the bits do not depend on how a selection happens
+    to arrange them.
+    """
     n = stack.shape[0]
     if not 1 <= n_low <= n:
         raise ValueError(f"n_low must be in 1..{n}, got {n_low}")
     if n_low == 1:
         return stack.min(axis=0)
-    part = np.partition(stack, n_low - 1, axis=0)[:n_low]
-    return part.mean(axis=0, dtype=np.float32)
+
+    def mean_of_lowest(planes):
+        lowest = select(planes, tuple(range(n_low)))
+        total = lowest[0] + lowest[1]
+        for plane in lowest[2:]:
+            total += plane
+        total /= np.float32(n_low)
+        return total
+
+    return by_rows(np.asarray(stack, dtype=np.float32), mean_of_lowest)
 
 
 def median_of_stack(stack: np.ndarray) -> np.ndarray:
-    """Median along the first axis, with a fast path for three exposures."""
-    if stack.shape[0] == 3:
+    """Median along the first axis (the mean of the two middle values for an even count), float32.
+
+    np.median's values, selected by a sorting network a block of rows at a time.
+    """
+    n = stack.shape[0]
+    if n == 3:
         a, b, c = stack
         return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
-    return np.median(stack, axis=0).astype(stack.dtype, copy=False)
+    if n % 2:
+        return by_rows(np.asarray(stack, dtype=np.float32), lambda planes: select(planes, n // 2))
+
+    def middle(planes):
+        low, high = select(planes, (n // 2 - 1, n // 2))
+        total = low + high
+        total /= np.float32(2)
+        return total
+
+    return by_rows(np.asarray(stack, dtype=np.float32), middle)
 
 
 def stack_statistics(stack: np.ndarray, *, n_coincidences: int = 2) -> StackStats:
