@@ -133,28 +133,14 @@ def coordinates(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sparse_groups(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The pixels of ``mask`` and their 8-connected group, without a frame-sized label map.
+    """The True pixels of a boolean map ``(ny, nx)`` and their 8-connected group, without a label map.
 
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        Boolean map ``(ny, nx)``.
-
-    Returns
-    -------
-    ys, xs : numpy.ndarray
-        Coordinates of the True pixels in raster order (``np.nonzero``).
-    groups : numpy.ndarray
-        int32 group of each, 1..n, numbered in raster order of the first
-        pixel of each group (``label_groups``' numbers).
-    n : int
-        Number of groups.
-
-    Notes
-    -----
-    Connected components of the graph of neighbouring True pixels
-    (``scipy.sparse.csgraph``): O(True pixels) after one pass over the
-    map, where a labelling visits every pixel twice.
+    Returns ``(ys, xs, groups, n)``: the pixels' coordinates in raster order
+    (``np.nonzero``'s), the int32 group of each (1..n, numbered as
+    :func:`label_groups` numbers them: raster order of each group's first
+    pixel) and the number of groups.  Connected components of the graph of
+    neighbouring True pixels (``scipy.sparse.csgraph``): O(True pixels)
+    after one pass over the map, where a labelling visits every pixel twice.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

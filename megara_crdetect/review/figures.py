@@ -317,7 +317,8 @@ def _child(jobs, queue: _Queue) -> None:  # pragma: no cover - runs in a forked 
             queue.finished()
         cpu = os.times()
         _log.debug("figure process: %s; CPU user %.2f s, system %.2f s", ", ".join(
-            f"{k} {v:.1f} s" for k, v in timings.items()), cpu.user, cpu.system)
+            f"{v:.0f} pages" if k == "pages" else f"{k} {v:.1f} s" for k, v in timings.items()),
+            cpu.user, cpu.system)
     finally:
         os._exit(0)  # no atexit handlers / finalisers of the parent's objects in the child
 
