@@ -126,3 +126,19 @@ def test_bounds_too_wide_fall_back_to_the_whole_computation():
     assert fine._decided(clean, noise, sp, ys, xs, o["separable"], o["objlim"]) is None
     assert np.array_equal(fine.fine_structure_test(clean, noise, sp, candidates, o),
                           exact_test(clean, noise, sp, candidates, o))
+
+
+@pytest.mark.parametrize("kernel", [KERNELS["gauss"], KERNELS["gaussxy"], gaussxy_kernel(8.0, 8.0, 15)])
+def test_patches_give_the_whole_arrays_fine_structure(kernel):
+    """The undecided candidates' patches reach as far as the kernel and the median do: the same bits."""
+    from megara_crdetect.core.windows import cell_boxes, lacosmic_fine_reach
+
+    clean, noise, sp = scene(seed=3)
+    o = options(kernel)
+    ys, xs = np.nonzero(sp > 5.0)
+    ys, xs = ys[::23], xs[::23]  # scattered, some cells with several, some at the sides
+    order, starts, boxes = cell_boxes(ys, xs, fine.CELL, clean.shape[1])
+    ys, xs = ys[order], xs[order]
+    reach = lacosmic_fine_reach(sepmed=True, fsmode="convolve", psfsize=kernel.shape[0])
+    got = fine._on_patches(clean, noise, (ys, xs, starts, boxes), reach, o)
+    assert np.array_equal(got, fine.fine_structure(clean, noise, o)[ys, xs])

@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from .masks import coordinates
 from .sortnet import separable_median
+from .windows import cell_boxes, lacosmic_fine_reach
 
 __all__ = ["SeparableKernel", "separable_kernel", "fine_structure", "fine_structure_test"]
 
@@ -42,7 +43,7 @@ _log = logging.getLogger(__name__)
 
 #: Unit roundoff of float32.
 _U = 2.0 ** -24
-#: Side of the tiles over which the additive parts of the bound are taken (more than the test's reach of 9).
+#: Side of the tiles over which the additive parts of the bound are taken (at least the test's reach).
 TILE = 32
 #: Side of the cells that group the undecided candidates into exactly computed patches.
 CELL = 64
@@ -127,25 +128,35 @@ def fine_structure_test(clean: np.ndarray, noise: np.ndarray, sp: np.ndarray, ca
         The candidates that pass.
     """
     kernel = o.get("separable")
-    if o["fsmode"] != "convolve" or not o["sepmed"] or kernel is None:
-        return candidates & ((sp / fine_structure(clean, noise, o)) > o["objlim"])
+    reach = None if kernel is None else lacosmic_fine_reach(
+        sepmed=True, fsmode="convolve", psfsize=max(kernel.rows.size, kernel.cols.size))
+    if o["fsmode"] != "convolve" or not o["sepmed"] or kernel is None or reach > TILE:
+        return _whole(clean, noise, sp, candidates, o)
     ys, xs = coordinates(candidates)
     passed = np.zeros(candidates.shape, dtype=bool)
     if ys.size == 0:
         return passed
     decided = _decided(clean, noise, sp, ys, xs, kernel, o["objlim"])
-    if decided is not None:
-        sure, unsure = decided
-        if np.unique(_cells(ys[unsure], xs[unsure])).size * (CELL + 18) ** 2 > MAX_PATCH_FRACTION * clean.size:
-            decided = None
-    if decided is None:  # bounds too wide here (noise floored at astroscrappy's minimum, ...): computed whole
-        _log.debug("fine structure: computed whole, the bounds leave too many of %d candidates undecided", ys.size)
-        return candidates & ((sp / fine_structure(clean, noise, o)) > o["objlim"])
+    if decided is None:  # bounds too wide here (noise floored at astroscrappy's minimum, ...)
+        _log.debug("fine structure: computed whole, the bounds are too wide for %d candidates", ys.size)
+        return _whole(clean, noise, sp, candidates, o)
+    sure, unsure = decided
     passed[ys[sure], xs[sure]] = True
     if unsure.any():
-        _log.debug("fine structure: %d of %d candidates left undecided by the bounds", int(unsure.sum()), ys.size)
-        _exactly(clean, noise, sp, ys[unsure], xs[unsure], o, passed)
+        ys, xs = ys[unsure], xs[unsure]
+        order, starts, boxes = cell_boxes(ys, xs, CELL, clean.shape[1])
+        if starts.size * (CELL + 2 * reach) ** 2 > MAX_PATCH_FRACTION * clean.size:
+            _log.debug("fine structure: computed whole, %d of %d candidates undecided", ys.size, sure.size)
+            return _whole(clean, noise, sp, candidates, o)
+        _log.debug("fine structure: %d of %d candidates left undecided by the bounds", ys.size, sure.size)
+        ys, xs = ys[order], xs[order]
+        passed[ys, xs] = (sp[ys, xs] / _on_patches(clean, noise, (ys, xs, starts, boxes), reach, o)) > o["objlim"]
     return passed
+
+
+def _whole(clean, noise, sp, candidates, o: dict) -> np.ndarray:
+    """The test with astroscrappy's fine structure of the whole array."""
+    return candidates & ((sp / fine_structure(clean, noise, o)) > o["objlim"])
 
 
 def _decided(clean, noise, sp, ys, xs, kernel: SeparableKernel, objlim: float):
@@ -223,23 +234,19 @@ def _tiles(a: np.ndarray, extreme) -> np.ndarray:
     return out
 
 
-def _cells(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Cell number of each pixel (cells of ``CELL`` x ``CELL``; numbered along rows of any length)."""
-    return (ys // CELL).astype(np.int64) * (1 << 32) + xs // CELL
+def _on_patches(clean, noise, groups, reach: int, o: dict) -> np.ndarray:
+    """astroscrappy's fine structure at the grouped pixels, computed on a patch around each cell's.
 
-
-def _exactly(clean, noise, sp, ys, xs, o: dict, passed: np.ndarray) -> None:
-    """The test at ``(ys, xs)`` with astroscrappy's convolutions, on a patch around each cell that holds some."""
-    reach = 9  # the convolution (5) and the 9 x 9 median (4)
+    ``groups`` is the pixels sorted by cell with :func:`~megara_crdetect.core.windows.cell_boxes`'
+    starts and boxes; the patches reach ``reach`` beyond each box, so the values are the whole
+    array's (a filter's value does not depend on where the pixel lies in the array).
+    """
+    ys, xs, starts, (y0, y1, x0, x1) = groups
     ny, nx = clean.shape
-    order = np.argsort(_cells(ys, xs), kind="stable")
-    ys, xs = ys[order], xs[order]
-    cell = _cells(ys, xs)
-    bounds = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        py, px = ys[a:b], xs[a:b]
-        y0, y1 = max(int(py.min()) - reach, 0), min(int(py.max()) + 1 + reach, ny)
-        x0, x1 = max(int(px.min()) - reach, 0), min(int(px.max()) + 1 + reach, nx)
-        patch = (slice(y0, y1), slice(x0, x1))
+    out = np.empty(ys.size, dtype=np.float32)
+    for a, b, top, bottom, left, right in zip(starts, np.r_[starts[1:], ys.size], y0, y1, x0, x1):
+        top, left = max(int(top) - reach, 0), max(int(left) - reach, 0)
+        patch = (slice(top, min(int(bottom) + reach, ny)), slice(left, min(int(right) + reach, nx)))
         f = fine_structure(np.ascontiguousarray(clean[patch]), np.ascontiguousarray(noise[patch]), o)
-        passed[py, px] = (sp[py, px] / f[py - y0, px - x0]) > o["objlim"]
+        out[a:b] = f[ys[a:b] - top, xs[a:b] - left]
+    return out

@@ -49,7 +49,7 @@ import numpy as np
 from .lacosmic_fine import fine_structure_test, separable_kernel
 from .masks import coordinates
 from .sortnet import separable_median
-from .windows import _window, lacosmic_fine_reach, lacosmic_step_reach, tiles
+from .windows import _window, cell_boxes, lacosmic_fine_reach, lacosmic_step_reach, tiles
 
 __all__ = ["supported", "psf_kernel", "detect_cosmics"]
 
@@ -134,13 +134,7 @@ def _windows(changed: np.ndarray, reach: int) -> list:
     ys, xs = coordinates(changed)
     if ys.size == 0:
         return []
-    ncx = -(-changed.shape[1] // CELL)
-    cell = (ys // CELL) * ncx + xs // CELL
-    order = np.argsort(cell, kind="stable")
-    cell, ys, xs = cell[order], ys[order], xs[order]
-    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-    y0, y1 = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts) + 1
-    x0, x1 = np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1
+    _, _, (y0, y1, x0, x1) = cell_boxes(ys, xs, CELL, changed.shape[1])
     return [_window(int(a) - reach, int(b) + reach, int(c) - reach, int(d) + reach, reach, changed.shape)
             for a, b, c, d in zip(y0, y1, x0, x1)]
 

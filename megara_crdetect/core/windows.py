@@ -367,6 +367,22 @@ def _complete_groups(flags: np.ndarray, cands: np.ndarray, w: Window, shape) -> 
     return (seeded & ~open_)[labels], (seeded & open_)[labels]
 
 
+def cell_boxes(ys: np.ndarray, xs: np.ndarray, side: int, nx: int):
+    """The pixels ``(ys, xs)`` (at least one) grouped by the ``side`` x ``side`` cell that holds them.
+
+    Returns the order that sorts them by cell, the start of each cell's run
+    in that order, and the bounding box ``(y0, y1, x0, x1)`` of each cell's
+    pixels (ends exclusive), for rows ``nx`` pixels long.
+    """
+    cell = (ys // side) * (-(-nx // side)) + xs // side
+    order = np.argsort(cell, kind="stable")
+    cell, ys, xs = cell[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+    boxes = (np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts) + 1,
+             np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts) + 1)
+    return order, starts, boxes
+
+
 def _cells_covered(candidates: np.ndarray, side: int) -> int:
     """Pixels of the ``side`` x ``side`` cells that hold a candidate: no more than the windows cover.
 
