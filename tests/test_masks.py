@@ -15,6 +15,7 @@ from megara_crdetect.core.masks import (
     grow,
     keep_groups_with,
     label_groups,
+    pixel_groups,
     sparse_groups,
 )
 
@@ -106,6 +107,8 @@ class TestSparseGroups:
         assert np.array_equal(groups, expected[ys, xs])
         labels, k = label_groups(mask)
         assert k == n and labels.dtype == np.int32 and np.array_equal(labels, expected)
+        for got, want in zip(pixel_groups(mask), (ys, xs, groups, n)):  # the dense path too
+            assert np.array_equal(got, want)
 
     def test_long_diagonal_and_snake_are_one_group(self):
         mask = np.eye(50, dtype=bool) | np.eye(50, dtype=bool)[::-1]

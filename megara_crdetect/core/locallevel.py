@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .masks import coordinates, keep_groups_with, sparse_groups
+from .masks import coordinates, keep_groups_with, pixel_groups
 from .stack import AGREEMENT_SIGMA, StackStats
 
 __all__ = ["QUIET_SIGMA", "RAISED_SIGMA", "neighbour_index", "noise_dips", "raised_medians", "spoiled_minima",
@@ -100,7 +100,7 @@ def noise_dips(candidates: np.ndarray, stats: StackStats, noise: np.ndarray,
         Isolated candidates in a quiet neighbourhood whose ``median2d`` stands
         less above the local level than ``min2d`` falls below it.
     """
-    ys, xs, groups, n = sparse_groups(candidates)
+    ys, xs, groups, n = pixel_groups(candidates)
     single = np.bincount(groups, minlength=n + 1)[groups] == 1
     ys, xs = _inside(ys[single], xs[single], candidates.shape)
     out = np.zeros(candidates.shape, dtype=bool)

@@ -177,6 +177,16 @@ def _is_sparse(mask: np.ndarray) -> bool:
     return np.count_nonzero(mask) <= SPARSE_FRACTION * mask.size
 
 
+def pixel_groups(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`sparse_groups`' ``(ys, xs, groups, n)`` for any map: one labelling, gathered, when it is dense."""
+    mask = _as_mask("mask", mask)
+    if _is_sparse(mask):
+        return sparse_groups(mask)
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    ys, xs = coordinates(mask)
+    return ys, xs, labels[ys, xs].astype(np.int32, copy=False), int(n)
+
+
 def label_groups(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Label the 8-connected groups of a boolean map.
 

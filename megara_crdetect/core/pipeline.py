@@ -69,7 +69,7 @@ from . import shiftmodel as sm
 from .combine import combine_in_bands, problematic_pixels
 from .fluxfactor import TooFewSignificantPixels, fit_flux_factors
 from .locallevel import neighbour_index, noise_dips, raised_medians, spoiled_minima, typical_spread
-from .masks import cleanable_map, coordinates, dilate, keep_groups_with, label_groups
+from .masks import cleanable_map, coordinates, dilate, keep_groups_with, pixel_groups
 from .noise import sigma
 from .offsets import measure_offsets
 from .stack import AGREEMENT_SIGMA, HOT_PIXEL_SIGMA, StackStats, median_of_stack, spread_sigmas, stack_statistics
@@ -363,9 +363,8 @@ def _confirm(flags: np.ndarray, t: np.ndarray, level, target: np.ndarray,
     if not flags.any() or (np.isscalar(level) and level <= 0):
         return flags
     # everything is decided at the flagged pixels (few): gathered there, not computed over the frame
-    labels, n = label_groups(flags)
-    ys, xs = coordinates(flags)
-    group, value, tf = labels[ys, xs], target[ys, xs], t[ys, xs]
+    ys, xs, group, n = pixel_groups(flags)
+    value, tf = target[ys, xs], t[ys, xs]
     lev = level if np.isscalar(level) else level[ys, xs]
     peak = np.full(n + 1, -np.inf, dtype=target.dtype)
     np.maximum.at(peak, group, value)  # each group's brightest value
@@ -734,10 +733,7 @@ def _pair_evidence(det: _Detections, params: CRMaskConfig, exposure_masks: np.nd
         # overlap and median2d - min2d is large without any cosmic ray
         seen = exposure_masks[:, ys, xs].sum(axis=0, dtype=np.uint8)
         evidence |= (seen >= 2) | (seen >= 1) & (t > PAIR_SURE_SIGMA)
-    keep = evidence & (t > params.mm_pair_sigma)
-    pairs = np.zeros(flagged.shape, dtype=bool)
-    pairs[ys[keep], xs[keep]] = True
-    return pairs
+    return _pixels(flagged.shape, ys, xs, evidence & (t > params.mm_pair_sigma))
 
 
 def _expected_spread(det: _Detections) -> np.ndarray:
